@@ -1,0 +1,28 @@
+# The two commands of the README: `make demo` and `make test`. Everything they need installs from here.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test system-deps bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+system-deps:
+	bash scripts/install_system_deps.sh
+
+demo: $(STAMP)
+	$(BIN)/python -m airflow_provider_cryoem.demo
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest -ra -q
+
+bench: $(STAMP) system-deps
+	$(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) demo_output .airflow_demo

@@ -1,0 +1,31 @@
+"""Apache Airflow provider for live cryo-EM processing (single particle analysis and tomography)."""
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("airflow-provider-cryoem")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+
+def get_provider_info() -> dict:
+    """Provider metadata read by Airflow through the `apache_airflow_provider` entry point."""
+    return {
+        "package-name": "airflow-provider-cryoem",
+        "name": "Cryo-EM",
+        "description": "Live and reprocessing cryo-EM pipelines (SPA, tomography) for Apache Airflow.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Cryo-EM",
+                "external-doc-url": "https://github.com/airflow-provider-cryoem/airflow-provider-cryoem",
+                "tags": ["software"],
+            }
+        ],
+        "operators": [],
+        "sensors": [],
+        "hooks": [],
+        "triggers": [],
+        "connection-types": [],
+    }

@@ -1,0 +1,1 @@
+"""Built-in processing engines: pure numpy/scipy, no Airflow import."""
