@@ -1,0 +1,155 @@
+"""Recipe → DAG. One DAG per recipe file; per-movie stages are mapped over micro-batches of movies.
+
+Live shape (chosen from measurements, see README): one DAG run per batch of arrivals. A run opens the
+session, waits in the triggerer for new complete movies, claims them, starts the next run at once (so the
+next wait overlaps this run's processing), then maps every per-movie stage over micro-batches. The session
+ends by itself on its end marker, idle timeout or movie limit.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import DAG, TriggerRule, task
+
+from ..operators.stage import CryoemStageOperator
+from ..params import session_params
+from ..sensors.new_movies import NewMoviesSensor
+from .schema import Recipe, RecipeError, load_recipe
+
+_MOVIE_LABEL = "{{ movie_label }}"
+
+
+class RecipeErrorsDag(DAG):
+    """Stands for recipe files that failed to load: its validation raises their errors.
+
+    Airflow records an error raised while validating one DAG of a file as that file's import error and
+    still loads the file's other DAGs, so a broken recipe shows in `airflow dags list-import-errors`
+    without taking the good recipes down with it.
+    """
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__(dag_id="cryoem_recipe_errors", schedule=None, description="Recipe errors")
+        self.recipe_errors = errors
+
+    def validate(self) -> None:
+        raise RecipeError("; ".join(self.recipe_errors))
+
+
+def _session_tasks(recipe: Recipe, live: bool) -> tuple[Any, Any]:
+    """Open the session and produce the batches of movies this run processes."""
+    from ..pipeline.session import open_session, reprocess_movies
+
+    @task(task_id="open_session")
+    def open_session_task(**context: Any) -> dict[str, Any]:
+        return open_session(context["params"], recipe.name, context["run_id"], reprocess=not live,
+                            logical_date=context.get("logical_date"), sessions_root=recipe.sessions_root)
+
+    session = open_session_task()
+    if live:
+        found = NewMoviesSensor(
+            task_id="wait_for_movies",
+            watch="{{ ti.xcom_pull(task_ids='open_session')['watch'] }}",
+            poke_interval=recipe.batching.poll_interval_s,
+            timeout=7 * 24 * 3600,
+        )
+        session >> found
+    else:
+        @task(task_id="list_movies")
+        def list_movies_task(opened: dict[str, Any]) -> dict[str, Any]:
+            return reprocess_movies(opened)
+
+        found = list_movies_task(session)
+    return session, found
+
+
+def build_dag(recipe: Recipe) -> DAG:
+    """Build the DAG of one validated recipe."""
+    from ..pipeline.session import close_batch, plan_batches
+
+    live = recipe.mode == "live"
+    dag = DAG(
+        dag_id=recipe.name,
+        description=recipe.description,
+        schedule=None if live else recipe.schedule,
+        start_date=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
+        catchup=False,
+        params=session_params(recipe.session_defaults),
+        max_active_runs=4 if live else 1,
+        max_active_tasks=64,
+        render_template_as_native_obj=True,
+        tags=["cryoem", recipe.mode],
+        doc_md=recipe.description,
+    )
+    with dag:
+        session, found = _session_tasks(recipe, live)
+
+        @task(task_id="plan_batches")
+        def plan_batches_task(found_movies: dict[str, Any]) -> list[list[dict[str, Any]]]:
+            return plan_batches(found_movies, recipe.batching.max_movies_per_task, recipe.batching.parallel_tasks)
+
+        batches = plan_batches_task(found)
+        stage_tasks = {}
+        for name in recipe.stage_order():
+            spec = recipe.stages[name]
+            stage_tasks[name] = CryoemStageOperator.partial(
+                task_id=name,
+                stage=name,
+                tool=spec.tool,
+                stage_params=spec.params,
+                runs_on=spec.runs_on if isinstance(spec.runs_on, str) else spec.runs_on.model_dump(),
+                upstream_stages=spec.after,
+                retries=spec.retries,
+                retry_delay=dt.timedelta(seconds=spec.retry_delay_s),
+                execution_timeout=dt.timedelta(seconds=spec.timeout_s),
+                map_index_template=_MOVIE_LABEL,
+            ).expand(movies=batches)
+        for name, spec in recipe.stages.items():
+            for upstream in spec.after:
+                stage_tasks[upstream] >> stage_tasks[name]
+            if not spec.after:
+                batches >> stage_tasks[name]
+
+        @task(task_id="close_batch", trigger_rule=TriggerRule.ALL_DONE)
+        def close_batch_task(opened: dict[str, Any], found_movies: dict[str, Any], **context: Any) -> dict[str, Any]:
+            return close_batch(opened, found_movies, context["run_id"])
+
+        closing = close_batch_task(session, found)
+        list(stage_tasks.values()) >> closing
+
+        if live:
+            @task.short_circuit(task_id="session_goes_on", ignore_downstream_trigger_rules=False)
+            def session_goes_on(found_movies: dict[str, Any]) -> bool:
+                return not found_movies["session_over"]
+
+            @task(task_id="next_run_conf")
+            def next_run_conf(**context: Any) -> dict[str, Any]:
+                return dict(context["params"])
+
+            start_next = TriggerDagRunOperator(
+                task_id="start_next_batch",
+                trigger_dag_id=recipe.name,
+                conf=next_run_conf(),
+                wait_for_completion=False,
+            )
+            session_goes_on(found) >> start_next
+    return dag
+
+
+def build_dags(recipes_dir: str | Path) -> dict[str, DAG]:
+    """Every recipe of `recipes_dir` as a DAG; broken recipes are gathered into one RecipeErrorsDag."""
+    dags: dict[str, DAG] = {}
+    errors: list[str] = []
+    for path in sorted(Path(recipes_dir).glob("*.yaml")):
+        try:
+            recipe = load_recipe(path)
+            if recipe.name in dags:
+                raise RecipeError(f"{path.name}: name: DAG id {recipe.name!r} is used by another recipe")
+            dags[recipe.name] = build_dag(recipe)
+        except RecipeError as exc:
+            errors.append(str(exc))
+    if errors:
+        dags["cryoem_recipe_errors"] = RecipeErrorsDag(errors)
+    return dags

@@ -1,0 +1,154 @@
+"""Recipe files: which stages run, in what order, with which program, where, and with what settings.
+
+A recipe is YAML validated by the pydantic models below; `recipe_json_schema()` exports the JSON Schema
+for editors. Errors name the recipe file and the field (`spa_live.yaml: stages.ctf.tool: ...`).
+"""
+from __future__ import annotations
+
+import graphlib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..config import ConfigError, parse_session_config
+from .stages import STAGES, StageDefinition
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be turned into a DAG; the message names the file and the field."""
+
+
+class SlurmPlacement(BaseModel):
+    """Run a stage's command on a Slurm cluster reached over SSH (an Airflow SSH connection)."""
+
+    model_config = ConfigDict(extra="forbid")
+    slurm_conn_id: str = Field(min_length=1, description="Airflow SSH connection of the cluster login node.")
+    partition: str | None = None
+    gpus: int = Field(0, ge=0, le=16)
+    cpus: int = Field(1, ge=1, le=512)
+    memory_gb: float = Field(4, gt=0, le=4096)
+    time_limit_min: int = Field(60, ge=1, le=7 * 24 * 60)
+
+
+class StageSpec(BaseModel):
+    """One stage of a recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+    tool: str = Field("builtin", description="Implementation: 'builtin' (our engine) or an external program.")
+    after: list[str] = Field(default_factory=list, description="Stages whose results this stage needs.")
+    runs_on: Literal["local"] | SlurmPlacement = Field("local", description="'local' or a Slurm placement.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Overrides of the stage's settings.")
+    retries: int = Field(2, ge=0, le=20)
+    retry_delay_s: float = Field(10, ge=0, le=3600)
+    timeout_s: float = Field(3600, gt=0, le=7 * 24 * 3600)
+
+
+class BatchingSpec(BaseModel):
+    """How newly arrived movies are grouped into mapped task instances."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_movies_per_task: int = Field(8, ge=1, le=1000, description="Upper bound of movies in one task instance.")
+    parallel_tasks: int = Field(4, ge=1, le=256, description="Aim for this many mapped task instances per batch.")
+    poll_interval_s: float = Field(2.0, gt=0, le=600, description="Folder scan interval of the watcher.")
+    stable_for_s: float = Field(2.0, ge=0, le=600, description="A movie is complete once its size has not "
+                                                                 "changed for this long.")
+
+
+class Recipe(BaseModel):
+    """A processing recipe: one DAG."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="DAG id.")
+    description: str = ""
+    mode: Literal["live", "reprocess"] = "live"
+    schedule: str | None = Field(None, description="Cron or preset for reprocessing DAGs; live DAGs are triggered.")
+    sessions_root: str | None = Field(None, description="Reprocess: folder of dated session folders "
+                                                        "(YYYYMMDD_name) a scheduled run picks by its date.")
+    session_defaults: dict[str, Any] = Field(default_factory=dict, description="Defaults for the trigger form.")
+    batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    stages: dict[str, StageSpec]
+
+    @field_validator("session_defaults")
+    @classmethod
+    def _defaults_are_session_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            parse_session_config(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _stages_are_known_and_acyclic(self) -> "Recipe":
+        for name, spec in self.stages.items():
+            definition = stage_definition(name)
+            if spec.tool not in definition.tools:
+                raise ValueError(f"stages.{name}.tool: unknown tool {spec.tool!r} for stage {name!r} "
+                                 f"(choose from {sorted(definition.tools)})")
+            try:
+                definition.params_model.model_validate(spec.params)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                field = ".".join(str(p) for p in err["loc"])
+                raise ValueError(f"stages.{name}.params.{field}: {err['msg']}") from None
+            for upstream in spec.after:
+                if upstream not in self.stages:
+                    raise ValueError(f"stages.{name}.after: {upstream!r} is not a stage of this recipe")
+            for needed in definition.needs:
+                if needed in STAGES and not self._reaches(name, needed):
+                    raise ValueError(f"stages.{name}.after: stage {name!r} needs the results of {needed!r}")
+        if self.mode == "reprocess" and not self.schedule:
+            raise ValueError("schedule: a reprocess recipe needs a schedule (e.g. '@daily') for backfills")
+        try:
+            self.stage_order()
+        except graphlib.CycleError as exc:
+            raise ValueError(f"stages: dependency cycle {' -> '.join(exc.args[1])}") from None
+        return self
+
+    def _reaches(self, stage: str, target: str) -> bool:
+        pending, seen = list(self.stages[stage].after), set()
+        while pending:
+            current = pending.pop()
+            if current == target:
+                return True
+            if current not in seen:
+                seen.add(current)
+                pending.extend(self.stages[current].after)
+        return False
+
+    def stage_order(self) -> list[str]:
+        """Stages in an order where each comes after everything it depends on."""
+        sorter = graphlib.TopologicalSorter({name: spec.after for name, spec in self.stages.items()})
+        return list(sorter.static_order())
+
+
+def stage_definition(name: str) -> StageDefinition:
+    if name not in STAGES:
+        raise ValueError(f"stages.{name}: unknown stage {name!r} (choose from {sorted(STAGES)})")
+    return STAGES[name]
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate one recipe file; RecipeError names the file and the failing field."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise RecipeError(f"{path.name}: cannot read recipe ({exc})") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path.name}: a recipe must be a mapping of fields")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{field}: {message}" if field else message)
+        raise RecipeError(f"{path.name}: " + "; ".join(problems)) from None
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """JSON Schema of recipe files, for editors (`cryoem recipe-schema`)."""
+    return Recipe.model_json_schema()

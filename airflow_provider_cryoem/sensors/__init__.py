@@ -1,0 +1,1 @@
+"""Sensors that wait in the triggerer: new movies of a live session."""

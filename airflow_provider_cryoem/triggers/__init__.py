@@ -1,0 +1,1 @@
+"""Deferrable triggers: new movies in a watched folder, Slurm job completion."""

@@ -1,0 +1,138 @@
+"""Recipe files: validation errors name the file and field; broken recipes never hide the good DAGs."""
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_cryoem.recipes.schema import RecipeError, load_recipe, recipe_json_schema
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _write(tmp_path: Path, name: str, body: str) -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_are_valid(path):
+    recipe = load_recipe(path)
+    order = recipe.stage_order()
+    assert order.index("motioncorr") < order.index("ctf") < order.index("extract")
+
+
+def test_unknown_tool_names_the_file_stage_and_choices(tmp_path):
+    path = _write(tmp_path, "bad_tool.yaml", """
+        name: bad_tool
+        stages:
+          motioncorr: {tool: motioncor3}
+        """)
+    with pytest.raises(RecipeError, match=r"bad_tool.yaml: .*stages.motioncorr.tool: unknown tool 'motioncor3'"):
+        load_recipe(path)
+
+
+def test_unknown_stage_is_named(tmp_path):
+    path = _write(tmp_path, "bad_stage.yaml", """
+        name: bad_stage
+        stages:
+          motioncorr: {}
+          denoise_everything: {}
+        """)
+    with pytest.raises(RecipeError, match="stages.denoise_everything: unknown stage"):
+        load_recipe(path)
+
+
+def test_dependency_cycle_is_reported(tmp_path):
+    path = _write(tmp_path, "cycle.yaml", """
+        name: cycle
+        stages:
+          motioncorr: {after: [extract]}
+          ctf: {after: [motioncorr]}
+          pick: {after: [motioncorr]}
+          extract: {after: [pick, ctf]}
+        """)
+    with pytest.raises(RecipeError, match="cycle.yaml: .*dependency cycle"):
+        load_recipe(path)
+
+
+def test_stage_missing_its_input_stage_is_refused(tmp_path):
+    path = _write(tmp_path, "no_pick.yaml", """
+        name: no_pick
+        stages:
+          motioncorr: {}
+          ctf: {after: [motioncorr]}
+          extract: {after: [ctf]}
+        """)
+    with pytest.raises(RecipeError, match="stages.extract.after: stage 'extract' needs the results of 'pick'"):
+        load_recipe(path)
+
+
+def test_bad_stage_parameter_value_is_named(tmp_path):
+    path = _write(tmp_path, "bad_param.yaml", """
+        name: bad_param
+        stages:
+          motioncorr: {params: {patches_x: 0}}
+        """)
+    with pytest.raises(RecipeError, match="stages.motioncorr.params.patches_x"):
+        load_recipe(path)
+
+
+def test_bad_session_default_is_named(tmp_path):
+    path = _write(tmp_path, "bad_default.yaml", """
+        name: bad_default
+        session_defaults: {voltage_kv: 5000}
+        stages:
+          motioncorr: {}
+        """)
+    with pytest.raises(RecipeError, match="session_defaults: .*voltage_kv"):
+        load_recipe(path)
+
+
+def test_reprocess_recipe_needs_a_schedule(tmp_path):
+    path = _write(tmp_path, "no_schedule.yaml", """
+        name: no_schedule
+        mode: reprocess
+        stages:
+          motioncorr: {}
+        """)
+    with pytest.raises(RecipeError, match="schedule"):
+        load_recipe(path)
+
+
+def test_malformed_yaml_names_the_file(tmp_path):
+    path = _write(tmp_path, "broken.yaml", "name: [unclosed\n")
+    with pytest.raises(RecipeError, match="broken.yaml: cannot read recipe"):
+        load_recipe(path)
+
+
+def test_json_schema_is_exported_for_editors():
+    schema = recipe_json_schema()
+    json.dumps(schema)
+    assert "stages" in schema["properties"] and "batching" in schema["properties"]
+
+
+def test_broken_recipe_is_an_import_error_and_good_dags_still_load(tmp_path, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    shutil.copy(RECIPES / "spa_live.yaml", recipes)
+    _write(recipes, "zz_broken.yaml", """
+        name: zz_broken
+        stages:
+          motioncorr: {tool: nonsense}
+        """)
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    shutil.copy(RECIPES.parent / "dags" / "cryoem_recipes.py", dags)
+    monkeypatch.setenv("CRYOEM_RECIPES_DIR", str(recipes))
+    bag = DagBag(dag_folder=str(dags), include_examples=False)
+    assert "spa_live" in bag.dags
+    assert "cryoem_recipe_errors" not in bag.dags
+    (message,) = bag.import_errors.values()
+    assert "zz_broken.yaml" in message and "stages.motioncorr.tool" in message
