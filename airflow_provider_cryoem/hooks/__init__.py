@@ -1,0 +1,1 @@
+"""Airflow hooks: SlurmHook (jobs over SSH) and ResultsHook (the results database)."""

@@ -1,0 +1,82 @@
+"""MRC stacks and images over mrcfile: memory-mapped reads, writes with the pixel size in the header."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+
+from ._atomic import atomic_path
+from ._paths import require_file
+from .errors import ImageFileError
+
+MRC_SUFFIXES = (".mrc", ".mrcs", ".st", ".map")
+
+
+def read_mrc(path: str | Path, mmap: bool = True) -> np.ndarray:
+    """Return the data of an MRC file (a read-only memory map when `mmap`), raising ImageFileError if malformed.
+
+    The memory map stays valid after the file is closed, so callers can slice frames lazily.
+    """
+    path = require_file(path)
+    opener = mrcfile.mmap if mmap else mrcfile.open
+    try:
+        with opener(path, mode="r", permissive=False) as mrc:
+            data = mrc.data
+    except (ValueError, OSError) as exc:
+        raise ImageFileError(path, f"malformed or truncated MRC file ({exc})") from None
+    if data is None:
+        raise ImageFileError(path, "MRC file has no data block")
+    return data
+
+
+def read_mrc_shape(path: str | Path) -> tuple[int, ...]:
+    """Data shape `(nz, ny, nx)` (or `(ny, nx)` for a single image) from the header alone, checked against the size."""
+    path = require_file(path)
+    try:
+        with mrcfile.open(path, mode="r", header_only=True, permissive=False) as mrc:
+            header = mrc.header
+            shape = (int(header.nz), int(header.ny), int(header.nx))
+            data_start = header.nbytes + int(header.nsymbt)
+            dtype = mrcfile.utils.data_dtype_from_header(header)
+    except (ValueError, OSError) as exc:
+        raise ImageFileError(path, f"malformed MRC header ({exc})") from None
+    expected_bytes = data_start + int(np.prod(shape)) * dtype.itemsize
+    if path.stat().st_size < expected_bytes:
+        raise ImageFileError(path, f"truncated MRC file: header declares {shape} {dtype} = {expected_bytes} bytes, "
+                                   f"file has {path.stat().st_size}")
+    return shape if shape[0] > 1 else shape[1:]
+
+
+def read_mrc_pixel_size_a(path: str | Path) -> float:
+    """Pixel size in Å from the MRC header voxel size (x); 0.0 means the writer did not set it."""
+    path = require_file(path)
+    try:
+        with mrcfile.open(path, mode="r", header_only=True, permissive=False) as mrc:
+            return float(mrc.voxel_size.x)
+    except (ValueError, OSError) as exc:
+        raise ImageFileError(path, f"malformed MRC header ({exc})") from None
+
+
+def write_mrc(path: str | Path, data: np.ndarray, pixel_size_a: float, is_stack: bool = False) -> Path:
+    """Write `data` atomically (temp file + rename) with `pixel_size_a` in the header; returns the path.
+
+    A 3D array is written as a volume unless `is_stack`, in which case it is an image stack (.mrcs, ISPG 0).
+    float64 is stored as float32; uint8 is stored as uint16 (mode 6) by mrcfile, since MRC mode 0 is signed.
+    """
+    path = Path(path)
+    array = np.asarray(data)
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    if array.ndim not in (2, 3):
+        raise ImageFileError(path, f"cannot write a {array.ndim}D array as MRC (need 2D image or 3D stack)")
+    with atomic_path(path) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            try:
+                mrc.set_data(array)
+            except ValueError as exc:
+                raise ImageFileError(path, f"cannot write {array.dtype} data as MRC ({exc})") from None
+            if is_stack and array.ndim == 3:
+                mrc.set_image_stack()
+            mrc.voxel_size = pixel_size_a
+    return path

@@ -1,0 +1,62 @@
+"""The files Relion expects inside and beside a job folder: job.star, note.txt, exit markers, alias link."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from .job_types import STAR_VERSION, Dialect, JobKind
+from .star_text import Value, loop_block, pair_block
+
+SUCCESS_MARKER = "RELION_JOB_EXIT_SUCCESS"
+FAILURE_MARKER = "RELION_JOB_EXIT_FAILURE"
+
+
+def job_star_text(kind: JobKind, dialect: Dialect, options: dict[str, Value]) -> str:
+    """job.star: Relion 3.1 names the type by integer (_rlnJobType), Relion 5 by label (_rlnJobTypeLabel)."""
+    version = STAR_VERSION[dialect]
+    header: dict[str, Value] = (
+        {"rlnJobType": kind.relion3_type, "rlnJobIsContinue": 0} if dialect == "relion3"
+        else {"rlnJobTypeLabel": kind.relion5_label, "rlnJobIsContinue": 0, "rlnJobIsTomo": 0})
+    return (pair_block("job", header, version)
+            + loop_block("joboptions_values", ["rlnJobOptionVariable", "rlnJobOptionValue"],
+                         sorted(options.items()), version, quote=True))
+
+
+def write_job_files(job_dir: Path, kind: JobKind, dialect: Dialect, options: dict[str, Value],
+                    command: str | None) -> None:
+    """Create the job folder with job.star and, when known, the command in note.txt."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / "job.star").write_text(job_star_text(kind, dialect, options))
+    if command:
+        append_note(job_dir, command)
+
+
+def append_note(job_dir: Path, command: str) -> None:
+    """Add a command to note.txt in Relion's ` ++++ ` layout."""
+    stamp = time.strftime("%d/%m/%Y %H:%M:%S")
+    with open(job_dir / "note.txt", "a") as note:
+        note.write(f" ++++ Executing new job on {stamp}\n ++++ with the following command(s): \n"
+                   f"{command}\n ++++ \n")
+
+
+def mark_exit(job_dir: Path, success: bool) -> None:
+    """Leave exactly one of RELION_JOB_EXIT_SUCCESS / RELION_JOB_EXIT_FAILURE in the job folder."""
+    keep, drop = (SUCCESS_MARKER, FAILURE_MARKER) if success else (FAILURE_MARKER, SUCCESS_MARKER)
+    (job_dir / drop).unlink(missing_ok=True)
+    (job_dir / keep).touch()
+
+
+def point_alias(type_dir: Path, alias: str, job_name: str) -> None:
+    """Make `<Type>/<alias>` a relative symlink to `jobNNN`, replacing an older one atomically."""
+    link = type_dir / alias
+    tmp = type_dir / f".{alias}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(job_name, target_is_directory=True)
+    os.replace(tmp, link)
+
+
+def alias_target(type_dir: Path, alias: str) -> str | None:
+    """The `jobNNN` an alias link points to, or None."""
+    link = type_dir / alias
+    return os.readlink(link).rstrip("/").split("/")[-1] if link.is_symlink() else None

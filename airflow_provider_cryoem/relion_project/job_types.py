@@ -1,0 +1,132 @@
+"""The Relion job and node types we write, in both pipeline dialects.
+
+Relion 3.1 identifies process types, node types and statuses by integers (`pipeline_jobs.h`,
+`PROC_*`, `NODE_*`); Relion 4/5 by labels (`relion.motioncorr.own`,
+`MicrographGroupMetadata.star.relion.motioncorr`, `Succeeded`). Both are kept here, side by side.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+from pathlib import PurePosixPath
+from typing import Literal
+
+Dialect = Literal["relion3", "relion5"]
+DIALECTS: tuple[Dialect, ...] = ("relion3", "relion5")
+
+# The "# version" line each Relion writes above every data block.
+STAR_VERSION = {"relion3": "30001", "relion5": "50001"}
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """One kind of job: its folder, its type in each dialect, and its Live alias if it streams."""
+
+    name: str
+    directory: str
+    relion3_type: int
+    relion5_label: str
+    live_alias: str | None = None
+    node_suffix: str | None = None  # appended to Relion 5 labels of this job's output nodes
+    # job.star options Relion needs to accept the job at all (it refuses a CtfFind job naming no program)
+    default_options: dict[str, str] = field(default_factory=dict)
+
+    def type_token(self, dialect: Dialect) -> str:
+        """The process type as written in default_pipeline.star and job.star."""
+        return str(self.relion3_type) if dialect == "relion3" else self.relion5_label
+
+
+# Live aliases follow cryoem-services (MotionCorr/Live_motioncorr ...). Our picker is registered as
+# Relion's LoG picker type so Relion opens the job; downstream jobs only read its coordinates.
+JOB_KINDS: dict[str, JobKind] = {kind.name: kind for kind in (
+    JobKind("import", "Import", 0, "relion.import.movies", "Live_import"),
+    JobKind("motioncorr", "MotionCorr", 1, "relion.motioncorr.own", "Live_motioncorr", "motioncorr"),
+    JobKind("ctffind", "CtfFind", 2, "relion.ctffind.ctffind4", "Live_ctffind", "ctf", {"use_ctffind4": "Yes"}),
+    JobKind("autopick", "AutoPick", 4, "relion.autopick.log", "Live_autopick", "autopick", {"do_log": "Yes"}),
+    JobKind("extract", "Extract", 5, "relion.extract", "Live_all_particles"),
+    JobKind("select", "Select", 7, "relion.select.split", "Live_particle_batches"),
+    JobKind("class_selection", "Select", 7, "relion.select.class2dauto"),
+    JobKind("class2d", "Class2D", 8, "relion.class2d", node_suffix="class2d"),
+    JobKind("initialmodel", "InitialModel", 18, "relion.initialmodel", node_suffix="initialmodel"),
+    JobKind("class3d", "Class3D", 9, "relion.class3d", node_suffix="class3d"),
+    JobKind("refine3d", "Refine3D", 10, "relion.refine3d", node_suffix="refine3d"),
+    JobKind("maskcreate", "MaskCreate", 12, "relion.maskcreate"),
+    JobKind("postprocess", "PostProcess", 15, "relion.postprocess", node_suffix="postprocess"),
+)}
+
+
+def job_kind(name: str) -> JobKind:
+    """Look up a job kind by name, with an error listing the known ones."""
+    try:
+        return JOB_KINDS[name]
+    except KeyError:
+        raise ValueError(f"unknown Relion job kind {name!r}; known: {sorted(JOB_KINDS)}") from None
+
+
+class NodeType(IntEnum):
+    """Node types; the value is Relion 3.1's NODE_* integer."""
+
+    MOVIES = 0
+    MICROGRAPHS = 1
+    COORDINATES = 2
+    PARTICLES = 3
+    CLASS_AVERAGES = 5
+    MAP = 6
+    MASK = 7
+    OPTIMISER = 9
+    HALF_MAP = 10
+    POSTPROCESS_MAP = 11
+    LOGFILE = 13
+    POSTPROCESS_STAR = 14
+
+    def token(self, dialect: Dialect, file_name: str, suffix: str | None = None) -> str:
+        """Relion 3.1's integer, or Relion 5's `<Kind>.<ext>.relion[.<suffix>]` label."""
+        if dialect == "relion3":
+            return str(int(self))
+        extension = PurePosixPath(file_name).suffix.lstrip(".") or "star"
+        parts = [_RELION5_NODE_KIND[self], extension, "relion"]
+        parts += [_RELION5_FIXED_SUFFIX[self]] if self in _RELION5_FIXED_SUFFIX else []
+        parts += [suffix] if suffix and self not in _RELION5_FIXED_SUFFIX else []
+        return ".".join(parts)
+
+
+_RELION5_NODE_KIND = {
+    NodeType.MOVIES: "MicrographMovieGroupMetadata",
+    NodeType.MICROGRAPHS: "MicrographGroupMetadata",
+    NodeType.COORDINATES: "MicrographCoordsGroup",
+    NodeType.PARTICLES: "ParticleGroupMetadata",
+    NodeType.CLASS_AVERAGES: "Image2DGroupMetadata",
+    NodeType.MAP: "DensityMap",
+    NodeType.MASK: "Mask3D",
+    NodeType.OPTIMISER: "OptimiserData",
+    NodeType.HALF_MAP: "DensityMap",
+    NodeType.POSTPROCESS_MAP: "DensityMap",
+    NodeType.LOGFILE: "LogFile",
+    NodeType.POSTPROCESS_STAR: "ProcessData",
+}
+# Relion 5 labels that do not depend on the job (e.g. LABEL_POST_POST, LABEL_REFINE3D_HALFMAP).
+_RELION5_FIXED_SUFFIX = {
+    NodeType.HALF_MAP: "halfmap.refine3d",
+    NodeType.POSTPROCESS_MAP: "postprocess",
+    NodeType.POSTPROCESS_STAR: "postprocess",
+}
+
+
+class JobStatus(Enum):
+    """Process status; the value is (Relion 3.1 integer, Relion 5 label)."""
+
+    RUNNING = (0, "Running")
+    SCHEDULED = (1, "Scheduled")
+    SUCCEEDED = (2, "Succeeded")
+    FAILED = (3, "Failed")
+    ABORTED = (4, "Aborted")
+
+    def token(self, dialect: Dialect) -> str:
+        return str(self.value[0]) if dialect == "relion3" else self.value[1]
+
+    @classmethod
+    def from_token(cls, token: str) -> "JobStatus":
+        for status in cls:
+            if token in (str(status.value[0]), status.value[1]):
+                return status
+        raise ValueError(f"unknown Relion process status {token!r}")

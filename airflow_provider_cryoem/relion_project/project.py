@@ -1,0 +1,340 @@
+"""RelionProject: job folders, aggregate STAR files and default_pipeline.star, safe for many writers."""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import mrcfile
+
+from ..io import ImageFileError
+from . import data_files
+from .aggregate import upsert_rows
+from .data_files import TableSpec
+from .job_dir import alias_target, append_note, mark_exit, point_alias, write_job_files
+from .job_types import DIALECTS, Dialect, JobKind, JobStatus, NodeType, job_kind
+from .locking import project_lock, relion_pipeline_lock
+from .models import CtfValues, OpticsGroup
+from .pipeline import NO_ALIAS, Pipeline, Process, read_pipeline
+from .star_text import Value
+
+_JOB_DIR = re.compile(r"^job(\d{3,})$")
+GUI_PROJECT_MARKER = ".gui_projectdir"
+RELION3_COORDS_NODE = "coords_suffix_autopick.star"
+COORDINATE_SUFFIX = "_autopick.star"
+
+# The output node each streaming job registers when it is created, and where its inputs come from.
+_CHAIN_OUTPUT: dict[str, tuple[TableSpec, NodeType]] = {
+    "import": (data_files.MOVIES, NodeType.MOVIES),
+    "motioncorr": (data_files.CORRECTED_MICROGRAPHS, NodeType.MICROGRAPHS),
+    "ctffind": (data_files.MICROGRAPHS_CTF, NodeType.MICROGRAPHS),
+    "autopick": (data_files.AUTOPICK, NodeType.COORDINATES),
+    "extract": (data_files.PARTICLES, NodeType.PARTICLES),
+}
+# (upstream kind, the job.star option Relion 3.1/5 reads that input from)
+_CHAIN_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "motioncorr": (("import", "input_star_mics"),), "ctffind": (("motioncorr", "input_star_mics"),),
+    "autopick": (("ctffind", "fn_input_autopick"),),
+    "extract": (("ctffind", "star_mics"), ("autopick", "coords_suffix")),
+}
+SPA_PREPROCESSING = ("import", "motioncorr", "ctffind", "autopick", "extract")
+
+
+def _stack_length(path: str | Path) -> int:
+    """Number of images in an MRC stack, from its header."""
+    try:
+        with mrcfile.open(path, mode="r", header_only=True, permissive=False) as mrc:
+            return int(mrc.header.nz)
+    except FileNotFoundError:
+        raise ImageFileError(path, "particle stack does not exist") from None
+    except (ValueError, OSError) as exc:
+        raise ImageFileError(path, f"malformed MRC particle stack ({exc})") from None
+
+
+@dataclass(frozen=True)
+class RelionJob:
+    """One job folder, e.g. `MotionCorr/job002/`."""
+
+    project: "RelionProject"
+    kind: JobKind
+    number: int
+
+    @property
+    def name(self) -> str:
+        """The pipeline's process name, `<Type>/jobNNN/`."""
+        return f"{self.kind.directory}/job{self.number:03d}/"
+
+    @property
+    def path(self) -> Path:
+        return self.project.root / self.name
+
+    def file_for(self, source: str | Path, suffix: str, source_root: str | Path | None = None) -> Path:
+        """Where this job puts its output for `source` (a movie or micrograph): `<job>/Movies/<stem><suffix>`.
+
+        With `source_root`, the source's sub-folders below it are kept (as cryoem-services mirrors the
+        raw data layout), so movies with equal names in different grid squares do not collide.
+        """
+        source = Path(source)
+        relative = source.relative_to(source_root) if source_root is not None else Path(source.name)
+        stem = relative.name.split(".")[0]
+        return self.path / "Movies" / relative.parent / f"{stem}{suffix}"
+
+    def output_node_name(self) -> str:
+        """Project-relative name of the job's main output node (streaming jobs only)."""
+        spec, _ = _CHAIN_OUTPUT[self.kind.name]
+        file_name = RELION3_COORDS_NODE if (self.kind.name == "autopick" and
+                                            self.project.dialect == "relion3") else spec.file_name
+        return self.name + file_name
+
+    def add_output(self, file: str | Path, node_type: NodeType, label_suffix: str | None = None) -> None:
+        """Register a file of this job as an output node (the file may be written later).
+
+        `file` is absolute, project-relative (`Class2D/job006/run_it025_data.star`) or a bare name
+        inside the job folder; `label_suffix` overrides the kind's Relion 5 label suffix.
+        """
+        with self.project.updating_pipeline() as pipeline:
+            self.project.register_output(pipeline, self, file, node_type, label_suffix)
+
+    def add_input(self, file: str | Path, node_type: NodeType, label_suffix: str | None = None) -> None:
+        """Register `file` (usually another job's output node) as an input of this job."""
+        node = self.project.relative(file)
+        with self.project.updating_pipeline() as pipeline:
+            pipeline.add_node(node, node_type.token(self.project.dialect, node, label_suffix))
+            pipeline.add_input_edge(node, self.name)
+
+
+class RelionProject:
+    """A Relion project folder that stages write into as they finish (see the package docstring)."""
+
+    def __init__(self, root: str | Path, dialect: Dialect = "relion5", optics: OpticsGroup | None = None) -> None:
+        if dialect not in DIALECTS:
+            raise ValueError(f"dialect must be one of {DIALECTS}, got {dialect!r}")
+        self.root = Path(root).resolve()
+        self.dialect: Dialect = dialect
+        self.optics = optics
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / GUI_PROJECT_MARKER).touch()
+
+    # ----- jobs and pipeline -------------------------------------------------------------------------
+
+    def read_pipeline(self) -> Pipeline:
+        return read_pipeline(self.root, self.dialect)
+
+    @contextmanager
+    def updating_pipeline(self) -> Iterator[Pipeline]:
+        """Read, let the caller change, and atomically rewrite default_pipeline.star under both locks."""
+        with project_lock(self.root), relion_pipeline_lock(self.root):
+            pipeline = self.read_pipeline()
+            yield pipeline
+            pipeline.write(self.root)
+
+    def job(self, kind: str, alias: str | None = None, new: bool = False,
+            options: dict[str, Value] | None = None, command: str | None = None) -> RelionJob:
+        """The job carrying `alias` (default: the kind's Live alias), created if missing or if `new`.
+
+        A kind without a Live alias (class2d, refine3d ...) needs `alias` or `new=True`; give a stable
+        alias (e.g. `batch_50000`) to make a retried task find its job instead of making another.
+        `options` go to job.star, `command` to note.txt, when the job is created.
+        """
+        spec = job_kind(kind)
+        alias = alias or spec.live_alias
+        if alias is None and not new:
+            raise ValueError(f"job kind {kind!r} has no Live alias: pass alias=... or new=True")
+        if not new and alias is not None:
+            existing = self._aliased_job(spec, alias)
+            if existing is not None:
+                return existing
+        with self.updating_pipeline() as pipeline:
+            if not new and alias is not None:  # another writer may have created it meanwhile
+                existing = self._aliased_job(spec, alias)
+                if existing is not None:
+                    return existing
+            return self._create_job(pipeline, spec, alias, options or {}, command)
+
+    def reserve_jobs(self, kinds: Sequence[str] = SPA_PREPROCESSING) -> list[RelionJob]:
+        """Create the Live jobs of `kinds` together, numbered consecutively in this order.
+
+        This gives cryoem-services' positional layout (Import/job001, MotionCorr/job002, CtfFind/job003,
+        AutoPick/job004, Extract/job005 in a new project) whichever stage of the first movie finishes first.
+        """
+        with self.updating_pipeline() as pipeline:
+            jobs = []
+            for kind in kinds:
+                spec = job_kind(kind)
+                if spec.live_alias is None:
+                    raise ValueError(f"job kind {kind!r} has no Live alias and cannot be reserved")
+                existing = self._aliased_job(spec, spec.live_alias)
+                jobs.append(existing or self._create_job(pipeline, spec, spec.live_alias, {}, None))
+            return jobs
+
+    def finish_job(self, job: RelionJob, success: bool) -> None:
+        """Mark a job Succeeded (RELION_JOB_EXIT_SUCCESS) or Failed (RELION_JOB_EXIT_FAILURE)."""
+        with self.updating_pipeline() as pipeline:
+            process = pipeline.process(job.name)
+            if process is None:
+                raise ValueError(f"{job.name} is not in {self.root / 'default_pipeline.star'}")
+            process.status = JobStatus.SUCCEEDED if success else JobStatus.FAILED
+            mark_exit(job.path, success)
+
+    def add_command(self, job: RelionJob, command: str) -> None:
+        """Record another command run for `job` in its note.txt."""
+        with project_lock(self.root):
+            append_note(job.path, command)
+
+    def register_output(self, pipeline: Pipeline, job: RelionJob, file: str | Path, node_type: NodeType,
+                        label_suffix: str | None = None) -> None:
+        node = self.relative(file if Path(file).is_absolute() or "/" in str(file) else job.path / file)
+        pipeline.add_node(node, node_type.token(self.dialect, node, label_suffix or job.kind.node_suffix))
+        pipeline.add_output_edge(job.name, node)
+
+    def absolute(self, path: str | Path) -> Path:
+        """An absolute path; relative paths are taken as relative to the project folder."""
+        return Path(os.path.normpath(path if Path(path).is_absolute() else self.root / path))
+
+    def relative(self, path: str | Path) -> str:
+        """Project-relative POSIX path for files inside the project, absolute path otherwise."""
+        absolute = self.absolute(path)
+        try:
+            return absolute.relative_to(self.root).as_posix()
+        except ValueError:
+            return absolute.as_posix()
+
+    def _existing_job_numbers(self) -> list[int]:
+        return [int(match.group(1)) for type_dir in self.root.iterdir() if type_dir.is_dir()
+                for entry in type_dir.iterdir()
+                if (match := _JOB_DIR.match(entry.name)) and not entry.is_symlink()]
+
+    def _aliased_job(self, spec: JobKind, alias: str) -> RelionJob | None:
+        target = alias_target(self.root / spec.directory, alias)
+        match = _JOB_DIR.match(target or "")
+        return RelionJob(self, spec, int(match.group(1))) if match else None
+
+    def _create_job(self, pipeline: Pipeline, spec: JobKind, alias: str | None, options: dict[str, Value],
+                    command: str | None) -> RelionJob:
+        number = max([pipeline.job_counter, *(n + 1 for n in self._existing_job_numbers())])
+        job = RelionJob(self, spec, number)
+        pipeline.add_process(Process(job.name, NO_ALIAS, spec.type_token(self.dialect), JobStatus.RUNNING))
+        pipeline.job_counter = number + 1
+        options = spec.default_options | options
+        if spec.name in _CHAIN_OUTPUT:
+            options = self._wire_chain_job(pipeline, job) | options
+        write_job_files(job.path, spec, self.dialect, options, command)
+        if alias is not None:
+            point_alias(self.root / spec.directory, alias, f"job{number:03d}")
+            pipeline.set_alias(job.name, f"{spec.directory}/{alias}/")
+        return job
+
+    def _wire_chain_job(self, pipeline: Pipeline, job: RelionJob) -> dict[str, Value]:
+        """Register a streaming job's output node, connect it to the Live jobs it reads from, and
+        return the job.star options naming those inputs."""
+        _, node_type = _CHAIN_OUTPUT[job.kind.name]
+        output = job.output_node_name()
+        self.register_output(pipeline, job, output, node_type)
+        input_options: dict[str, Value] = {}
+        for upstream_kind, option in _CHAIN_INPUTS.get(job.kind.name, ()):
+            spec = job_kind(upstream_kind)
+            upstream = self._aliased_job(spec, spec.live_alias or "")
+            if upstream is None:
+                continue
+            node = upstream.output_node_name()
+            pipeline.add_node(node, _CHAIN_OUTPUT[upstream_kind][1].token(self.dialect, node, spec.node_suffix))
+            pipeline.add_input_edge(node, job.name)
+            input_options[option] = node
+        if output.endswith(RELION3_COORDS_NODE) and input_options:
+            # Relion 3.1 keeps the micrographs the coordinates belong to in this small file.
+            (self.root / output).parent.mkdir(parents=True, exist_ok=True)
+            (self.root / output).write_text(f"{input_options['fn_input_autopick']}\n")
+        return input_options
+
+    # ----- per-micrograph rows ------------------------------------------------------------------------
+
+    def _upsert(self, job: RelionJob, spec: TableSpec, key: str, rows: list[list[Value]]) -> None:
+        header = data_files.file_header(spec, self.optics, self.dialect)
+        with project_lock(self.root):
+            upsert_rows(job.path / spec.file_name, header, spec.block, spec.columns, spec.key_column, key, rows)
+
+    def add_movie(self, movie_path: str | Path) -> None:
+        """List a movie in Import/jobNNN/movies.star."""
+        movie = self.relative(movie_path)
+        self._upsert(self.job("import"), data_files.MOVIES, movie, [[movie, self._optics_number()]])
+
+    def add_motion_corrected(self, micrograph_path: str | Path, total_motion_a: float, early_motion_a: float,
+                             late_motion_a: float, metadata_path: str | Path | None = None) -> None:
+        """Add a motion-corrected micrograph (and its accumulated motion in Å) to corrected_micrographs.star."""
+        micrograph = self.relative(micrograph_path)
+        values: list[Value] = [micrograph, self._optics_number(), float(total_motion_a), float(early_motion_a),
+                               float(late_motion_a)]
+        spec = data_files.CORRECTED_MICROGRAPHS
+        if metadata_path is not None:
+            spec = data_files.with_metadata(spec)
+            values.insert(1, self.relative(metadata_path))
+        self._upsert(self.job("motioncorr"), spec, micrograph, [values])
+
+    def add_ctf(self, micrograph_path: str | Path, ctf: CtfValues, ctf_image_path: str | Path) -> None:
+        """Add a micrograph's CTF fit to micrographs_ctf.star (`ctf_image_path`: its power spectrum, MRC)."""
+        micrograph = self.relative(micrograph_path)
+        ctf = CtfValues.model_validate(ctf)
+        values = data_files.ctf_row_values(ctf) | {
+            "rlnMicrographName": micrograph, "rlnOpticsGroup": self._optics_number(),
+            "rlnCtfImage": f"{self.relative(ctf_image_path)}:mrc",
+            "rlnCtfAstigmatism": abs(ctf.defocus_u_a - ctf.defocus_v_a)}
+        spec = data_files.MICROGRAPHS_CTF
+        self._upsert(self.job("ctffind"), spec, micrograph, [[values[column] for column in spec.columns]])
+
+    def add_picks(self, micrograph_path: str | Path, coordinates_px: Sequence[Sequence[float]],
+                  figures_of_merit: Sequence[float] | None = None) -> Path:
+        """Write `<AutoPick job>/Movies/<mic>_autopick.star` ([x, y] px) and list it in autopick.star.
+
+        The file name follows Relion 3.1's `--coord_suffix _autopick.star` convention, so both
+        autopick.star (Relion 4/5) and coordinate suffix lookup (Relion 3.1) find it. Returns its path.
+        """
+        job = self.job("autopick")
+        micrograph = self.relative(micrograph_path)
+        coords_file = self._coordinate_file(job, micrograph)
+        text = data_files.coordinates_text([list(c) for c in coordinates_px],
+                                           None if figures_of_merit is None else list(figures_of_merit),
+                                           self.dialect)
+        coords_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = coords_file.with_name(f".{coords_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, coords_file)
+        self._upsert(job, data_files.AUTOPICK, micrograph, [[micrograph, self.relative(coords_file)]])
+        return coords_file
+
+    def add_particles(self, micrograph_path: str | Path, stack_path: str | Path,
+                      coordinates_px: Sequence[Sequence[float]], ctf: CtfValues) -> int:
+        """Add one micrograph's extracted particles (stack image i = coordinate i) to particles.star.
+
+        Returns the number of particles; the stack must hold exactly one image per coordinate.
+        """
+        n_images = _stack_length(self.absolute(stack_path))
+        if n_images != len(coordinates_px):
+            raise ImageFileError(stack_path, f"holds {n_images} images for {len(coordinates_px)} coordinates")
+        micrograph = self.relative(micrograph_path)
+        stack_name = self.relative(stack_path)
+        ctf_values = data_files.ctf_row_values(CtfValues.model_validate(ctf))
+        spec = data_files.PARTICLES
+        rows = []
+        for index, (x, y) in enumerate(coordinates_px, start=1):
+            values = ctf_values | {
+                "rlnCoordinateX": float(x), "rlnCoordinateY": float(y), "rlnImageName": f"{index:06d}@{stack_name}",
+                "rlnMicrographName": micrograph, "rlnOpticsGroup": self._optics_number(),
+                "rlnCtfBfactor": 0.0, "rlnCtfScalefactor": 1.0, "rlnPhaseShift": 0.0}
+            rows.append([values[column] for column in spec.columns])
+        self._upsert(self.job("extract"), spec, micrograph, rows)
+        return len(rows)
+
+    def _coordinate_file(self, job: RelionJob, micrograph: str) -> Path:
+        """Relion 3.1's rule: coord_dir + (micrograph path after its jobNNN/, without extension) + suffix."""
+        parts = Path(micrograph).parts
+        job_index = next((i for i, part in enumerate(parts) if _JOB_DIR.match(part)), None)
+        tail = Path(*parts[job_index + 1:]) if job_index is not None else Path("Movies", Path(micrograph).name)
+        return job.path / tail.parent / (tail.name.rsplit(".", 1)[0] + COORDINATE_SUFFIX)
+
+    def _optics_number(self) -> int:
+        if self.optics is None:
+            raise ValueError("RelionProject needs optics=OpticsGroup(...) to write micrograph or particle rows")
+        return self.optics.number

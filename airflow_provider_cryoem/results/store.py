@@ -1,0 +1,293 @@
+"""The results store: idempotent writes of every stage's results, keyed by (session, movie, stage, job).
+
+Each public method is one transaction, and each result is an upsert on the row's natural key, so a
+retried Airflow task rewrites its own rows (values updated) instead of adding new ones, and a task that
+dies half-way leaves nothing half-written. A reprocess run starts new processing jobs, so its rows sit
+beside the live run's rows instead of over them.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import PurePath
+
+from sqlalchemy import Connection, Engine, Table, func, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from . import migrations, records, schema
+from .errors import ResultsInputError, ResultsNotFoundError, ResultsUnavailableError
+from .records import Field, ResultLike
+from .summary import SessionSummary, build_summary
+from .upsert import insert_ignoring_conflicts, upsert
+
+JOB_STATUSES = ("success", "failed")
+CLASSIFICATION_TYPES = ("2D", "3D")
+_CLAIM_CHUNK = 500  # rows per INSERT: well under SQLite's bound-parameter limit
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ResultsStore:
+    """Results of a cryo-EM session in PostgreSQL (or SQLite for the demo), ISPyB-shaped."""
+
+    def __init__(self, engine: Engine, label: str | None = None) -> None:
+        """`label` names the database in errors (e.g. the Airflow connection id); default: URL sans password."""
+        self.engine = engine
+        self.label = label or engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """One transaction; a database that cannot be reached becomes ResultsUnavailableError."""
+        try:
+            connection = self.engine.connect()
+        except DBAPIError as exc:
+            raise ResultsUnavailableError(self.label, self._problem(exc)) from exc
+        with connection:
+            try:
+                with connection.begin():
+                    yield connection
+            except DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise ResultsUnavailableError(self.label, self._problem(exc)) from exc
+                raise
+
+    def _problem(self, exc: DBAPIError) -> str:
+        problem = " ".join(str(exc.orig).split())
+        password = self.engine.url.password
+        return problem.replace(password, "***") if password else problem
+
+    # -- schema ---------------------------------------------------------------------------------------
+    def ensure_schema(self) -> int:
+        """Create or upgrade the tables; idempotent and safe when several processes call it at once."""
+        with self._transaction() as connection:
+            return migrations.upgrade(connection)
+
+    def schema_version(self) -> int:
+        """The version recorded in the database; 0 if the tables were never created."""
+        with self._transaction() as connection:
+            return migrations.current_version(connection)
+
+    # -- sessions, jobs, files ------------------------------------------------------------------------
+    def get_or_create_session(self, name: str, watch_dir: str | PurePath, processing_dir: str | PurePath) -> int:
+        """The id of the session called `name`, created on first use (later calls keep the first dirs)."""
+        table = schema.session
+        with self._transaction() as connection:
+            insert_ignoring_conflicts(connection, table, [{
+                "name": name, "image_directory": str(watch_dir), "processing_directory": str(processing_dir),
+                "created": _now()}], key=["name"])
+            return connection.execute(select(table.c.session_id).where(table.c.name == name)).scalar_one()
+
+    def start_processing_job(self, session_id: int, recipe: str, stage: str, reprocess: bool, run_id: str,
+                             command: str | None = None, log_path: str | PurePath | None = None) -> int:
+        """The job for this run's stage: created once per (session, run_id, stage); a retry restarts it."""
+        values = {
+            "session_id": session_id, "run_id": run_id, "recipe": recipe, "stage": stage, "reprocess": reprocess,
+            "processing_status": "running", "processing_message": None, "processing_command_line": command,
+            "log_full_path": None if log_path is None else str(log_path),
+            "processing_start_time": _now(), "processing_end_time": None,
+        }
+        return self._upsert("processing job", schema.processing_job, values, ["session_id", "run_id", "stage"])
+
+    def finish_processing_job(self, job_id: int, status: str, message: str | None = None,
+                              command: str | None = None, log_path: str | PurePath | None = None) -> None:
+        """Close the job as 'success' or 'failed' with an optional message (the failure reason)."""
+        if status not in JOB_STATUSES:
+            raise ResultsInputError("processing job", "status", f"{status!r} is not one of {JOB_STATUSES}")
+        table = schema.processing_job
+        values = {"processing_status": status, "processing_message": message, "processing_end_time": _now()}
+        if command is not None:
+            values["processing_command_line"] = command
+        if log_path is not None:
+            values["log_full_path"] = str(log_path)
+        with self._transaction() as connection:
+            updated = connection.execute(table.update().where(table.c.processing_job_id == job_id).values(values))
+            if updated.rowcount == 0:
+                raise ResultsNotFoundError(f"no processing job {job_id}")
+
+    def claim_files(self, session_id: int, candidates: Sequence[tuple[str, int]], claimed_by: str,
+                    first_seen: Mapping[str, datetime] | None = None) -> list[str]:
+        """Take the candidate files (path relative to the watched dir, size in bytes) for `claimed_by`.
+
+        Returns, in candidate order, the paths this claimant holds: those nobody had claimed, plus those
+        it claimed itself before (so a retried task gets its files back). Any other claimant gets none
+        of them: the insert ignores taken paths, atomically, however many writers race.
+        """
+        sizes: dict[str, int] = {}
+        for path, size_bytes in candidates:
+            if PurePath(path).is_absolute():
+                raise ResultsInputError("claim", path, "expected a path relative to the watched directory")
+            sizes[str(path)] = int(size_bytes)
+        # Same insert order in every writer, so two overlapping claims cannot deadlock on PostgreSQL.
+        ordered = sorted(sizes)
+        now = _now()
+        table = schema.session_file
+        held: set[str] = set()
+        with self._transaction() as connection:
+            for start in range(0, len(ordered), _CLAIM_CHUNK):
+                chunk = ordered[start:start + _CLAIM_CHUNK]
+                insert_ignoring_conflicts(connection, table, [{
+                    "session_id": session_id, "relative_path": path, "size_bytes": sizes[path],
+                    "first_seen": (first_seen or {}).get(path, now), "claimed_at": now, "claimed_by": claimed_by,
+                } for path in chunk], key=["session_id", "relative_path"])
+                held.update(connection.execute(select(table.c.relative_path).where(
+                    table.c.session_id == session_id, table.c.claimed_by == claimed_by,
+                    table.c.relative_path.in_(chunk))).scalars())
+        return [path for path in sizes if path in held]
+
+    def claimed_files(self, session_id: int) -> set[str]:
+        """Every path of the session that some run has taken."""
+        table = schema.session_file
+        with self._transaction() as connection:
+            return set(connection.execute(select(table.c.relative_path)
+                                          .where(table.c.session_id == session_id)).scalars())
+
+    def files_claimed_by(self, session_id: int, claimed_by: str) -> set[str]:
+        """The paths `claimed_by` (a run id) holds, so a retried task gets its movies back."""
+        table = schema.session_file
+        with self._transaction() as connection:
+            return set(connection.execute(select(table.c.relative_path).where(
+                table.c.session_id == session_id, table.c.claimed_by == claimed_by)).scalars())
+
+    def last_claim_time_s(self, session_id: int) -> float | None:
+        """When the session's latest claim was made (Unix seconds), None before the first."""
+        table = schema.session_file
+        with self._transaction() as connection:
+            latest = connection.execute(select(func.max(table.c.claimed_at))
+                                        .where(table.c.session_id == session_id)).scalar()
+        if latest is None:
+            return None
+        return (latest if latest.tzinfo else latest.replace(tzinfo=timezone.utc)).timestamp()
+
+    def end_session(self, session_id: int, reason: str) -> None:
+        """Record that the live session ended by itself, and why (kept from the first call)."""
+        table = schema.session
+        with self._transaction() as connection:
+            connection.execute(table.update().where(table.c.session_id == session_id, table.c.end_time.is_(None))
+                               .values(end_time=_now(), end_reason=reason))
+
+    def register_movie(self, session_id: int, path: str | PurePath) -> int:
+        """The id of the movie at `path`, numbered 1, 2, ... in order of registration within the session."""
+        movie, session = schema.movie, schema.session
+        with self._transaction() as connection:
+            # Lock the session row (NO KEY UPDATE: child-row inserts are not blocked) so numbers never race.
+            locked = connection.execute(select(session.c.session_id).where(session.c.session_id == session_id)
+                                        .with_for_update(key_share=True)).first()
+            if locked is None:
+                raise ResultsNotFoundError(f"no session {session_id}")
+            existing = connection.execute(select(movie.c.movie_id).where(
+                movie.c.session_id == session_id, movie.c.movie_full_path == str(path))).scalar()
+            if existing is not None:
+                return existing
+            number = connection.execute(select(func.coalesce(func.max(movie.c.movie_number), 0) + 1)
+                                        .where(movie.c.session_id == session_id)).scalar_one()
+            return connection.execute(movie.insert().values(
+                session_id=session_id, movie_number=number, movie_full_path=str(path),
+                created_time_stamp=_now(), status="registered").returning(movie.c.movie_id)).scalar_one()
+
+    # -- per-movie results ----------------------------------------------------------------------------
+    def record_motion_correction(self, job_id: int, movie_id: int, result: ResultLike) -> int:
+        return self._record_movie_result("motion correction", schema.motion_correction, records.MOTION_CORRECTION,
+                                         job_id, movie_id, result)
+
+    def record_ctf(self, job_id: int, movie_id: int, result: ResultLike) -> int:
+        return self._record_movie_result("ctf", schema.ctf, records.CTF, job_id, movie_id, result)
+
+    def record_picking(self, job_id: int, movie_id: int, result: ResultLike) -> int:
+        return self._record_movie_result("particle picking", schema.particle_picker, records.PARTICLE_PICKER,
+                                         job_id, movie_id, result)
+
+    def record_ice_thickness(self, job_id: int, movie_id: int, result: ResultLike) -> int:
+        return self._record_movie_result("ice thickness", schema.relative_ice_thickness,
+                                         records.RELATIVE_ICE_THICKNESS, job_id, movie_id, result)
+
+    def record_failure(self, job_id: int, movie_id: int, stage: str, reason: str) -> int:
+        """Record that `stage` failed on this movie in this job; the movie is marked failed with the reason."""
+        values = {"processing_job_id": job_id, "movie_id": movie_id, "stage": stage, "reason": reason,
+                  "recorded": _now()}
+        movie = schema.movie
+        with self._writing(f"failure of processing job {job_id}, movie {movie_id}") as connection:
+            failure_id = upsert(connection, schema.processing_failure, values, ["processing_job_id", "movie_id", "stage"])
+            connection.execute(movie.update().where(movie.c.movie_id == movie_id).values(
+                status="failed", failure_reason=f"{stage}: {reason}"))
+            return failure_id
+
+    # -- batch results --------------------------------------------------------------------------------
+    def record_classification_group(self, job_id: int, group: ResultLike, classes: Iterable[ResultLike]) -> int:
+        """A 2D/3D classification batch and all its classes, replacing whatever an earlier try wrote."""
+        group_values = records.row_values("classification group", schema.particle_classification_group, group,
+                                          records.PARTICLE_CLASSIFICATION_GROUP)
+        if group_values["type"] not in CLASSIFICATION_TYPES:
+            raise ResultsInputError("classification group", "type",
+                                    f"{group_values['type']!r} is not one of {CLASSIFICATION_TYPES}")
+        class_values = [records.row_values("classification class", schema.particle_classification, one,
+                                           records.PARTICLE_CLASSIFICATION) for one in classes]
+        table = schema.particle_classification
+        with self._writing(f"classification group of processing job {job_id}") as connection:
+            group_id = upsert(connection, schema.particle_classification_group,
+                              {"processing_job_id": job_id, **group_values},
+                              ["processing_job_id", "type", "batch_number"])
+            for values in class_values:
+                upsert(connection, table, {"particle_classification_group_id": group_id, **values},
+                       ["particle_classification_group_id", "class_number"])
+            connection.execute(table.delete().where(
+                table.c.particle_classification_group_id == group_id,
+                table.c.class_number.not_in([values["class_number"] for values in class_values])))
+            return group_id
+
+    def record_class_selection(self, group_id: int, selected_class_numbers: Iterable[int]) -> None:
+        """Mark exactly these classes of the group as selected (automatic class selection's outcome)."""
+        table = schema.particle_classification
+        chosen = [int(number) for number in selected_class_numbers]
+        with self._transaction() as connection:
+            connection.execute(table.update().where(table.c.particle_classification_group_id == group_id)
+                               .values(selected=table.c.class_number.in_(chosen)))
+
+    def record_initial_model(self, group_id: int, result: ResultLike) -> int:
+        """The initial model of a 3D classification batch."""
+        values = records.row_values("initial model", schema.cryoem_initial_model, result,
+                                    records.CRYOEM_INITIAL_MODEL)
+        return self._upsert(f"initial model of classification group {group_id}", schema.cryoem_initial_model,
+                            {"particle_classification_group_id": group_id, **values},
+                            ["particle_classification_group_id"])
+
+    def record_refinement(self, job_id: int, result: ResultLike) -> int:
+        """A 3D refinement + post-processing result, one per (job, symmetry)."""
+        values = records.row_values("refinement", schema.refinement, result, records.REFINEMENT)
+        return self._upsert(f"refinement of processing job {job_id}", schema.refinement,
+                            {"processing_job_id": job_id, **values}, ["processing_job_id", "symmetry"])
+
+    def record_bfactor_fit(self, job_id: int, result: ResultLike) -> int:
+        """One point of the B-factor plot, one per (job, number of particles)."""
+        values = records.row_values("bfactor fit", schema.bfactor_fit, result, records.BFACTOR_FIT)
+        return self._upsert(f"bfactor fit of processing job {job_id}", schema.bfactor_fit,
+                            {"processing_job_id": job_id, **values}, ["processing_job_id", "number_of_particles"])
+
+    # -- reading --------------------------------------------------------------------------------------
+    def session_summary(self, session_name: str) -> SessionSummary:
+        with self._transaction() as connection:
+            return build_summary(connection, session_name)
+
+    # -- helpers --------------------------------------------------------------------------------------
+    def _record_movie_result(self, stage: str, table: Table, fields: Mapping[str, Field], job_id: int,
+                             movie_id: int, result: ResultLike) -> int:
+        values = records.row_values(stage, table, result, fields)
+        return self._upsert(f"{stage} of processing job {job_id}, movie {movie_id}", table,
+                            {"processing_job_id": job_id, "movie_id": movie_id, **values},
+                            ["processing_job_id", "movie_id"])
+
+    def _upsert(self, what: str, table: Table, values: Mapping[str, object], key: Sequence[str]) -> int:
+        with self._writing(what) as connection:
+            return upsert(connection, table, values, key)
+
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[Connection]:
+        """A write transaction whose foreign-key failure names the row that could not be written."""
+        try:
+            with self._transaction() as connection:
+                yield connection
+        except IntegrityError as exc:
+            raise ResultsNotFoundError(f"cannot record {what}, is its session/job/movie missing? "
+                                       f"{' '.join(str(exc.orig).split())}") from exc

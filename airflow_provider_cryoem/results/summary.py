@@ -1,0 +1,149 @@
+"""What a session has produced so far: per-stage counts, failures with reasons, and medians.
+
+Where a movie has results from several jobs (live run, then a reprocess run), the summary uses the
+newest job's row for it; the older rows stay in the database untouched.
+"""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+
+from pydantic import BaseModel
+from sqlalchemy import Connection, Row, Table, func, select
+
+from . import schema
+from .errors import ResultsNotFoundError
+
+MOTION_CORRECTION = "motion_correction"
+CTF = "ctf"
+PARTICLE_PICKING = "particle_picking"
+ICE_THICKNESS = "ice_thickness"
+CLASS2D = "class2d"
+CLASS3D = "class3d"
+REFINEMENT = "refinement"
+BFACTOR = "bfactor"
+
+
+class StageCount(BaseModel):
+    succeeded: int = 0  # movies (per-movie stages) or batches/runs with a result
+    failed: int = 0  # movies recorded as failed at this stage
+
+
+class FailureRecord(BaseModel):
+    stage: str
+    movie: str | None  # None: the whole processing job failed
+    reason: str
+    processing_job_id: int
+    reprocess: bool
+
+
+class SessionSummary(BaseModel):
+    session: str
+    image_directory: str
+    processing_directory: str
+    ended: bool
+    end_reason: str | None
+    files_claimed: int
+    movies_registered: int
+    processing_jobs: int
+    reprocess_jobs: int
+    stages: dict[str, StageCount]
+    failures: list[FailureRecord]
+    median_total_motion_a: float | None
+    median_defocus_a: float | None
+    median_fit_resolution_a: float | None
+    median_particles_per_micrograph: float | None
+    best_resolution_a: float | None
+
+
+def build_summary(connection: Connection, session_name: str) -> SessionSummary:
+    """Summarise the session called `session_name`; ResultsNotFoundError if there is none."""
+    session = connection.execute(select(schema.session).where(schema.session.c.name == session_name)).first()
+    if session is None:
+        raise ResultsNotFoundError(f"no session named {session_name!r} in the results database")
+    sid = session.session_id
+    jobs = connection.execute(select(schema.processing_job).where(schema.processing_job.c.session_id == sid)).all()
+    motion = _newest_per_movie(connection, schema.motion_correction, sid)
+    ctf = _newest_per_movie(connection, schema.ctf, sid)
+    picks = _newest_per_movie(connection, schema.particle_picker, sid)
+    ice = _newest_per_movie(connection, schema.relative_ice_thickness, sid)
+    groups = connection.execute(
+        select(schema.particle_classification_group.c.type, func.count())
+        .join(schema.processing_job).where(schema.processing_job.c.session_id == sid)
+        .group_by(schema.particle_classification_group.c.type)).all()
+    group_counts = {kind: count for kind, count in groups}
+    refinements = _rows_of_session(connection, schema.refinement, sid)
+    failures = _failures(connection, sid, jobs)
+
+    stages = {
+        MOTION_CORRECTION: StageCount(succeeded=len(motion)),
+        CTF: StageCount(succeeded=len(ctf)),
+        PARTICLE_PICKING: StageCount(succeeded=len(picks)),
+        ICE_THICKNESS: StageCount(succeeded=len(ice)),
+        CLASS2D: StageCount(succeeded=group_counts.get("2D", 0)),
+        CLASS3D: StageCount(succeeded=group_counts.get("3D", 0)),
+        REFINEMENT: StageCount(succeeded=len(refinements)),
+        BFACTOR: StageCount(succeeded=len(_rows_of_session(connection, schema.bfactor_fit, sid))),
+    }
+    failed_movies: dict[str, set[str]] = {}
+    for failure in failures:
+        if failure.movie is not None:
+            failed_movies.setdefault(failure.stage, set()).add(failure.movie)
+    for stage, movies in failed_movies.items():
+        stages.setdefault(stage, StageCount()).failed = len(movies)
+
+    return SessionSummary(
+        session=session.name,
+        image_directory=session.image_directory,
+        processing_directory=session.processing_directory,
+        ended=session.end_time is not None,
+        end_reason=session.end_reason,
+        files_claimed=connection.execute(select(func.count()).select_from(schema.session_file)
+                                         .where(schema.session_file.c.session_id == sid)).scalar_one(),
+        movies_registered=connection.execute(select(func.count()).select_from(schema.movie)
+                                             .where(schema.movie.c.session_id == sid)).scalar_one(),
+        processing_jobs=len(jobs),
+        reprocess_jobs=sum(1 for job in jobs if job.reprocess),
+        stages=stages,
+        failures=failures,
+        median_total_motion_a=_median(motion, lambda r: r.total_motion_a),
+        median_defocus_a=_median(ctf, lambda r: (r.defocus_u_a + r.defocus_v_a) / 2),
+        median_fit_resolution_a=_median(ctf, lambda r: r.estimated_resolution_a),
+        median_particles_per_micrograph=_median(picks, lambda r: r.number_of_particles),
+        best_resolution_a=min((r.estimated_resolution_a for r in refinements), default=None),
+    )
+
+
+def _rows_of_session(connection: Connection, table: Table, session_id: int) -> Sequence[Row]:
+    return connection.execute(select(table).join(schema.processing_job)
+                              .where(schema.processing_job.c.session_id == session_id)).all()
+
+
+def _newest_per_movie(connection: Connection, table: Table, session_id: int) -> list[Row]:
+    """One row per movie: the one written by the newest processing job."""
+    newest: dict[int, Row] = {}
+    for row in _rows_of_session(connection, table, session_id):
+        kept = newest.get(row.movie_id)
+        if kept is None or row.processing_job_id > kept.processing_job_id:
+            newest[row.movie_id] = row
+    return list(newest.values())
+
+
+def _failures(connection: Connection, session_id: int, jobs: Iterable[Row]) -> list[FailureRecord]:
+    failure, movie, job = schema.processing_failure, schema.movie, schema.processing_job
+    rows = connection.execute(
+        select(failure.c.stage, movie.c.movie_full_path, failure.c.reason, job.c.processing_job_id, job.c.reprocess)
+        .join(movie, failure.c.movie_id == movie.c.movie_id).join(job)
+        .where(job.c.session_id == session_id)
+        .order_by(job.c.processing_job_id, movie.c.movie_full_path)).all()
+    records = [FailureRecord(stage=r.stage, movie=r.movie_full_path, reason=r.reason,
+                             processing_job_id=r.processing_job_id, reprocess=r.reprocess) for r in rows]
+    records += [FailureRecord(stage=j.stage, movie=None, reason=j.processing_message or "failed",
+                              processing_job_id=j.processing_job_id, reprocess=j.reprocess)
+                for j in sorted(jobs, key=lambda j: j.processing_job_id) if j.processing_status == "failed"]
+    return records
+
+
+def _median(rows: Iterable[Row], value: Callable[[Row], float]) -> float | None:
+    values = [float(value(row)) for row in rows]
+    return statistics.median(values) if values else None

@@ -1,0 +1,20 @@
+"""Synthetic cryo-EM sessions with ground truth: movies, gain, metadata and every planted value.
+
+Modules, one step of image formation each, so a tilt-series simulator can reuse them:
+structure (particle, orientations, 3D map) → specimen (placement, ice, carbon, phase) → optics (CTF,
+envelope, dose damage) → motion (drift, local warp) → detector (gain, counts) → movie (one movie)
+→ files / session (what lands on disk, at once or live).
+"""
+from .detector import gain_as_written, orient_gain
+from .movie import SimulatedMovie, simulate_movie
+from .session import END_MARKER_NAME, GAIN_REFERENCE_NAME, GROUND_TRUTH_NAME, run_live_session, write_spa_session
+from .settings import SpaSimulationSettings
+from .structure import euler_matrix, make_structure, render_volume
+from .truth import CarbonEdgeTruth, LocalMotionTruth, MovieTruth, ParticleTruth, SessionTruth, StructureTruth
+
+__all__ = [
+    "END_MARKER_NAME", "GAIN_REFERENCE_NAME", "GROUND_TRUTH_NAME", "CarbonEdgeTruth", "LocalMotionTruth",
+    "MovieTruth", "ParticleTruth", "SessionTruth", "SimulatedMovie", "SpaSimulationSettings", "StructureTruth",
+    "euler_matrix", "gain_as_written", "make_structure", "orient_gain", "render_volume", "run_live_session",
+    "simulate_movie", "write_spa_session",
+]
