@@ -23,9 +23,17 @@ def get_provider_info() -> dict:
                 "tags": ["software"],
             }
         ],
-        "operators": [],
-        "sensors": [],
-        "hooks": [],
-        "triggers": [],
+        "operators": [
+            {"integration-name": "Cryo-EM", "python-modules": ["airflow_provider_cryoem.operators.stage"]},
+        ],
+        "sensors": [
+            {"integration-name": "Cryo-EM", "python-modules": ["airflow_provider_cryoem.sensors.new_movies"]},
+        ],
+        "hooks": [
+            {"integration-name": "Cryo-EM", "python-modules": ["airflow_provider_cryoem.hooks.results"]},
+        ],
+        "triggers": [
+            {"integration-name": "Cryo-EM", "python-modules": ["airflow_provider_cryoem.triggers.new_movies"]},
+        ],
         "connection-types": [],
     }

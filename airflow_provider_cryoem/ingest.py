@@ -9,6 +9,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,21 @@ class FolderScan:
     complete: list[MovieFile]
     incomplete: list[MovieFile]
     end_marker_present: bool
+
+
+@dataclass(frozen=True)
+class FolderSnapshot:
+    """A compact summary of a scan: enough to notice that something relevant changed."""
+
+    complete_count: int
+    newest_complete_mtime_s: float
+    end_reached: bool
+
+    @classmethod
+    def of(cls, scan: FolderScan) -> "FolderSnapshot":
+        """Changes when a movie completes, or when the end marker is there and nothing is still growing."""
+        return cls(len(scan.complete), max((m.mtime_s for m in scan.complete), default=0.0),
+                   scan.end_marker_present and not scan.incomplete)
 
 
 def _has_metadata(path: Path) -> bool:
@@ -69,7 +87,7 @@ def session_end_reason(scan: FolderScan, unclaimed: list[MovieFile], claimed_tot
     return None
 
 
-def split_into_batches(items: list[str], max_per_batch: int, parallel_tasks: int) -> list[list[str]]:
+def split_into_batches(items: list[T], max_per_batch: int, parallel_tasks: int) -> list[list[T]]:
     """Spread `items` over about `parallel_tasks` batches of at most `max_per_batch`, keeping order.
 
     Few movies give one movie per task (lowest latency); a burst gives batches of up to `max_per_batch`, so

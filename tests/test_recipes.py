@@ -131,7 +131,7 @@ def test_broken_recipe_is_an_import_error_and_good_dags_still_load(tmp_path, mon
     dags.mkdir()
     shutil.copy(RECIPES.parent / "dags" / "cryoem_recipes.py", dags)
     monkeypatch.setenv("CRYOEM_RECIPES_DIR", str(recipes))
-    bag = DagBag(dag_folder=str(dags), include_examples=False)
+    bag = DagBag(dag_folder=str(dags))
     assert "spa_live" in bag.dags
     assert "cryoem_recipe_errors" not in bag.dags
     (message,) = bag.import_errors.values()

@@ -42,20 +42,22 @@ def _session_tasks(recipe: Recipe, live: bool) -> tuple[Any, Any]:
     """Open the session and produce the batches of movies this run processes."""
     from ..pipeline.session import open_session, reprocess_movies
 
-    @task(task_id="open_session")
+    @task(task_id="open_session", retries=0)
     def open_session_task(**context: Any) -> dict[str, Any]:
         return open_session(context["params"], recipe.name, context["run_id"], reprocess=not live,
-                            logical_date=context.get("logical_date"), sessions_root=recipe.sessions_root)
+                            logical_date=context.get("logical_date"), sessions_root=recipe.sessions_root,
+                            stable_for_s=recipe.batching.stable_for_s)
 
     session = open_session_task()
     if live:
-        found = NewMoviesSensor(
+        sensor = NewMoviesSensor(
             task_id="wait_for_movies",
-            watch="{{ ti.xcom_pull(task_ids='open_session')['watch'] }}",
+            watch="{{ ti.xcom_pull(task_ids='open_session')['sessions'][0]['watch'] }}",
             poke_interval=recipe.batching.poll_interval_s,
             timeout=7 * 24 * 3600,
         )
-        session >> found
+        session >> sensor
+        found = sensor.output
     else:
         @task(task_id="list_movies")
         def list_movies_task(opened: dict[str, Any]) -> dict[str, Any]:
@@ -87,10 +89,11 @@ def build_dag(recipe: Recipe) -> DAG:
         session, found = _session_tasks(recipe, live)
 
         @task(task_id="plan_batches")
-        def plan_batches_task(found_movies: dict[str, Any]) -> list[list[dict[str, Any]]]:
-            return plan_batches(found_movies, recipe.batching.max_movies_per_task, recipe.batching.parallel_tasks)
+        def plan_batches_task(opened: dict[str, Any], found_movies: dict[str, Any]) -> list[list[dict[str, Any]]]:
+            return plan_batches(opened, found_movies, recipe.batching.max_movies_per_task,
+                                recipe.batching.parallel_tasks)
 
-        batches = plan_batches_task(found)
+        batches = plan_batches_task(session, found)
         stage_tasks = {}
         for name in recipe.stage_order():
             spec = recipe.stages[name]
@@ -100,7 +103,7 @@ def build_dag(recipe: Recipe) -> DAG:
                 tool=spec.tool,
                 stage_params=spec.params,
                 runs_on=spec.runs_on if isinstance(spec.runs_on, str) else spec.runs_on.model_dump(),
-                upstream_stages=spec.after,
+                input_stages=recipe.ancestors(name),
                 retries=spec.retries,
                 retry_delay=dt.timedelta(seconds=spec.retry_delay_s),
                 execution_timeout=dt.timedelta(seconds=spec.timeout_s),
@@ -114,7 +117,7 @@ def build_dag(recipe: Recipe) -> DAG:
 
         @task(task_id="close_batch", trigger_rule=TriggerRule.ALL_DONE)
         def close_batch_task(opened: dict[str, Any], found_movies: dict[str, Any], **context: Any) -> dict[str, Any]:
-            return close_batch(opened, found_movies, context["run_id"])
+            return close_batch(context["params"], opened, found_movies)
 
         closing = close_batch_task(session, found)
         list(stage_tasks.values()) >> closing

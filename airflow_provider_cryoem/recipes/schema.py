@@ -96,7 +96,7 @@ class Recipe(BaseModel):
                 if upstream not in self.stages:
                     raise ValueError(f"stages.{name}.after: {upstream!r} is not a stage of this recipe")
             for needed in definition.needs:
-                if needed in STAGES and not self._reaches(name, needed):
+                if needed not in self.ancestors(name):
                     raise ValueError(f"stages.{name}.after: stage {name!r} needs the results of {needed!r}")
         if self.mode == "reprocess" and not self.schedule:
             raise ValueError("schedule: a reprocess recipe needs a schedule (e.g. '@daily') for backfills")
@@ -106,16 +106,15 @@ class Recipe(BaseModel):
             raise ValueError(f"stages: dependency cycle {' -> '.join(exc.args[1])}") from None
         return self
 
-    def _reaches(self, stage: str, target: str) -> bool:
-        pending, seen = list(self.stages[stage].after), set()
+    def ancestors(self, stage: str) -> list[str]:
+        """Every stage whose results `stage` can use: its `after` stages and theirs, recursively."""
+        pending, seen = list(self.stages[stage].after), []
         while pending:
             current = pending.pop()
-            if current == target:
-                return True
-            if current not in seen:
-                seen.add(current)
+            if current not in seen and current in self.stages:
+                seen.append(current)
                 pending.extend(self.stages[current].after)
-        return False
+        return sorted(seen)
 
     def stage_order(self) -> list[str]:
         """Stages in an order where each comes after everything it depends on."""

@@ -5,8 +5,8 @@ from typing import Any
 
 from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
 
+from ..pipeline.watch import WatchSettings, take_new_movies, wake_up_plan
 from ..triggers.new_movies import NewMoviesTrigger
-from ..watch import WatchSettings, take_new_movies
 
 
 class NewMoviesSensor(BaseSensorOperator):
@@ -19,7 +19,7 @@ class NewMoviesSensor(BaseSensorOperator):
 
     template_fields = ("watch",)
 
-    def __init__(self, *, watch: dict[str, Any], deferrable: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *, watch: dict[str, Any] | str, deferrable: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("poke_interval", 2.0)
         super().__init__(**kwargs)
         self.watch = watch
@@ -35,13 +35,16 @@ class NewMoviesSensor(BaseSensorOperator):
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
             return super().execute(context)
-        return self._take_or_defer(context)
+        return self.execute_complete(context)
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
-        return self._take_or_defer(context)
-
-    def _take_or_defer(self, context: Context) -> dict[str, Any]:
-        taken = take_new_movies(self._settings(), claimed_by=context["run_id"])
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Take what is there, or go back to waiting in the triggerer (also after a false alarm)."""
+        settings = self._settings()
+        taken = take_new_movies(settings, claimed_by=context["run_id"])
         if taken is not None:
             return taken
-        self.defer(trigger=NewMoviesTrigger(self.watch, self.poke_interval), method_name="execute_complete")
+        plan = wake_up_plan(settings)
+        self.defer(trigger=NewMoviesTrigger(settings.watch_dir, settings.movie_glob, settings.end_marker,
+                                            settings.stable_for_s, plan["snapshot"], plan["idle_deadline_s"],
+                                            self.poke_interval),
+                   method_name="execute_complete")

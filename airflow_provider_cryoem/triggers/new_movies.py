@@ -1,4 +1,4 @@
-"""Waits in the triggerer until a live session has new complete movies, or is over."""
+"""Waits in the triggerer until the watched folder changes in a way that may give a live run work."""
 from __future__ import annotations
 
 import asyncio
@@ -8,36 +8,44 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from ..ingest import session_end_reason
-from ..watch import WatchSettings, look_for_movies
+from ..ingest import FolderSnapshot, scan_folder
 
 
 class NewMoviesTrigger(BaseTrigger):
-    """Scans the folder every `poll_interval_s` and fires once there is work or the session is over.
+    """Scans the folder every `poll_interval_s`; fires when it differs from the sensor's snapshot
+    (a movie completed, the end marker appeared, the last growing file finished) or the idle deadline passed.
 
-    It keeps nothing in memory that matters: what was taken is in the results store, so a restarted
-    triggerer carries on where it was.
+    It only looks at files: which movies were taken is decided by the sensor against the results store,
+    so the triggerer needs no database and a restarted triggerer loses nothing.
     """
 
-    def __init__(self, watch: dict[str, Any], poll_interval_s: float) -> None:
+    def __init__(self, watch_dir: str, movie_glob: str, end_marker: str, stable_for_s: float,
+                 snapshot: dict[str, Any], idle_deadline_s: float, poll_interval_s: float) -> None:
         super().__init__()
-        self.watch = watch
+        self.watch_dir = watch_dir
+        self.movie_glob = movie_glob
+        self.end_marker = end_marker
+        self.stable_for_s = stable_for_s
+        self.snapshot = snapshot
+        self.idle_deadline_s = idle_deadline_s
         self.poll_interval_s = poll_interval_s
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (f"{type(self).__module__}.{type(self).__qualname__}",
-                {"watch": self.watch, "poll_interval_s": self.poll_interval_s})
+        return (f"{type(self).__module__}.{type(self).__qualname__}", {
+            "watch_dir": self.watch_dir, "movie_glob": self.movie_glob, "end_marker": self.end_marker,
+            "stable_for_s": self.stable_for_s, "snapshot": self.snapshot, "idle_deadline_s": self.idle_deadline_s,
+            "poll_interval_s": self.poll_interval_s})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        settings = WatchSettings.model_validate(self.watch)
+        before = FolderSnapshot(**self.snapshot)
         while True:
-            look = await asyncio.to_thread(look_for_movies, settings, time.time())
-            if look.unclaimed:
-                yield TriggerEvent({"status": "movies", "count": len(look.unclaimed)})
+            now_s = time.time()
+            scan = await asyncio.to_thread(scan_folder, self.watch_dir, self.movie_glob, self.end_marker,
+                                           self.stable_for_s, now_s)
+            if FolderSnapshot.of(scan) != before:
+                yield TriggerEvent({"status": "changed"})
                 return
-            reason = session_end_reason(look.scan, look.unclaimed, look.claimed_total, settings.max_movies,
-                                        look.idle_for_s, settings.idle_timeout_s)
-            if reason:
-                yield TriggerEvent({"status": "ended", "reason": reason})
+            if now_s >= self.idle_deadline_s:
+                yield TriggerEvent({"status": "idle"})
                 return
             await asyncio.sleep(self.poll_interval_s)

@@ -1,0 +1,93 @@
+"""`make demo`: a simulated live SPA session processed by `spa_live` on the embedded defaults.
+
+The microscope is the simulator writing movies into a watched folder in the background; Airflow runs
+each batch of the session with `airflow dags test` (SQLite metadata, built-in engines, SQLite results),
+one run after another until the session ends by itself on its end marker, as the scheduler would chain
+them. Prints the session summary and where everything is.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .cli_commands.summary import format_summary
+from .pipeline.stores import results_store
+from .simulate import GAIN_REFERENCE_NAME, SpaSimulationSettings
+from .simulate.session import run_live_session
+
+REPO = Path(__file__).resolve().parent.parent
+OUTPUT = Path(os.environ.get("CRYOEM_DEMO_DIR", REPO / "demo_output"))
+N_MOVIES = int(os.environ.get("CRYOEM_DEMO_MOVIES", "6"))
+
+
+def _airflow_env() -> dict[str, str]:
+    home = OUTPUT / "airflow_home"
+    home.mkdir(parents=True, exist_ok=True)
+    return {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "CRYOEM_DATA_ROOTS": str(OUTPUT),
+    }
+
+
+def _airflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "airflow"), *args], env=env, text=True,
+                          capture_output=True)
+
+
+def main() -> int:
+    session_dir = OUTPUT / "session"
+    watch_dir, processing_dir = session_dir / "raw", session_dir / "processing"
+    if session_dir.exists():
+        subprocess.run(["rm", "-rf", str(session_dir)], check=True)
+    env = _airflow_env()
+    print("Preparing Airflow metadata (SQLite) ...", flush=True)
+    migrated = _airflow(env, "db", "migrate")
+    if migrated.returncode:
+        print(migrated.stdout[-3000:], migrated.stderr[-3000:], file=sys.stderr)
+        return 1
+
+    settings = SpaSimulationSettings(n_movies=N_MOVIES, seed=7, junk_fraction=0.1)
+    microscope = threading.Thread(target=run_live_session, args=(settings, watch_dir, 3.0), daemon=True)
+    microscope.start()
+    print(f"Simulated microscope writing {N_MOVIES} movies into {watch_dir}, one every 3 s", flush=True)
+
+    conf = {"session_name": "demo", "watch_dir": str(watch_dir), "processing_dir": str(processing_dir),
+            "pixel_size_a": settings.pixel_size_a, "dose_per_frame_e_a2": settings.dose_per_frame_e_a2,
+            "particle_diameter_a": settings.particle_diameter_a, "movie_glob": "*.tiff",
+            "gain_reference_path": str(watch_dir / GAIN_REFERENCE_NAME), "idle_timeout_s": 120}
+    for batch in range(1, N_MOVIES + 2):
+        started = time.monotonic()
+        run = _airflow(env, "dags", "test", "spa_live", "--conf", json.dumps(conf))
+        if run.returncode:
+            print(run.stdout[-5000:], run.stderr[-5000:], file=sys.stderr)
+            print(f"spa_live run {batch} failed", file=sys.stderr)
+            return 1
+        store = results_store(None, str(processing_dir))
+        summary = store.session_summary("demo")
+        print(f"run {batch}: {time.monotonic() - started:.1f} s, {summary.files_claimed} movies taken so far",
+              flush=True)
+        if summary.ended:
+            break
+    microscope.join()
+
+    summary = results_store(None, str(processing_dir)).session_summary("demo")
+    print("\nSession summary")
+    print(format_summary(summary))
+    print(f"\nMovies:          {watch_dir}")
+    print(f"Relion project:  {processing_dir / 'relion'}")
+    print(f"Results (SQLite): {processing_dir / 'results.sqlite'}")
+    print(f"Summary again:   cryoem summary demo --db sqlite:///{processing_dir / 'results.sqlite'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Per-session and per-movie processing steps behind the operators."""

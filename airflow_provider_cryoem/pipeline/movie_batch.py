@@ -1,0 +1,61 @@
+"""Run one stage over a micro-batch of movies: process, record, and report each movie on its own."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel
+
+from ..config import SessionConfig
+from ..relion_project import OpticsGroup
+from .record import RECORDERS, RESULT_STAGE_NAMES
+from .stages import BUILTIN_RUNNERS, MovieContext
+from .stores import relion_project, results_store
+
+log = logging.getLogger(__name__)
+
+# Large per-particle lists stay in the files and the database, out of XCom.
+_KEPT_OUT_OF_XCOM = frozenset({"particles", "coordinates_px", "figures_of_merit"})
+
+
+def _missing_inputs(item: dict[str, Any], upstream: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    return [stage for stage, by_movie in upstream.items()
+            if by_movie.get(item["movie"], {}).get("status") != "ok"]
+
+
+def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: list[dict[str, Any]],
+                  config: SessionConfig, params: BaseModel, upstream: dict[str, dict[str, dict[str, Any]]],
+                  run_id: str) -> list[dict[str, Any]]:
+    """Process every movie of the batch; a bad movie is recorded as failed and the others go on.
+
+    Errors of the movie itself (unreadable file, engine refusing the data: ValueError and subclasses)
+    become a failed outcome with its reason. Anything else (database down, out of memory) propagates, so
+    the task fails and Airflow retries the batch; writes are idempotent, so the retry duplicates nothing.
+    """
+    if tool != "builtin" or runs_on != "local":
+        raise NotImplementedError(f"{stage}: tool {tool!r} on {runs_on!r} is not wired into the pipeline yet")
+    runner, recorder = BUILTIN_RUNNERS[stage], RECORDERS[stage]
+    optics = OpticsGroup.from_session(config)
+    outcomes: list[dict[str, Any]] = []
+    for item in movies:
+        store = results_store(item["results_conn_id"], item["processing_path"])
+        project = relion_project(item["relion_dir"], optics)
+        movie_id = store.register_movie(item["session_id"], item["movie"])
+        missing = _missing_inputs(item, upstream)
+        if missing:
+            outcomes.append({"movie": item["movie"], "status": "skipped",
+                             "error": f"no usable result from {', '.join(missing)}"})
+            continue
+        context = MovieContext(item, config, params,
+                               {name: by_movie[item["movie"]]["result"] for name, by_movie in upstream.items()},
+                               project)
+        try:
+            result = runner(context)
+        except ValueError as exc:
+            store.record_failure(item["processing_job_id"], movie_id, RESULT_STAGE_NAMES[stage], str(exc))
+            outcomes.append({"movie": item["movie"], "status": "failed", "error": str(exc)})
+            continue
+        recorder(context, result, store, item["processing_job_id"], movie_id)
+        outcomes.append({"movie": item["movie"], "status": "ok",
+                         "result": {k: v for k, v in result.items() if k not in _KEPT_OUT_OF_XCOM}})
+    return outcomes

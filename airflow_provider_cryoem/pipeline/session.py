@@ -1,0 +1,116 @@
+"""Session bookkeeping for a DAG run: open the session, find its movies, cut batches, close it."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import check_under_roots, parse_session_config
+from ..ingest import scan_folder, split_into_batches
+from ..relion_project import SPA_PREPROCESSING, OpticsGroup
+from .stores import relion_project, results_store
+from .watch import WatchSettings
+
+RESULTS_CONN_ENV = "CRYOEM_RESULTS_CONN_ID"
+# A reprocess run of date D takes every session folder named D_<anything> (D as YYYYMMDD).
+_DATED_SESSION = "{date:%Y%m%d}_*"
+
+
+def results_conn_id() -> str | None:
+    """The Airflow connection of the results database; None means the SQLite file of the demo."""
+    return os.environ.get(RESULTS_CONN_ENV) or None
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def _open_one(config_params: dict[str, Any], watch_dir: Path, processing: Path, recipe_name: str, run_id: str,
+              reprocess: bool, stable_for_s: float) -> dict[str, Any]:
+    config = parse_session_config({**config_params, "watch_dir": str(watch_dir), "processing_dir": str(processing)})
+    processing.mkdir(parents=True, exist_ok=True)
+    conn_id = results_conn_id()
+    store = results_store(conn_id, str(processing))
+    session_id = store.get_or_create_session(config.session_name, str(watch_dir), str(processing))
+    job_id = store.start_processing_job(session_id, recipe_name, "preprocessing", reprocess=reprocess, run_id=run_id)
+    relion_dir = processing / (f"reprocess_{_safe_name(run_id)}" if reprocess else "relion")
+    watch = WatchSettings(session_id=session_id, watch_dir=str(watch_dir), movie_glob=config.movie_glob,
+                          end_marker=config.end_marker, stable_for_s=stable_for_s,
+                          idle_timeout_s=config.idle_timeout_s, max_movies=config.max_movies,
+                          results_conn_id=conn_id, processing_path=str(processing), opened_at_s=time.time())
+    return {"session_id": session_id, "session_name": config.session_name, "processing_job_id": job_id,
+            "watch_dir": str(watch_dir), "processing_path": str(processing), "relion_dir": str(relion_dir),
+            "results_conn_id": conn_id, "watch": watch.model_dump()}
+
+
+def open_session(params: dict[str, Any], recipe_name: str, run_id: str, reprocess: bool,
+                 logical_date: dt.datetime | None, sessions_root: str | None,
+                 stable_for_s: float = 2.0) -> dict[str, Any]:
+    """Validate the conf (ConfigError names the field), check paths, register the session(s).
+
+    A live run has one session, its `watch_dir`. A reprocess run takes `watch_dir` when given, else
+    every dated session folder of its logical date under the recipe's `sessions_root`.
+    """
+    config = parse_session_config(dict(params))
+    if config.watch_dir or not reprocess:
+        folders = [check_under_roots(config.watch_dir, "watch_dir")]
+    else:
+        if not sessions_root or logical_date is None:
+            raise ValueError("watch_dir: must be set when the recipe has no sessions_root")
+        root = check_under_roots(sessions_root, "sessions_root")
+        folders = sorted(p for p in root.glob(_DATED_SESSION.format(date=logical_date)) if p.is_dir())
+    sessions = []
+    for folder in folders:
+        processing = Path(config.processing_path) if config.processing_dir else folder.parent / "processing"
+        if reprocess and not config.processing_dir:
+            processing = folder / "processing"
+        check_under_roots(processing, "processing_dir")
+        sessions.append(_open_one(params, folder, processing, recipe_name, run_id, reprocess, stable_for_s))
+    return {"sessions": sessions, "run_id": run_id}
+
+
+def _movie_item(session: dict[str, Any], relative_path: str) -> dict[str, Any]:
+    keys = ("session_id", "session_name", "processing_job_id", "watch_dir", "processing_path", "relion_dir",
+            "results_conn_id")
+    return {**{key: session[key] for key in keys}, "movie": relative_path}
+
+
+def reprocess_movies(opened: dict[str, Any]) -> dict[str, Any]:
+    """All complete movies of the sessions being reprocessed (they are finished, nothing to wait for)."""
+    movies = []
+    for index, session in enumerate(opened["sessions"]):
+        watch = WatchSettings.model_validate(session["watch"])
+        scan = scan_folder(watch.watch_dir, watch.movie_glob, watch.end_marker, stable_for_s=0.0)
+        movies += [{"session": index, "movie": m.relative_path} for m in scan.complete]
+    return {"movies": movies, "session_over": True, "reason": "reprocessing a finished session"}
+
+
+def plan_batches(opened: dict[str, Any], found: dict[str, Any], max_per_task: int,
+                 parallel_tasks: int) -> list[list[dict[str, Any]]]:
+    """Cut the run's movies into micro-batches; each batch becomes one mapped task instance per stage."""
+    items = []
+    for entry in found["movies"]:
+        if isinstance(entry, str):  # live: movies of the one session
+            items.append(_movie_item(opened["sessions"][0], entry))
+        else:
+            items.append(_movie_item(opened["sessions"][entry["session"]], entry["movie"]))
+    return split_into_batches(items, max_per_task, parallel_tasks)
+
+
+def close_batch(params: dict[str, Any], opened: dict[str, Any], found: dict[str, Any]) -> dict[str, Any]:
+    """Close this run's processing job, end the session when it is over, and report the session summary."""
+    config = parse_session_config(dict(params))
+    summaries = {}
+    for session in opened["sessions"]:
+        store = results_store(session["results_conn_id"], session["processing_path"])
+        store.finish_processing_job(session["processing_job_id"], "success")
+        if found["session_over"]:
+            store.end_session(session["session_id"], found["reason"])
+            project = relion_project(session["relion_dir"], OpticsGroup.from_session(config))
+            for kind in SPA_PREPROCESSING:
+                project.finish_job(project.job(kind), success=True)
+        summaries[session["session_name"]] = store.session_summary(session["session_name"]).model_dump(mode="json")
+    return {"session_over": found["session_over"], "reason": found["reason"], "summaries": summaries}
