@@ -1,0 +1,210 @@
+"""Built-in CTF estimation in the spirit of CTFFIND4 (Rohou & Grigorieff 2015), numpy/scipy only.
+
+Steps: averaged amplitude spectrum of overlapping tiles → background removal → exhaustive 1D defocus
+search on the rotational average → 2D refinement of defocus U/V, astigmatism angle (and phase shift)
+→ fit resolution from the equiphase average → diagnostic image (left half spectrum, right half fit).
+Angles follow docs/conventions.md: U ≥ V, angle of U counter-clockwise from +x in [0, 180).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from scipy.ndimage import gaussian_filter
+
+from ..io import ImageFileError, read_mrc, write_mrc
+from .ctf_fit import (CtfOptics, CtfParameters, RefinementLimits, SpectrumBand, fit_resolution_a, normalised_cc,
+                      refine_2d, search_defocus_1d, thon_ring_period_px)
+from .ctf_spectrum import (average_amplitude_spectrum, background_box_px, centred_frequency_grid,
+                           flatten_spectrum, flatten_with_model, ice_ring_density, radial_profile, ring_index)
+from .thumbnails import spectrum_fit_image
+
+# Smallest tile that still resolves Thon rings usefully; images below this are refused.
+MIN_BOX_PX = 128
+# Fitting stops short of Nyquist: the outermost rings are attenuated by the tile taper and interpolation.
+_NYQUIST_FRACTION = 0.95
+_MAX_ASTIGMATISM_A = 3000.0
+_PHASE_SHIFT_STEP_DEG = 10.0
+_PICTURE_SMOOTHING_PX = 1.0
+_BACKGROUND_ITERATIONS = 2
+# The refinement ignores pixels before the first Thon-ring maximum (χ < π/2): there the ring is as broad
+# as the background's own variation, and fitting that slope biased low defoci upwards by ~1 %.
+_FIRST_PHASE_RAD = 0.5 * np.pi
+
+
+class CtfInputs(BaseModel):
+    """One micrograph and the CTFFIND-style search settings (defaults as cryoem-services passes them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    micrograph_path: str = Field(min_length=1, description="Motion-corrected micrograph (MRC).")
+    diagnostic_path: str | None = Field(None, description="Diagnostic spectrum/fit MRC to write; default "
+                                                          "<micrograph without suffix>.ctf beside it.")
+    pixel_size_a: float = Field(gt=0, le=20, description="Pixel size of the micrograph (Å).")
+    voltage_kv: float = Field(300.0, ge=60, le=400)
+    cs_mm: float = Field(2.7, ge=0, le=10)
+    amplitude_contrast: float = Field(0.1, ge=0, le=0.5)
+    box_size_px: int = Field(512, ge=MIN_BOX_PX, le=4096, description="Tile (spectrum) size; even. Shrunk to "
+                                                                      "fit a smaller image.")
+    min_resolution_a: float = Field(30.0, gt=0, description="Low-resolution limit of the fit (Å).")
+    max_resolution_a: float = Field(5.0, gt=0, description="High-resolution limit of the fit (Å); raised to "
+                                                           "just below Nyquist if finer.")
+    min_defocus_a: float = Field(5000.0, gt=0)
+    max_defocus_a: float = Field(50000.0, gt=0)
+    defocus_step_a: float = Field(100.0, gt=0, description="Step of the exhaustive 1D defocus search (Å).")
+    astigmatism_restraint_a: float | None = Field(None, gt=0, description="Expected astigmatism (Å): larger "
+                                                                          "values are penalised (CTFFIND "
+                                                                          "'restrain astigmatism').")
+    find_phase_shift: bool = Field(False, description="Also fit an additional phase shift (phase plate).")
+    fft_workers: int = Field(1, ge=1, le=256, description="Threads for scipy.fft.")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "CtfInputs":
+        if self.box_size_px % 2:
+            raise ValueError(f"box_size_px must be even, got {self.box_size_px}")
+        if self.min_resolution_a <= self.max_resolution_a:
+            raise ValueError(f"min_resolution_a ({self.min_resolution_a}) must be coarser (larger) than "
+                             f"max_resolution_a ({self.max_resolution_a})")
+        if self.min_defocus_a >= self.max_defocus_a:
+            raise ValueError(f"min_defocus_a ({self.min_defocus_a}) must be below max_defocus_a "
+                             f"({self.max_defocus_a})")
+        return self
+
+
+class CtfResult(BaseModel):
+    """Fitted CTF of one micrograph, with the keys cryoem-services stores (defocus, angle, score, resolution)."""
+
+    micrograph_path: str
+    defocus_u_a: float
+    defocus_v_a: float
+    astigmatism_angle_deg: float
+    astigmatism_a: float
+    phase_shift_deg: float
+    fit_resolution_a: float
+    cc: float = Field(description="Normalised CC between flattened spectrum and CTF² in the fitted band.")
+    ice_ring_density: float | None = Field(description="Spectrum excess in the 3.9–3.6 Å ice band (None if "
+                                                       "beyond Nyquist).")
+    box_size_px: int = Field(description="Tile size actually used.")
+    n_tiles: int
+    diagnostic_image: str = Field(description="MRC: left half flattened spectrum, right half fitted CTF².")
+    diagnostic_thumbnail: str = Field(description="PNG of the same, for the UI.")
+
+
+def load_micrograph(path: str | Path) -> np.ndarray:
+    """Read a 2D micrograph as float32, refusing stacks, NaN/inf and constant images with the file named."""
+    data = read_mrc(path, mmap=False)
+    if data.ndim == 3 and data.shape[0] == 1:
+        data = data[0]
+    if data.ndim != 2:
+        raise ImageFileError(path, f"expected a 2D micrograph, got an array of shape {data.shape}")
+    image = np.asarray(data, dtype=np.float32)
+    if not np.isfinite(image).all():
+        raise ImageFileError(path, "micrograph contains NaN or infinite values")
+    if float(image.max()) == float(image.min()):
+        raise ImageFileError(path, "micrograph is constant (no signal to estimate a CTF from)")
+    return image
+
+
+def usable_box_px(image_shape: tuple[int, int], box_px: int, path: str | Path) -> int:
+    """The requested tile size, or the largest even size that fits a smaller image (at least MIN_BOX_PX)."""
+    fitting = min(box_px, min(image_shape) - min(image_shape) % 2)
+    if fitting < MIN_BOX_PX:
+        raise ImageFileError(path, f"micrograph of {image_shape[1]}×{image_shape[0]} px is too small for CTF "
+                                   f"estimation (needs at least {MIN_BOX_PX}×{MIN_BOX_PX} px)")
+    return fitting
+
+
+def default_diagnostic_path(micrograph_path: str | Path) -> Path:
+    return Path(micrograph_path).with_suffix(".ctf")
+
+
+def run_ctf_estimation(inputs: CtfInputs) -> CtfResult:
+    """Estimate defocus U/V, astigmatism angle (and phase shift) of one micrograph; write the diagnostic."""
+    image = load_micrograph(inputs.micrograph_path)
+    box_px = usable_box_px(image.shape, inputs.box_size_px, inputs.micrograph_path)
+    pixel_a = inputs.pixel_size_a
+    optics = CtfOptics(inputs.voltage_kv, inputs.cs_mm, inputs.amplitude_contrast)
+    min_frequency = 1.0 / inputs.min_resolution_a
+    max_frequency = min(1.0 / inputs.max_resolution_a, _NYQUIST_FRACTION / (2.0 * pixel_a))
+    if max_frequency <= min_frequency:
+        raise ValueError(f"min_resolution_a ({inputs.min_resolution_a} Å) leaves no band below Nyquist "
+                         f"({2 * pixel_a:.2f} Å) for {inputs.micrograph_path}")
+
+    spectrum, n_tiles = average_amplitude_spectrum(image, box_px, inputs.fft_workers)
+    freq, azimuth = centred_frequency_grid(box_px, pixel_a)
+    flat = flatten_spectrum(spectrum, freq, min_frequency,
+                            background_box_px(box_px, pixel_a, inputs.min_resolution_a))
+
+    params = _search_rotational_average(inputs, flat, optics, min_frequency, max_frequency, box_px)
+    params, flat, band = _refine(inputs, spectrum, flat, params, optics, min_frequency, max_frequency, box_px)
+    cc = float(normalised_cc(band.values, params.ctf_squared(optics, band.freq, band.azimuth_rad)))
+    resolution_a = fit_resolution_a(flat, freq, azimuth, params, optics, box_px, pixel_a, min_frequency)
+
+    diagnostic = Path(inputs.diagnostic_path or default_diagnostic_path(inputs.micrograph_path))
+    fit = params.ctf_squared(optics, freq, azimuth).astype(np.float32)
+    mrc_path, png_path = _write_diagnostic(diagnostic, flat, fit, freq, min_frequency, pixel_a)
+    return CtfResult(
+        micrograph_path=str(inputs.micrograph_path), defocus_u_a=params.defocus_u_a, defocus_v_a=params.defocus_v_a,
+        astigmatism_angle_deg=params.astigmatism_angle_deg, astigmatism_a=params.astigmatism_a,
+        phase_shift_deg=params.phase_shift_deg if inputs.find_phase_shift else 0.0,
+        fit_resolution_a=resolution_a, cc=cc, ice_ring_density=ice_ring_density(spectrum, box_px, pixel_a),
+        box_size_px=box_px, n_tiles=n_tiles, diagnostic_image=str(mrc_path), diagnostic_thumbnail=str(png_path))
+
+
+def _search_rotational_average(inputs: CtfInputs, flat: np.ndarray, optics: CtfOptics, min_frequency: float,
+                               max_frequency: float, box_px: int) -> CtfParameters:
+    """Stigmatic first guess: exhaustive defocus (× phase shift) search on the rotational average."""
+    profile_freq, profile = radial_profile(flat, box_px, inputs.pixel_size_a)
+    in_band = (profile_freq >= min_frequency) & (profile_freq <= max_frequency)
+    defoci = np.arange(inputs.min_defocus_a, inputs.max_defocus_a + 0.5 * inputs.defocus_step_a,
+                       inputs.defocus_step_a)
+    phases = (np.deg2rad(np.arange(0.0, 180.0, _PHASE_SHIFT_STEP_DEG)) if inputs.find_phase_shift
+              else np.zeros(1))
+    defocus, phase, _ = search_defocus_1d(profile_freq[in_band], profile[in_band], optics, defoci, phases)
+    return CtfParameters(defocus, defocus, 0.0, float(np.rad2deg(phase)))
+
+
+def _refine(inputs: CtfInputs, spectrum: np.ndarray, flat: np.ndarray, params: CtfParameters, optics: CtfOptics,
+            min_frequency: float, max_frequency: float, box_px: int
+            ) -> tuple[CtfParameters, np.ndarray, SpectrumBand]:
+    """2D fit on the box-flattened spectrum, then refits on spectra flattened with a model-aware background.
+
+    Returns the parameters, the last flattened spectrum and the band of pixels they were fitted on.
+    """
+    pixel_a = inputs.pixel_size_a
+    max_astigmatism = _MAX_ASTIGMATISM_A
+    if inputs.astigmatism_restraint_a is not None:
+        max_astigmatism = max(max_astigmatism, 3.0 * inputs.astigmatism_restraint_a)
+    limits = RefinementLimits(inputs.min_defocus_a, inputs.max_defocus_a, max_astigmatism,
+                              inputs.astigmatism_restraint_a)
+    freq, azimuth = centred_frequency_grid(box_px, pixel_a)
+    band = SpectrumBand.select(flat, freq, azimuth, min_frequency, max_frequency)
+    params, _ = refine_2d(band, optics, params, inputs.find_phase_shift, limits, grid_search=True)
+    # The box-filter background is biased where rings are broad; re-estimate it knowing the fit, and refit.
+    rings = ring_index(freq, box_px, pixel_a)
+    first_ring = int(np.ceil(min_frequency * box_px * pixel_a))
+    ring_freq = np.arange(box_px // 2 + 1) / (box_px * pixel_a)
+    for _ in range(_BACKGROUND_ITERATIONS):
+        period = thon_ring_period_px(params.mean_defocus_a, optics, ring_freq)
+        flat = flatten_with_model(spectrum, params.ctf_squared(optics, freq, azimuth), rings, period, first_ring)
+        band = SpectrumBand.select(flat, freq, azimuth, min_frequency, max_frequency,
+                                   also=params.phase(optics, freq, azimuth) >= _FIRST_PHASE_RAD)
+        params, _ = refine_2d(band, optics, params, inputs.find_phase_shift, limits, grid_search=False)
+    return params, flat, band
+
+
+def _write_diagnostic(path: Path, flat: np.ndarray, fit: np.ndarray, freq: np.ndarray, min_frequency: float,
+                      pixel_size_a: float) -> tuple[Path, Path]:
+    """CTFFIND-style diagnostic: one centred image, flattened spectrum on the left, fit (same scale) on the right."""
+    outside = freq >= min_frequency
+    scaled_fit = (fit - fit[outside].mean()) / max(float(fit[outside].std()), 1e-12) * float(flat[outside].std())
+    scaled_fit[~outside] = 0.0
+    half = flat.shape[1] // 2
+    combined = flat.copy()
+    combined[:, half:] = scaled_fit[:, half:]
+    mrc_path = write_mrc(path, combined.astype(np.float32), pixel_size_a)
+    # The picture is smoothed a little: per-pixel speckle hides the rings from the eye, not from the fit.
+    smoothed = gaussian_filter(flat, _PICTURE_SMOOTHING_PX)
+    png_path = spectrum_fit_image(smoothed, scaled_fit, path.with_name(f"{path.stem}_ctf.png"))
+    return mrc_path, png_path
