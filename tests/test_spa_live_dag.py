@@ -1,0 +1,100 @@
+"""The spa_live DAG end to end with `airflow dags test`: simulated movies in, results and Relion project out."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import starfile
+
+from airflow_provider_cryoem.pipeline.stores import results_store
+from airflow_provider_cryoem.simulate import (
+    END_MARKER_NAME,
+    GAIN_REFERENCE_NAME,
+    SpaSimulationSettings,
+    write_spa_session,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+SETTINGS = SpaSimulationSettings(n_movies=3, image_size_px=512, n_frames=10, particle_diameter_a=90,
+                                 particles_per_micrograph=12, seed=11)
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("airflow_home")
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}"}
+    env.pop("CRYOEM_RESULTS_CONN_ID", None)
+    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
+    return env
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory, airflow_env):
+    """A finished simulated session with one corrupt movie, processed by one spa_live run."""
+    root = tmp_path_factory.mktemp("data")
+    watch_dir = root / "session" / "raw"
+    truth = write_spa_session(SETTINGS, watch_dir)
+    corrupt = watch_dir / "corrupt_fractions.tiff"
+    good = (watch_dir / truth.movies[0].movie_name).read_bytes()
+    corrupt.write_bytes(good[: len(good) // 3])
+    (watch_dir / END_MARKER_NAME).write_text("")
+    conf = {"session_name": "dagtest", "watch_dir": str(watch_dir), "pixel_size_a": SETTINGS.pixel_size_a,
+            "particle_diameter_a": SETTINGS.particle_diameter_a, "gain_reference_path":
+            str(watch_dir / GAIN_REFERENCE_NAME), "dose_per_frame_e_a2": SETTINGS.dose_per_frame_e_a2}
+    env = {**airflow_env, "CRYOEM_DATA_ROOTS": str(root)}
+    run = subprocess.run([AIRFLOW, "dags", "test", "spa_live", "--conf", json.dumps(conf)], env=env,
+                         capture_output=True, text=True)
+    return {"truth": truth, "watch_dir": watch_dir, "processing": root / "session" / "processing", "run": run,
+            "env": env, "conf": conf}
+
+
+def test_run_succeeds_and_ends_the_session_on_its_marker(session):
+    assert session["run"].returncode == 0, session["run"].stdout[-4000:]
+    summary = results_store(None, str(session["processing"])).session_summary("dagtest")
+    assert summary.ended and "marker" in summary.end_reason
+
+
+def test_every_good_movie_goes_through_every_stage_once(session):
+    summary = results_store(None, str(session["processing"])).session_summary("dagtest")
+    n_good = len(session["truth"].movies)
+    assert summary.files_claimed == n_good + 1
+    assert summary.stages["motion_correction"].succeeded == n_good
+    assert summary.stages["ctf"].succeeded == n_good
+    assert summary.stages["particle_picking"].succeeded == n_good
+
+
+def test_corrupt_movie_is_recorded_as_failed_with_its_reason(session):
+    summary = results_store(None, str(session["processing"])).session_summary("dagtest")
+    (failure,) = summary.failures
+    assert failure.movie.endswith("corrupt_fractions.tiff") and failure.stage == "motion_correction"
+    assert "corrupt_fractions.tiff" in failure.reason
+
+
+def test_relion_project_lists_every_good_micrograph_and_their_particles(session):
+    relion = session["processing"] / "relion"
+    n_good = len(session["truth"].movies)
+    mics = starfile.read(relion / "CtfFind/job003/micrographs_ctf.star", always_dict=True)["micrographs"]
+    assert len(mics) == n_good
+    truth_defocus = sorted((m.defocus_u_a + m.defocus_v_a) / 2 for m in session["truth"].movies)
+    fitted = sorted((mics["rlnDefocusU"] + mics["rlnDefocusV"]) / 2)
+    assert np.allclose(fitted, truth_defocus, rtol=0.03)
+    particles = starfile.read(relion / "Extract/job005/particles.star", always_dict=True)["particles"]
+    assert len(particles) >= 0.7 * SETTINGS.particles_per_micrograph * n_good
+    pipeline = (relion / "default_pipeline.star").read_text()
+    assert pipeline.count("Succeeded") == 5
+
+
+def test_invalid_conf_fails_the_run_naming_the_field(session):
+    conf = {**session["conf"], "session_name": "bad", "voltage_kv": 1000}
+    run = subprocess.run([AIRFLOW, "dags", "test", "spa_live", "--conf", json.dumps(conf)], env=session["env"],
+                         capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "voltage_kv" in run.stdout + run.stderr
