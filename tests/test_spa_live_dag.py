@@ -98,3 +98,28 @@ def test_invalid_conf_fails_the_run_naming_the_field(session):
                          capture_output=True, text=True)
     assert run.returncode != 0
     assert "voltage_kv" in run.stdout + run.stderr
+
+
+def test_reprocess_run_of_a_date_processes_its_dated_sessions_into_a_new_job(tmp_path, airflow_env):
+    """A scheduled/backfilled spa_reprocess run for 2026-11-20 takes every 20261120_* session folder."""
+    sessions_root = tmp_path / "sessions"
+    small = SETTINGS.model_copy(update={"n_movies": 2})
+    write_spa_session(small, sessions_root / "20261120_apoferritin")
+    write_spa_session(small, sessions_root / "20261121_other_day")
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    recipe = (REPO / "recipes" / "spa_reprocess.yaml").read_text()
+    (recipes / "spa_reprocess.yaml").write_text(recipe.replace("sessions_root: /data/sessions",
+                                                              f"sessions_root: {sessions_root}"))
+    env = {**airflow_env, "CRYOEM_DATA_ROOTS": str(tmp_path), "CRYOEM_RECIPES_DIR": str(recipes)}
+    conf = {"session_name": "reprocessed", "particle_diameter_a": small.particle_diameter_a}
+    for attempt in (1, 2):
+        run = subprocess.run([AIRFLOW, "dags", "test", "spa_reprocess", "2026-11-20", "--conf", json.dumps(conf)],
+                             env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout[-4000:]
+    processing = sessions_root / "20261120_apoferritin" / "processing"
+    summary = results_store(None, str(processing)).session_summary("reprocessed")
+    assert summary.reprocess_jobs == 2
+    assert summary.stages["motion_correction"].succeeded == 2
+    assert len(list(processing.glob("reprocess_*/MotionCorr/job002/Movies/*_fractions.mrc"))) == 4
+    assert not (sessions_root / "20261121_other_day" / "processing").exists()
