@@ -136,3 +136,35 @@ def test_broken_recipe_is_an_import_error_and_good_dags_still_load(tmp_path, mon
     assert "cryoem_recipe_errors" not in bag.dags
     (message,) = bag.import_errors.values()
     assert "zz_broken.yaml" in message and "stages.motioncorr.tool" in message
+
+
+def test_every_recipe_dag_shows_the_session_form(monkeypatch):
+    """The trigger form of each DAG lists every session field with its section, bounds and description."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from airflow_provider_cryoem.config import SessionConfig
+
+    monkeypatch.setenv("CRYOEM_RECIPES_DIR", str(RECIPES))
+    bag = DagBag(dag_folder=str(RECIPES.parent / "dags"))
+    assert not bag.import_errors
+    assert {"spa_live", "spa_reprocess"} <= set(bag.dags)
+    for dag in bag.dags.values():
+        params = dag.params
+        assert set(params.keys()) == set(SessionConfig.model_fields), dag.dag_id
+        voltage = params.get_param("voltage_kv")
+        assert voltage.schema["section"] == "Microscope" and voltage.schema["maximum"] == 400
+        assert voltage.description
+
+
+def test_live_dag_maps_every_stage_over_movie_batches(monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("CRYOEM_RECIPES_DIR", str(RECIPES))
+    dag = DagBag(dag_folder=str(RECIPES.parent / "dags")).dags["spa_live"]
+    recipe = load_recipe(RECIPES / "spa_live.yaml")
+    for stage in recipe.stages:
+        task = dag.get_task(stage)
+        assert type(task).__name__ == "MappedOperator", stage
+        assert task.map_index_template == "{{ movie_label }}"
+    assert dag.get_task("wait_for_movies").upstream_task_ids == {"open_session"}
+    assert dag.get_task("extract").upstream_task_ids == {"pick", "ctf", "plan_batches"}
