@@ -24,16 +24,19 @@ def get_provider_info() -> dict:
             }
         ],
         "operators": [
-            {"integration-name": "Cryo-EM", "python-modules": ["airflow_provider_cryoem.operators.stage"]},
+            {"integration-name": "Cryo-EM", "python-modules": ["airflow_provider_cryoem.operators.stage",
+                                                           "airflow_provider_cryoem.operators.slurm"]},
         ],
         "sensors": [
             {"integration-name": "Cryo-EM", "python-modules": ["airflow_provider_cryoem.sensors.new_movies"]},
         ],
         "hooks": [
-            {"integration-name": "Cryo-EM", "python-modules": ["airflow_provider_cryoem.hooks.results"]},
+            {"integration-name": "Cryo-EM", "python-modules": ["airflow_provider_cryoem.hooks.results",
+                                                           "airflow_provider_cryoem.hooks.slurm"]},
         ],
         "triggers": [
-            {"integration-name": "Cryo-EM", "python-modules": ["airflow_provider_cryoem.triggers.new_movies"]},
+            {"integration-name": "Cryo-EM", "python-modules": ["airflow_provider_cryoem.triggers.new_movies",
+                                                           "airflow_provider_cryoem.triggers.slurm"]},
         ],
         "connection-types": [],
     }

@@ -1,0 +1,117 @@
+"""Run a program as a local subprocess, streaming its output into the Python log and a log file."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from .errors import ToolExecutionError, ToolNotFoundError, ToolTimeoutError
+from .spec import CommandResult, CommandSpec
+
+log = logging.getLogger(__name__)
+
+LOG_TAIL_LINES = 20
+_KILL_GRACE_S = 5.0
+
+
+def _resolve_program(spec: CommandSpec, env: dict[str, str]) -> str:
+    search_path = env.get("PATH", os.defpath)
+    found = shutil.which(spec.program, path=search_path)
+    if found is None:
+        raise ToolNotFoundError(spec.program, search_path)
+    return found
+
+
+def _pump(stream: IO[str], spec: CommandSpec, log_file: IO[str] | None, lines: list[str],
+          log_callback: Callable[[str], None] | None) -> None:
+    """Copy each output line to the logger, the log file and the callback as soon as it arrives."""
+    name = Path(spec.program).name
+    for raw in stream:
+        line = raw.rstrip("\n")
+        lines.append(line)
+        log.info("[%s] %s", name, line)
+        if log_file is not None:
+            log_file.write(raw)
+            log_file.flush()
+        if log_callback is not None:
+            log_callback(line)
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    """Terminate the program's whole process group (MPI and wrapper scripts spawn children)."""
+    for sig, grace_s in ((signal.SIGTERM, _KILL_GRACE_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_local(spec: CommandSpec, log_callback: Callable[[str], None] | None = None) -> CommandResult:
+    """Run `spec` here; raise ToolNotFoundError, ToolTimeoutError or ToolExecutionError on failure."""
+    env = {**os.environ, **spec.env}
+    executable = _resolve_program(spec, env)
+    if spec.cwd is not None and not Path(spec.cwd).is_dir():
+        raise ToolExecutionError(spec.program, f"working directory {spec.cwd} does not exist")
+    if spec.threads > 1:
+        env.setdefault("OMP_NUM_THREADS", str(spec.threads))
+    log.info("running: %s", spec.display())
+
+    lines: list[str] = []
+    log_file = None
+    if spec.log_path:
+        Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
+        log_file = open(spec.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in finally
+    started = time.monotonic()
+    try:
+        process = subprocess.Popen(
+            [executable, *spec.args], cwd=spec.cwd, env=env, text=True, errors="replace", bufsize=1,
+            stdin=subprocess.PIPE if spec.stdin_text is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        assert process.stdout is not None
+        reader = threading.Thread(target=_pump, args=(process.stdout, spec, log_file, lines, log_callback),
+                                  daemon=True)
+        reader.start()
+        if spec.stdin_text is not None:
+            assert process.stdin is not None
+            try:
+                process.stdin.write(spec.stdin_text)
+                process.stdin.close()
+            except BrokenPipeError:  # the program exited before reading its answers
+                pass
+        try:
+            returncode = process.wait(timeout=spec.timeout_s)
+        except subprocess.TimeoutExpired:
+            _stop(process)
+            reader.join(timeout=_KILL_GRACE_S)
+            raise ToolTimeoutError(spec.program, f"stopped after exceeding its time limit of {spec.timeout_s:g} s",
+                                   _tail(lines), spec.log_path) from None
+        except BaseException:  # the task was killed: do not leave the program running
+            _stop(process)
+            raise
+        reader.join()
+    finally:
+        if log_file is not None:
+            log_file.close()
+    duration_s = time.monotonic() - started
+    if returncode != 0:
+        problem = (f"killed by signal {-returncode}" if returncode < 0 else f"exited with status {returncode}")
+        raise ToolExecutionError(spec.program, f"{problem} after {duration_s:.1f} s", _tail(lines), spec.log_path)
+    return CommandResult(program=spec.program, args=spec.args, returncode=returncode, duration_s=duration_s,
+                         output="\n".join(lines) + ("\n" if lines else ""), log_path=spec.log_path)
+
+
+def _tail(lines: list[str]) -> list[str]:
+    return lines[-LOG_TAIL_LINES:]

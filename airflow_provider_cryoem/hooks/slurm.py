@@ -1,0 +1,159 @@
+"""SlurmHook: submit, watch and cancel Slurm batch jobs over the SSH provider's SSHHook.
+
+Site settings (partition, account, qos, gres/gpus, cpus, memory, time limit, modules, set-up lines,
+remote work folder) come from the SSH connection's `slurm_*` extras, so one connection describes one
+cluster. The command text itself is built by `execution.slurm`; this hook only carries it over SSH.
+"""
+from __future__ import annotations
+
+import shlex
+import time
+from functools import cached_property
+from typing import Any
+
+import paramiko
+from airflow.providers.ssh.hooks.ssh import SSHHook
+
+from airflow_provider_cryoem.execution.errors import ToolExecutionError
+from airflow_provider_cryoem.execution.slurm import (
+    SlurmJob,
+    SlurmJobStatus,
+    SlurmSettings,
+    cancel_command,
+    find_jobs_command,
+    job_paths,
+    jobcomp_location_command,
+    parse_found_jobs,
+    parse_job_status,
+    parse_submitted_job_id,
+    reattachable_job,
+    render_batch_script,
+    status_command,
+    submit_command,
+    tail_command,
+)
+from airflow_provider_cryoem.execution.spec import CommandSpec
+
+DEFAULT_CONN_ID = "cryoem_slurm"
+_COMMAND_TIMEOUT_S = 60.0
+
+
+class SlurmConnectionError(ConnectionError):
+    """The cluster's login node cannot be reached or refuses the credentials of the connection."""
+
+
+class SlurmJobError(ToolExecutionError):
+    """A Slurm job ended without success; carries its state and whether a retry may help."""
+
+    def __init__(self, program: str, status: SlurmJobStatus, stderr_tail: list[str], stderr_path: str) -> None:
+        self.status = status
+        self.retryable = status.retryable
+        super().__init__(program, status.describe(), stderr_tail, stderr_path)
+
+
+class SlurmCommandError(RuntimeError):
+    """A Slurm client command (sbatch, squeue, scontrol, scancel) itself failed on the login node."""
+
+
+class SlurmHook(SSHHook):
+    """SSHHook plus the Slurm client commands; credentials are never logged (only the commands are)."""
+
+    default_conn_name = DEFAULT_CONN_ID
+    hook_name = "Slurm (over SSH)"
+
+    def __init__(self, ssh_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any) -> None:
+        super().__init__(ssh_conn_id=ssh_conn_id, **kwargs)
+        self.settings = SlurmSettings.from_extras(self.get_connection(ssh_conn_id).extra_dejson)
+
+    # -- transport -------------------------------------------------------------------------------
+    def _client(self) -> paramiko.SSHClient:
+        where = f"{self.username}@{self.remote_host}:{self.port}"
+        try:
+            return self.get_conn()
+        except paramiko.AuthenticationException:
+            raise SlurmConnectionError(
+                f"SSH authentication as {where} failed for Airflow connection {self.ssh_conn_id!r}: "
+                f"check its login and key_file / private_key") from None
+        except (paramiko.SSHException, OSError) as exc:
+            raise SlurmConnectionError(
+                f"cannot open SSH to {where} (Airflow connection {self.ssh_conn_id!r}): "
+                f"{type(exc).__name__}: {exc}") from None
+
+    def run_remote(self, command: str, timeout_s: float = _COMMAND_TIMEOUT_S) -> tuple[int, str, str]:
+        """Run one shell line on the login node: (exit status, stdout, stderr)."""
+        status, stdout, stderr = self.exec_ssh_client_command(self._client(), command, get_pty=False,
+                                                              environment=None, timeout=timeout_s)
+        return status, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")
+
+    def _checked(self, command: str, what: str) -> str:
+        status, stdout, stderr = self.run_remote(command)
+        if status != 0:
+            raise SlurmCommandError(f"{what} failed with status {status} on {self.remote_host} "
+                                    f"(connection {self.ssh_conn_id!r}): {stderr.strip() or stdout.strip()}")
+        return stdout
+
+    # -- jobs ------------------------------------------------------------------------------------
+    @cached_property
+    def jobcomp_file(self) -> str | None:
+        """Where finished jobs are recorded when scontrol has forgotten them (jobcomp/filetxt)."""
+        if self.settings.jobcomp_file:
+            return self.settings.jobcomp_file
+        location = self._checked(jobcomp_location_command(), "scontrol show config").strip()
+        return location if location.startswith("/") else None
+
+    def job(self, job_id: int, name: str, reattached: bool = False) -> SlurmJob:
+        _, stdout_path, stderr_path = job_paths(self.settings, name, job_id)
+        return SlurmJob(job_id=job_id, job_name=name, stdout_path=stdout_path, stderr_path=stderr_path,
+                        reattached=reattached)
+
+    def find_job(self, name: str) -> int | None:
+        """A job of this name that is queued, running or completed, so it is not submitted twice."""
+        return reattachable_job(parse_found_jobs(self._checked(find_jobs_command(name), "squeue")))
+
+    def submit(self, spec: CommandSpec, name: str) -> SlurmJob:
+        """Re-attach to a live or completed job called `name`, else write its script and sbatch it."""
+        existing = self.find_job(name)
+        if existing is not None:
+            self.log.info("re-attaching to Slurm job %s (%s) instead of submitting again", existing, name)
+            return self.job(existing, name, reattached=True)
+        self.log.info("batch script of %s:\n%s", name, render_batch_script(spec, self.settings))
+        job_id = parse_submitted_job_id(self._checked(submit_command(spec, self.settings, name), "sbatch"))
+        self.log.info("submitted %s as Slurm job %s (%s)", spec.program, job_id, name)
+        return self.job(job_id, name)
+
+    def status(self, job_id: int) -> SlurmJobStatus:
+        _, stdout, _ = self.run_remote(status_command(job_id, self.jobcomp_file))
+        status = parse_job_status(job_id, stdout)
+        if status is None:
+            raise SlurmCommandError(f"Slurm job {job_id} is unknown to scontrol, sacct and the jobcomp file "
+                                    f"{self.jobcomp_file or '(none configured)'}")
+        return status
+
+    def read_tail(self, path: str) -> list[str]:
+        _, stdout, _ = self.run_remote(tail_command(path))
+        return stdout.splitlines()
+
+    def read_output(self, job: SlurmJob) -> str:
+        return self._checked(f"cat -- {shlex.quote(job.stdout_path)}", "reading the job output")
+
+    def cancel(self, job_id: int) -> None:
+        self._checked(cancel_command(job_id), "scancel")
+        self.log.info("cancelled Slurm job %s", job_id)
+
+    def raise_for_status(self, program: str, job: SlurmJob, status: SlurmJobStatus) -> None:
+        """Raise SlurmJobError with the end of the job's stderr unless it completed with status 0."""
+        if not status.succeeded:
+            raise SlurmJobError(program, status, self.read_tail(job.stderr_path), job.stderr_path)
+
+    def wait(self, job: SlurmJob, poll_interval_s: float | None = None,
+             timeout_s: float | None = None) -> SlurmJobStatus:
+        """Poll until the job ends (blocking; the trigger does the same without holding a worker)."""
+        interval_s = poll_interval_s or self.settings.poll_interval_s
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            status = self.status(job.job_id)
+            if status.finished:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"Slurm job {job.job_id} still {status.state} after {timeout_s:g} s")
+            time.sleep(interval_s)
