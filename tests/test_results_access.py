@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from _pg import pg_url  # noqa: F401  (fixture)
+from ._pg import pg_url  # noqa: F401  (fixture)
 from sqlalchemy.engine import make_url
 
 from airflow_provider_cryoem.cli_commands import summary as summary_command

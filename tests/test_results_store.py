@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _pg import fresh_database, pg_url  # noqa: F401  (pg_url is a fixture)
+from ._pg import fresh_database, pg_url  # noqa: F401  (pg_url is a fixture)
 from pydantic import BaseModel
 from sqlalchemy import func, inspect, select
 

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,21 +17,10 @@ from airflow_provider_cryoem.simulate import (
     write_spa_session,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-AIRFLOW = str(Path(sys.executable).parent / "airflow")
+from .conftest import AIRFLOW, REPO
+
 SETTINGS = SpaSimulationSettings(n_movies=3, image_size_px=512, n_frames=10, particle_diameter_a=90,
                                  particles_per_micrograph=12, seed=11)
-
-
-@pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory):
-    home = tmp_path_factory.mktemp("airflow_home")
-    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}"}
-    env.pop("CRYOEM_RESULTS_CONN_ID", None)
-    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
-    return env
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from pydantic import BaseModel
 
 from ..config import SessionConfig
 from ..relion_project import OpticsGroup
+from ..execution import ToolExecutionError
+from .external import EXTERNAL_STEPS, local_executor, slurm_executor
 from .record import RECORDERS, RESULT_STAGE_NAMES
 from .stages import BUILTIN_RUNNERS, MovieContext
 from .stores import relion_project, results_store
@@ -23,18 +26,29 @@ def _missing_inputs(item: dict[str, Any], upstream: dict[str, dict[str, dict[str
             if by_movie.get(item["movie"], {}).get("status") != "ok"]
 
 
+def _run_step(stage: str, tool: str, runs_on: str | dict[str, Any], ctx: MovieContext) -> dict[str, Any]:
+    """Run the stage for one movie with the recipe's program, on this worker or on Slurm."""
+    if tool == "builtin":
+        return BUILTIN_RUNNERS[stage](ctx)
+    if isinstance(runs_on, dict):
+        job_key = f"{ctx.item['session_name']}/{ctx.item['processing_job_id']}/{ctx.item['movie']}"
+        execute = slurm_executor(stage, tool, runs_on, job_key)
+    else:
+        execute = local_executor(stage, tool)
+    return EXTERNAL_STEPS[(stage, tool)](ctx, execute)
+
+
 def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: list[dict[str, Any]],
                   config: SessionConfig, params: BaseModel, upstream: dict[str, dict[str, dict[str, Any]]],
                   run_id: str) -> list[dict[str, Any]]:
     """Process every movie of the batch; a bad movie is recorded as failed and the others go on.
 
-    Errors of the movie itself (unreadable file, engine refusing the data: ValueError and subclasses)
-    become a failed outcome with its reason. Anything else (database down, out of memory) propagates, so
+    Errors of the movie itself (unreadable file, engine refusing the data: ValueError and subclasses; an
+    external program failing on it: ToolExecutionError) become a failed outcome with its reason. A missing
+    program (ToolChoiceError) or a retryable Slurm failure fails the task. Anything else (database down, out of memory) propagates, so
     the task fails and Airflow retries the batch; writes are idempotent, so the retry duplicates nothing.
     """
-    if tool != "builtin" or runs_on != "local":
-        raise NotImplementedError(f"{stage}: tool {tool!r} on {runs_on!r} is not wired into the pipeline yet")
-    runner, recorder = BUILTIN_RUNNERS[stage], RECORDERS[stage]
+    recorder = RECORDERS[stage]
     optics = OpticsGroup.from_session(config)
     outcomes: list[dict[str, Any]] = []
     for item in movies:
@@ -49,13 +63,17 @@ def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: 
         context = MovieContext(item, config, params,
                                {name: by_movie[item["movie"]]["result"] for name, by_movie in upstream.items()},
                                project)
+        started_s = time.perf_counter()
         try:
-            result = runner(context)
-        except ValueError as exc:
+            result = _run_step(stage, tool, runs_on, context)
+        except (ValueError, ToolExecutionError) as exc:
+            if getattr(exc, "retryable", False):
+                raise  # e.g. a Slurm node failure: let Airflow retry the batch
             store.record_failure(item["processing_job_id"], movie_id, RESULT_STAGE_NAMES[stage], str(exc))
             outcomes.append({"movie": item["movie"], "status": "failed", "error": str(exc)})
             continue
         recorder(context, result, store, item["processing_job_id"], movie_id)
         outcomes.append({"movie": item["movie"], "status": "ok",
+                         "compute_s": round(time.perf_counter() - started_s, 3),
                          "result": {k: v for k, v in result.items() if k not in _KEPT_OUT_OF_XCOM}})
     return outcomes

@@ -11,6 +11,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, TriggerRule, task
 
@@ -121,6 +122,8 @@ def build_dag(recipe: Recipe) -> DAG:
 
         closing = close_batch_task(session, found)
         list(stage_tasks.values()) >> closing
+        # close_batch runs whatever happened; this leaf makes a failed stage fail the DAG run too.
+        list(stage_tasks.values()) >> EmptyOperator(task_id="all_stages_succeeded")
 
         if live:
             @task.short_circuit(task_id="session_goes_on", ignore_downstream_trigger_rules=False)

@@ -55,8 +55,8 @@ STAGES: dict[str, StageDefinition] = {
     for definition in (
         StageDefinition("motioncorr", frozenset({"builtin", "relion", "motioncor2"}), MotionCorrectionParams),
         StageDefinition("ctf", frozenset({"builtin", "ctffind4", "ctffind5"}), CtfParams, needs=("motioncorr",)),
-        StageDefinition("pick", frozenset({"builtin", "relion_autopick", "cryolo", "topaz"}), PickingParams,
+        StageDefinition("pick", frozenset({"builtin", "relion_autopick"}), PickingParams,
                         needs=("motioncorr",)),
-        StageDefinition("extract", frozenset({"builtin", "relion"}), ExtractionParams, needs=("pick", "ctf")),
+        StageDefinition("extract", frozenset({"builtin"}), ExtractionParams, needs=("pick", "ctf")),
     )
 }

@@ -1,0 +1,142 @@
+"""Per-movie stage steps with external programs: build the command from the session and the recipe's
+params, run it where the recipe says (this worker, or a Slurm cluster over SSH), parse its outputs into
+the same result keys the built-in engines return."""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..execution import CommandSpec, ToolNotFoundError, run_local
+from ..tools import ctffind, motioncor2, relion_autopick, relion_motioncorr
+from .stages import MovieContext
+
+Execute = Callable[[CommandSpec], str]
+
+
+class ToolChoiceError(RuntimeError):
+    """The program a recipe chose cannot be run; names the program and the recipe setting."""
+
+
+def _scratch(ctx: MovieContext, job_kind: str) -> Path:
+    """A private output folder per movie inside the Relion job, so a program's own bookkeeping files
+    (its run.out, its one-movie STAR files) never overwrite the job's aggregated ones."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(ctx.item["movie"]).stem)
+    return ctx.project.job(job_kind).path / "runs" / stem
+
+
+def _movies_link(ctx: MovieContext) -> str:
+    """Relion wants movies inside its project: a `Movies` link to the watched folder, path relative to it."""
+    link = ctx.project.root / "Movies"
+    if not link.exists():
+        try:
+            link.symlink_to(Path(ctx.item["watch_dir"]).resolve(), target_is_directory=True)
+        except FileExistsError:  # another task made it first
+            pass
+    return str(Path("Movies") / ctx.item["movie"])
+
+
+def relion_motioncorr_step(ctx: MovieContext, execute: Execute) -> dict[str, Any]:
+    config, params = ctx.config, ctx.params
+    scratch = _scratch(ctx, "motioncorr")
+    inputs = relion_motioncorr.RelionMotionInputs(
+        project_dir=str(ctx.project.root), movie_path=_movies_link(ctx),
+        job_dir=str(scratch.relative_to(ctx.project.root)), pixel_size_a=config.pixel_size_a,
+        dose_per_frame_e_a2=config.dose_per_frame_e_a2, voltage_kv=config.voltage_kv, cs_mm=config.cs_mm,
+        amplitude_contrast=config.amplitude_contrast, gain_reference_path=config.gain_reference_path,
+        gain_rotation=config.gain_rotation, gain_flip=config.gain_flip, defect_file_path=config.defect_file_path,
+        eer_grouping=config.eer_grouping, bin_factor=2 if config.super_resolution else 1,
+        patches_x=params.patches_x, patches_y=params.patches_y, bfactor_a2=params.bfactor_a2,
+        threads=_threads())
+    execute(relion_motioncorr.command(inputs))
+    return relion_motioncorr.parse_result(inputs)
+
+
+def motioncor2_step(ctx: MovieContext, execute: Execute) -> dict[str, Any]:
+    config, params = ctx.config, ctx.params
+    inputs = motioncor2.MotionCor2Inputs(
+        movie_path=str(ctx.movie_path), output_path=str(ctx.output("motioncorr", ".mrc")),
+        pixel_size_a=config.pixel_size_a, dose_per_frame_e_a2=config.dose_per_frame_e_a2,
+        voltage_kv=config.voltage_kv, gain_reference_path=config.gain_reference_path,
+        gain_rotation=config.gain_rotation, gain_flip=config.gain_flip, defect_file_path=config.defect_file_path,
+        patches_x=params.patches_x, patches_y=params.patches_y, iterations=params.iterations,
+        tolerance_px=params.tolerance_px, bin_factor=2 if config.super_resolution else 1)
+    spec = motioncor2.command(inputs)
+    Path(inputs.output_path).parent.mkdir(parents=True, exist_ok=True)
+    return motioncor2.parse_result(execute(spec), inputs)
+
+
+def _ctffind_step(version: int) -> Callable[[MovieContext, Execute], dict[str, Any]]:
+    def step(ctx: MovieContext, execute: Execute) -> dict[str, Any]:
+        config, params = ctx.config, ctx.params
+        inputs = ctffind.CtffindInputs(
+            micrograph_path=ctx.upstream["motioncorr"]["micrograph"], output_path=str(ctx.output("ctffind", ".ctf")),
+            pixel_size_a=config.motion_corrected_pixel_size_a, voltage_kv=config.voltage_kv, cs_mm=config.cs_mm,
+            amplitude_contrast=config.amplitude_contrast, spectrum_size_px=params.tile_size_px,
+            min_resolution_a=params.min_resolution_a, max_resolution_a=params.max_resolution_a,
+            min_defocus_a=params.min_defocus_a, max_defocus_a=params.max_defocus_a,
+            find_phase_shift=params.find_phase_shift, version=version)
+        Path(inputs.output_path).parent.mkdir(parents=True, exist_ok=True)
+        execute(ctffind.command(inputs))
+        result = ctffind.parse_result(inputs)
+        result["diagnostic_image"] = inputs.output_path
+        return result
+    return step
+
+
+def relion_autopick_step(ctx: MovieContext, execute: Execute) -> dict[str, Any]:
+    config = ctx.config
+    scratch = _scratch(ctx, "autopick")
+    micrograph = ctx.project.relative(ctx.upstream["motioncorr"]["micrograph"])
+    inputs = relion_autopick.RelionAutopickInputs(
+        project_dir=str(ctx.project.root), micrograph_paths=[micrograph],
+        job_dir=str(scratch.relative_to(ctx.project.root)), pixel_size_a=config.motion_corrected_pixel_size_a,
+        voltage_kv=config.voltage_kv, cs_mm=config.cs_mm, amplitude_contrast=config.amplitude_contrast,
+        min_diameter_a=0.8 * config.particle_diameter_a, max_diameter_a=1.2 * config.particle_diameter_a,
+        threads=_threads())
+    execute(relion_autopick.command(inputs))
+    result = relion_autopick.parse_coordinates(relion_autopick.coordinates_path(inputs, micrograph))
+    result["diameter_a"] = config.particle_diameter_a
+    return result
+
+
+EXTERNAL_STEPS: dict[tuple[str, str], Callable[[MovieContext, Execute], dict[str, Any]]] = {
+    ("motioncorr", "relion"): relion_motioncorr_step,
+    ("motioncorr", "motioncor2"): motioncor2_step,
+    ("ctf", "ctffind4"): _ctffind_step(4),
+    ("ctf", "ctffind5"): _ctffind_step(5),
+    ("pick", "relion_autopick"): relion_autopick_step,
+}
+
+
+def _threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def local_executor(stage: str, tool: str) -> Execute:
+    """Run commands on this worker; a missing program names the recipe setting that chose it."""
+    def execute(spec: CommandSpec) -> str:
+        try:
+            return run_local(spec).output
+        except ToolNotFoundError as exc:
+            raise ToolChoiceError(f"{exc} (chosen by the recipe setting stages.{stage}.tool: {tool})") from exc
+    return execute
+
+
+def slurm_executor(stage: str, tool: str, placement: dict[str, Any], job_key: str) -> Execute:
+    """Submit commands to Slurm over SSH and wait; a retried task re-attaches to its job by name."""
+    from ..execution.slurm import job_name
+    from ..hooks.slurm import SlurmHook
+
+    hook = SlurmHook(ssh_conn_id=placement["slurm_conn_id"])
+
+    def execute(spec: CommandSpec) -> str:
+        spec = spec.model_copy(update={"threads": placement["cpus"], "gpus": placement["gpus"],
+                                       "memory_mb": int(placement["memory_gb"] * 1024),
+                                       "timeout_s": placement["time_limit_min"] * 60})
+        job = hook.submit(spec, job_name(job_key, spec.program, stage))
+        hook.raise_for_status(spec.program, job, hook.wait(job))
+        return hook.read_output(job)
+    return execute
