@@ -51,7 +51,8 @@ def format_summary(summary: SessionSummary) -> str:
     """The summary as lines for people: counts per stage, medians, then each failure with its reason."""
     lines = [f"session {summary.session}: {summary.files_claimed} files claimed, "
              f"{summary.movies_registered} movies, {summary.processing_jobs} jobs "
-             f"({summary.reprocess_jobs} reprocess)"]
+             f"({summary.reprocess_jobs} reprocess)",
+             f"  {'ended: ' + summary.end_reason if summary.ended else 'still collecting'}"]
     lines += [f"  {stage:<18} {count.succeeded:>7} done {count.failed:>5} failed"
               for stage, count in summary.stages.items()]
     medians = {
