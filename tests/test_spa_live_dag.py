@@ -110,3 +110,18 @@ def test_reprocess_run_of_a_date_processes_its_dated_sessions_into_a_new_job(tmp
     assert summary.stages["motion_correction"].succeeded == 2
     assert len(list(processing.glob("reprocess_*/MotionCorr/job002/Movies/*_fractions.mrc"))) == 4
     assert not (sessions_root / "20261121_other_day" / "processing").exists()
+
+
+def test_result_rows_point_at_images_that_exist(session):
+    from sqlalchemy import select
+
+    from airflow_provider_cryoem.results import schema
+
+    store = results_store(None, str(session["processing"]))
+    with store.engine.connect() as connection:
+        motion = connection.execute(select(schema.motion_correction.c.micrograph_snapshot_full_path,
+                                           schema.motion_correction.c.drift_plot_full_path)).all()
+        picks = connection.execute(select(schema.particle_picker.c.summary_image_full_path)).scalars().all()
+    paths = [p for row in motion for p in row] + list(picks)
+    assert len(paths) == 3 * len(session["truth"].movies)
+    assert all(Path(p).is_file() and Path(p).stat().st_size > 0 for p in paths)

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from ..engines.thumbnails import drift_plot, micrograph_jpeg, picks_overlay
+from ..io import read_mrc
 from ..relion_project import CtfValues
 from ..results import ResultsStore
 from ..results.summary import CTF, MOTION_CORRECTION, PARTICLE_PICKING
@@ -22,6 +25,10 @@ def ctf_values(ctf: dict[str, Any]) -> CtfValues:
 
 
 def _motioncorr(ctx: MovieContext, result: dict[str, Any], store: ResultsStore, job_id: int, movie_id: int) -> None:
+    micrograph = Path(result["micrograph"])
+    result["snapshot"] = str(micrograph_jpeg(read_mrc(micrograph), micrograph.with_suffix(".jpg")))
+    if not result.get("drift_plot"):  # external programs draw none
+        result["drift_plot"] = str(drift_plot(result["shifts_px"], micrograph.with_name(f"{micrograph.stem}_drift.png")))
     ctx.project.add_movie(ctx.movie_path)
     ctx.project.add_motion_corrected(result["micrograph"], result["total_motion_a"], result["early_motion_a"],
                                      result["late_motion_a"])
@@ -34,8 +41,14 @@ def _ctf(ctx: MovieContext, result: dict[str, Any], store: ResultsStore, job_id:
 
 
 def _pick(ctx: MovieContext, result: dict[str, Any], store: ResultsStore, job_id: int, movie_id: int) -> None:
-    result["coordinates_star"] = str(ctx.project.add_picks(ctx.upstream["motioncorr"]["micrograph"],
-                                                           result["coordinates_px"], result["figures_of_merit"]))
+    micrograph = ctx.upstream["motioncorr"]["micrograph"]
+    result["coordinates_star"] = str(ctx.project.add_picks(micrograph, result["coordinates_px"],
+                                                           result["figures_of_merit"]))
+    if not result.get("summary_image"):  # external pickers draw none
+        overlay = Path(result["coordinates_star"]).with_suffix(".jpg")
+        diameter_px = ctx.config.particle_diameter_a / ctx.config.motion_corrected_pixel_size_a
+        result["summary_image"] = str(picks_overlay(read_mrc(micrograph), result["coordinates_px"], diameter_px,
+                                                    overlay))
     store.record_picking(job_id, movie_id, result)
 
 
