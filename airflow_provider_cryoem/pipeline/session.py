@@ -29,7 +29,7 @@ def _safe_name(text: str) -> str:
 
 
 def _open_one(config_params: dict[str, Any], watch_dir: Path, processing: Path, recipe_name: str, run_id: str,
-              reprocess: bool, stable_for_s: float) -> dict[str, Any]:
+              reprocess: bool, stable_for_s: float, relion_dialect: str) -> dict[str, Any]:
     config = parse_session_config({**config_params, "watch_dir": str(watch_dir), "processing_dir": str(processing)})
     processing.mkdir(parents=True, exist_ok=True)
     conn_id = results_conn_id()
@@ -43,12 +43,13 @@ def _open_one(config_params: dict[str, Any], watch_dir: Path, processing: Path, 
                           results_conn_id=conn_id, processing_path=str(processing), opened_at_s=time.time())
     return {"session_id": session_id, "session_name": config.session_name, "processing_job_id": job_id,
             "watch_dir": str(watch_dir), "processing_path": str(processing), "relion_dir": str(relion_dir),
+            "relion_dialect": relion_dialect,
             "results_conn_id": conn_id, "watch": watch.model_dump()}
 
 
 def open_session(params: dict[str, Any], recipe_name: str, run_id: str, reprocess: bool,
                  logical_date: dt.datetime | None, sessions_root: str | None,
-                 stable_for_s: float = 2.0) -> dict[str, Any]:
+                 stable_for_s: float = 2.0, relion_dialect: str = "relion5") -> dict[str, Any]:
     """Validate the conf (ConfigError names the field), check paths, register the session(s).
 
     A live run has one session, its `watch_dir`. A reprocess run takes `watch_dir` when given, else
@@ -68,13 +69,14 @@ def open_session(params: dict[str, Any], recipe_name: str, run_id: str, reproces
         if reprocess and not config.processing_dir:
             processing = folder / "processing"
         check_under_roots(processing, "processing_dir")
-        sessions.append(_open_one(params, folder, processing, recipe_name, run_id, reprocess, stable_for_s))
+        sessions.append(_open_one(params, folder, processing, recipe_name, run_id, reprocess, stable_for_s,
+                                  relion_dialect))
     return {"sessions": sessions, "run_id": run_id}
 
 
 def _movie_item(session: dict[str, Any], relative_path: str) -> dict[str, Any]:
     keys = ("session_id", "session_name", "processing_job_id", "watch_dir", "processing_path", "relion_dir",
-            "results_conn_id")
+            "relion_dialect", "results_conn_id")
     return {**{key: session[key] for key in keys}, "movie": relative_path}
 
 
@@ -109,7 +111,7 @@ def close_batch(params: dict[str, Any], opened: dict[str, Any], found: dict[str,
         store.finish_processing_job(session["processing_job_id"], "success")
         if found["session_over"]:
             store.end_session(session["session_id"], found["reason"])
-            project = relion_project(session["relion_dir"], OpticsGroup.from_session(config))
+            project = relion_project(session["relion_dir"], OpticsGroup.from_session(config), session["relion_dialect"])
             for kind in SPA_PREPROCESSING:
                 project.finish_job(project.job(kind), success=True)
         summaries[session["session_name"]] = store.session_summary(session["session_name"]).model_dump(mode="json")

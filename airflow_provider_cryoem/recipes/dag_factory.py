@@ -21,6 +21,10 @@ from ..sensors.new_movies import NewMoviesSensor
 from .schema import Recipe, RecipeError, load_recipe
 
 _MOVIE_LABEL = "{{ movie_label }}"
+# The session's own tasks (take the movies, cut the batches, start the next wait) go before any stage
+# task when executor slots are short: otherwise a burst's stage tasks, weighted by their many downstream
+# tasks, hold the next run's wait back by a whole stage's compute time.
+_SESSION_PRIORITY: dict[str, Any] = {"priority_weight": 1000, "weight_rule": "absolute"}
 
 
 class RecipeErrorsDag(DAG):
@@ -40,14 +44,18 @@ class RecipeErrorsDag(DAG):
 
 
 def _session_tasks(recipe: Recipe, live: bool) -> tuple[Any, Any]:
-    """Open the session and produce the batches of movies this run processes."""
-    from ..pipeline.session import open_session, reprocess_movies
+    """Open the session and produce the batches of movies this run processes.
 
-    @task(task_id="open_session", retries=0)
+    The pipeline modules are imported inside the tasks: every task process parses this DAG file, and
+    their imports (results store, Relion project, numpy/scipy) would add seconds to each task of a live run.
+    """
+    @task(task_id="open_session", retries=0, **_SESSION_PRIORITY)
     def open_session_task(**context: Any) -> dict[str, Any]:
+        from ..pipeline.session import open_session
+
         return open_session(context["params"], recipe.name, context["run_id"], reprocess=not live,
                             logical_date=context.get("logical_date"), sessions_root=recipe.sessions_root,
-                            stable_for_s=recipe.batching.stable_for_s)
+                            stable_for_s=recipe.batching.stable_for_s, relion_dialect=recipe.relion_dialect)
 
     session = open_session_task()
     if live:
@@ -56,12 +64,15 @@ def _session_tasks(recipe: Recipe, live: bool) -> tuple[Any, Any]:
             watch="{{ ti.xcom_pull(task_ids='open_session')['sessions'][0]['watch'] }}",
             poke_interval=recipe.batching.poll_interval_s,
             timeout=7 * 24 * 3600,
+            **_SESSION_PRIORITY,
         )
         session >> sensor
         found = sensor.output
     else:
         @task(task_id="list_movies")
         def list_movies_task(opened: dict[str, Any]) -> dict[str, Any]:
+            from ..pipeline.session import reprocess_movies
+
             return reprocess_movies(opened)
 
         found = list_movies_task(session)
@@ -70,8 +81,6 @@ def _session_tasks(recipe: Recipe, live: bool) -> tuple[Any, Any]:
 
 def build_dag(recipe: Recipe) -> DAG:
     """Build the DAG of one validated recipe."""
-    from ..pipeline.session import close_batch, plan_batches
-
     live = recipe.mode == "live"
     dag = DAG(
         dag_id=recipe.name,
@@ -89,8 +98,10 @@ def build_dag(recipe: Recipe) -> DAG:
     with dag:
         session, found = _session_tasks(recipe, live)
 
-        @task(task_id="plan_batches")
+        @task(task_id="plan_batches", **_SESSION_PRIORITY)
         def plan_batches_task(opened: dict[str, Any], found_movies: dict[str, Any]) -> list[list[dict[str, Any]]]:
+            from ..pipeline.session import plan_batches
+
             return plan_batches(opened, found_movies, recipe.batching.max_movies_per_task,
                                 recipe.batching.parallel_tasks)
 
@@ -118,6 +129,8 @@ def build_dag(recipe: Recipe) -> DAG:
 
         @task(task_id="close_batch", trigger_rule=TriggerRule.ALL_DONE)
         def close_batch_task(opened: dict[str, Any], found_movies: dict[str, Any], **context: Any) -> dict[str, Any]:
+            from ..pipeline.session import close_batch
+
             return close_batch(context["params"], opened, found_movies)
 
         closing = close_batch_task(session, found)
@@ -126,11 +139,12 @@ def build_dag(recipe: Recipe) -> DAG:
         list(stage_tasks.values()) >> EmptyOperator(task_id="all_stages_succeeded")
 
         if live:
-            @task.short_circuit(task_id="session_goes_on", ignore_downstream_trigger_rules=False)
+            @task.short_circuit(task_id="session_goes_on", ignore_downstream_trigger_rules=False,
+                                **_SESSION_PRIORITY)
             def session_goes_on(found_movies: dict[str, Any]) -> bool:
                 return not found_movies["session_over"]
 
-            @task(task_id="next_run_conf")
+            @task(task_id="next_run_conf", **_SESSION_PRIORITY)
             def next_run_conf(**context: Any) -> dict[str, Any]:
                 return dict(context["params"])
 
@@ -139,6 +153,7 @@ def build_dag(recipe: Recipe) -> DAG:
                 trigger_dag_id=recipe.name,
                 conf=next_run_conf(),
                 wait_for_completion=False,
+                **_SESSION_PRIORITY,
             )
             session_goes_on(found) >> start_next
     return dag

@@ -67,6 +67,8 @@ class Recipe(BaseModel):
     sessions_root: str | None = Field(None, description="Reprocess: folder of dated session folders "
                                                         "(YYYYMMDD_name) a scheduled run picks by its date.")
     session_defaults: dict[str, Any] = Field(default_factory=dict, description="Defaults for the trigger form.")
+    relion_dialect: Literal["relion5", "relion3"] = Field("relion5", description="STAR dialect of the Relion "
+                                                                                "project: Relion 5 or Relion 3.1.")
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     stages: dict[str, StageSpec]
 
