@@ -12,7 +12,12 @@ from airflow_provider_cryoem.pipeline.external import EXTERNAL_STEPS
 from airflow_provider_cryoem.pipeline.stages import BUILTIN_RUNNERS
 from airflow_provider_cryoem.pipeline.stores import results_store
 from airflow_provider_cryoem.recipes.stages import STAGES
-from airflow_provider_cryoem.simulate import END_MARKER_NAME, GAIN_REFERENCE_NAME, SpaSimulationSettings, write_spa_session
+from airflow_provider_cryoem.simulate import (
+    END_MARKER_NAME,
+    GAIN_REFERENCE_NAME,
+    SpaSimulationSettings,
+    write_spa_session,
+)
 
 from .conftest import AIRFLOW
 

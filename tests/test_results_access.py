@@ -7,12 +7,17 @@ import socket
 from pathlib import Path
 
 import pytest
-from ._pg import pg_url  # noqa: F401  (fixture)
 from sqlalchemy.engine import make_url
 
 from airflow_provider_cryoem.cli_commands import summary as summary_command
 from airflow_provider_cryoem.hooks.results import ResultsHook
-from airflow_provider_cryoem.results import ResultsStore, ResultsUnavailableError, engine_from_url
+from airflow_provider_cryoem.results import (
+    ResultsStore,
+    ResultsUnavailableError,
+    engine_from_url,
+)
+
+from ._pg import pg_url  # noqa: F401  (fixture)
 
 CONN_ID = "cryoem_results_test"
 PASSWORD = "not-the-real-one"  # trust auth ignores it; it must never appear in an error

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ._pg import fresh_database, pg_url  # noqa: F401  (pg_url is a fixture)
 from pydantic import BaseModel
 from sqlalchemy import func, inspect, select
 
@@ -20,9 +19,11 @@ from airflow_provider_cryoem.results import (
     ResultsNotFoundError,
     ResultsStore,
     engine_from_url,
+    schema,
     sqlite_engine,
 )
-from airflow_provider_cryoem.results import schema
+
+from ._pg import fresh_database, pg_url  # noqa: F401  (pg_url is a fixture)
 
 N_WORKERS = 8
 

@@ -8,8 +8,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from ..config import SessionConfig
-from ..relion_project import OpticsGroup
 from ..execution import ToolExecutionError
+from ..relion_project import OpticsGroup
 from .external import EXTERNAL_STEPS, local_executor, slurm_executor
 from .record import RECORDERS, RESULT_STAGE_NAMES
 from .stages import BUILTIN_RUNNERS, MovieContext
@@ -45,8 +45,9 @@ def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: 
 
     Errors of the movie itself (unreadable file, engine refusing the data: ValueError and subclasses; an
     external program failing on it: ToolExecutionError) become a failed outcome with its reason. A missing
-    program (ToolChoiceError) or a retryable Slurm failure fails the task. Anything else (database down, out of memory) propagates, so
-    the task fails and Airflow retries the batch; writes are idempotent, so the retry duplicates nothing.
+    program (ToolChoiceError) or a retryable Slurm failure fails the task. Anything else (database down, out
+    of memory) propagates, so the task fails and Airflow retries the batch; writes are idempotent, so the
+    retry duplicates nothing.
     """
     recorder = RECORDERS[stage]
     optics = OpticsGroup.from_session(config)

@@ -28,7 +28,8 @@ def _motioncorr(ctx: MovieContext, result: dict[str, Any], store: ResultsStore, 
     micrograph = Path(result["micrograph"])
     result["snapshot"] = str(micrograph_jpeg(read_mrc(micrograph), micrograph.with_suffix(".jpg")))
     if not result.get("drift_plot"):  # external programs draw none
-        result["drift_plot"] = str(drift_plot(result["shifts_px"], micrograph.with_name(f"{micrograph.stem}_drift.png")))
+        plot = micrograph.with_name(f"{micrograph.stem}_drift.png")
+        result["drift_plot"] = str(drift_plot(result["shifts_px"], plot))
     ctx.project.add_movie(ctx.movie_path)
     ctx.project.add_motion_corrected(result["micrograph"], result["total_motion_a"], result["early_motion_a"],
                                      result["late_motion_a"])

@@ -111,7 +111,8 @@ def close_batch(params: dict[str, Any], opened: dict[str, Any], found: dict[str,
         store.finish_processing_job(session["processing_job_id"], "success")
         if found["session_over"]:
             store.end_session(session["session_id"], found["reason"])
-            project = relion_project(session["relion_dir"], OpticsGroup.from_session(config), session["relion_dialect"])
+            project = relion_project(session["relion_dir"], OpticsGroup.from_session(config),
+                                     session["relion_dialect"])
             for kind in SPA_PREPROCESSING:
                 project.finish_job(project.job(kind), success=True)
         summaries[session["session_name"]] = store.session_summary(session["session_name"]).model_dump(mode="json")
