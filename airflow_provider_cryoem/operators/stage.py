@@ -8,7 +8,6 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 
 from ..config import parse_session_config
-from ..pipeline.movie_batch import process_batch
 from ..recipes.stages import STAGES
 
 log = logging.getLogger(__name__)
@@ -46,6 +45,10 @@ class CryoemStageOperator(BaseOperator):
         return results
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
+        # Imported here, not at module level: every task process parses the DAG file, and the engines'
+        # numpy/scipy imports would add seconds to each bookkeeping task of a live run.
+        from ..pipeline.movie_batch import process_batch
+
         names = [item["movie"] for item in self.movies]
         context["movie_label"] = names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1})"
         config = parse_session_config(dict(context["params"]))

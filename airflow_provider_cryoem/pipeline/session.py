@@ -102,12 +102,22 @@ def plan_batches(opened: dict[str, Any], found: dict[str, Any], max_per_task: in
     return split_into_batches(items, max_per_task, parallel_tasks)
 
 
-def close_batch(params: dict[str, Any], opened: dict[str, Any], found: dict[str, Any]) -> dict[str, Any]:
-    """Close this run's processing job, end the session when it is over, and report the session summary."""
+def close_batch(params: dict[str, Any], opened: dict[str, Any] | None,
+                found: dict[str, Any] | None) -> dict[str, Any]:
+    """Close this run's processing job, end the session when it is over, and report the session summary.
+
+    Runs whatever happened upstream: with no session opened (bad conf) there is nothing to close; when
+    finding movies failed, the run's job is closed as failed and the session stays open.
+    """
+    if opened is None:
+        return {"session_over": False, "reason": "the session was not opened", "summaries": {}}
     config = parse_session_config(dict(params))
     summaries = {}
     for session in opened["sessions"]:
         store = results_store(session["results_conn_id"], session["processing_path"])
+        if found is None:
+            store.finish_processing_job(session["processing_job_id"], "failed", "waiting for movies failed")
+            continue
         store.finish_processing_job(session["processing_job_id"], "success")
         if found["session_over"]:
             store.end_session(session["session_id"], found["reason"])
@@ -116,4 +126,6 @@ def close_batch(params: dict[str, Any], opened: dict[str, Any], found: dict[str,
             for kind in SPA_PREPROCESSING:
                 project.finish_job(project.job(kind), success=True)
         summaries[session["session_name"]] = store.session_summary(session["session_name"]).model_dump(mode="json")
+    if found is None:
+        return {"session_over": False, "reason": "waiting for movies failed", "summaries": summaries}
     return {"session_over": found["session_over"], "reason": found["reason"], "summaries": summaries}

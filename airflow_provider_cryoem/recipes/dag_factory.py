@@ -64,6 +64,12 @@ def _session_tasks(recipe: Recipe, live: bool) -> tuple[Any, Any]:
             watch="{{ ti.xcom_pull(task_ids='open_session')['sessions'][0]['watch'] }}",
             poke_interval=recipe.batching.poll_interval_s,
             timeout=7 * 24 * 3600,
+            # Airflow 3.3 can fail a deferred task whose trigger fires within seconds: the stale "success"
+            # of the deferring attempt reaches the scheduler after the resumed attempt is queued
+            # (apache/airflow#67287, #72716). A retry is safe (the run gets back the movies it claimed)
+            # and keeps the session's chain of runs alive.
+            retries=3,
+            retry_delay=dt.timedelta(seconds=1),
             **_SESSION_PRIORITY,
         )
         session >> sensor

@@ -1,12 +1,14 @@
 """The live-session sensor: hands the run the movies that arrived since the last run took its share."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
 
-from ..pipeline.watch import WatchSettings, take_new_movies, wake_up_plan
 from ..triggers.new_movies import NewMoviesTrigger
+
+if TYPE_CHECKING:
+    from ..pipeline.watch import WatchSettings
 
 
 class NewMoviesSensor(BaseSensorOperator):
@@ -26,9 +28,15 @@ class NewMoviesSensor(BaseSensorOperator):
         self.deferrable = deferrable
 
     def _settings(self) -> WatchSettings:
+        # The results store behind the watcher is imported when the sensor runs, not when the DAG file
+        # is parsed: every task process of a live run parses the DAG file.
+        from ..pipeline.watch import WatchSettings
+
         return WatchSettings.model_validate(self.watch)
 
     def poke(self, context: Context) -> PokeReturnValue:
+        from ..pipeline.watch import take_new_movies
+
         taken = take_new_movies(self._settings(), claimed_by=context["run_id"])
         return PokeReturnValue(is_done=taken is not None, xcom_value=taken)
 
@@ -39,6 +47,8 @@ class NewMoviesSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Take what is there, or go back to waiting in the triggerer (also after a false alarm)."""
+        from ..pipeline.watch import take_new_movies, wake_up_plan
+
         settings = self._settings()
         taken = take_new_movies(settings, claimed_by=context["run_id"])
         if taken is not None:
