@@ -13,7 +13,7 @@ import starfile
 
 from airflow_provider_cryoem.relion_project import JobStatus, NodeType, RelionProject, read_pipeline
 
-from test_relion_project import BOX_PX, OPTICS, PIXEL_SIZE_A, populate_project
+from .test_relion_project import BOX_PX, OPTICS, PIXEL_SIZE_A, populate_project
 
 pytestmark = [pytest.mark.relion,
               pytest.mark.skipif(shutil.which("relion_preprocess") is None, reason="Relion is not installed")]

@@ -1,0 +1,89 @@
+"""The 2D class scorer on class averages made from the simulator's particle and from planted junk.
+
+Good averages are projections of the simulator's particle (render_volume summed along z); junk
+averages are what junk classes look like: flat noise, an ice/carbon edge, an off-centre blob.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from airflow_provider_cryoem.downstream.class_selection import class3d_due
+from airflow_provider_cryoem.engines.class_selection import (
+    ClassSelectionSettings,
+    fraction_threshold,
+    score_classes,
+    selection_quality,
+)
+from airflow_provider_cryoem.simulate import (
+    SpaSimulationSettings,
+    make_structure,
+    render_volume,
+)
+
+BOX_PX = 64
+PIXEL_SIZE_A = 4.0
+DIAMETER_A = 180.0
+SETTINGS = ClassSelectionSettings(min_score=0.7, particle_diameter_a=DIAMETER_A, pixel_size_a=PIXEL_SIZE_A)
+
+
+def _averages(rng: np.random.Generator) -> tuple[np.ndarray, list[bool]]:
+    """Three particle views and three junk averages, each with a little residual noise."""
+    structure = make_structure(SpaSimulationSettings(particle_diameter_a=DIAMETER_A, seed=2))
+    volume = render_volume(structure, BOX_PX, PIXEL_SIZE_A)
+    views = [volume.sum(axis=axis) for axis in (0, 1, 2)]
+    scale = float(np.std(views[0]))
+    yy, xx = np.mgrid[:BOX_PX, :BOX_PX] - BOX_PX // 2
+    edge = 2 * scale * np.tanh((xx + 0.2 * yy - 10) / 3.0)
+    blob = 5 * scale * np.exp(-((xx - 24) ** 2 + (yy + 10) ** 2) / (2 * 3.0**2))
+    flat = np.zeros((BOX_PX, BOX_PX))
+    images = np.array(views + [flat, edge, blob]) + rng.normal(0, 0.05 * scale, (6, BOX_PX, BOX_PX))
+    return images.astype(np.float32), [False, False, False, True, True, True]
+
+
+def test_particle_views_score_above_the_threshold_and_junk_below():
+    averages, is_junk = _averages(np.random.default_rng(0))
+    scores = score_classes(averages, [100] * 6, [1 / 6] * 6, [20.0, 21.0, 22.0, 30.0, 28.0, 29.0], SETTINGS)
+    assert [s.selected for s in scores] == [not junk for junk in is_junk]
+    assert min(s.score for s, j in zip(scores, is_junk) if not j) > max(s.score for s, j in zip(scores, is_junk) if j)
+
+
+def test_an_empty_or_tiny_class_is_never_selected():
+    averages, _ = _averages(np.random.default_rng(1))
+    settings = SETTINGS.model_copy(update={"min_particles_per_class": 10})
+    scores = score_classes(averages, [0, 5, 100, 100, 100, 100], [0.0, 0.01, 0.3, 0.2, 0.2, 0.29],
+                           [20.0] * 6, settings)
+    assert scores[0].score == 0 and not scores[0].selected and not scores[1].selected
+    assert scores[2].selected
+
+
+def test_mismatched_inputs_name_the_problem():
+    averages, _ = _averages(np.random.default_rng(2))
+    with pytest.raises(ValueError, match="same K classes"):
+        score_classes(averages, [1] * 5, [0.2] * 6, [20.0] * 6, SETTINGS)
+    with pytest.raises(ValueError, match="does not fit"):
+        score_classes(averages, [1] * 6, [0.2] * 6, [20.0] * 6,
+                      SETTINGS.model_copy(update={"particle_diameter_a": 2000.0}))
+
+
+def test_selection_quality_counts_particles_through_their_class():
+    quality = selection_quality([1, 1, 2, 2, 3, 3], [1, 2], [False, False, False, True, True, True])
+    assert quality.precision == pytest.approx(3 / 4)
+    assert quality.recall == 1.0
+    assert quality.junk_rejected == pytest.approx(2 / 3)
+    assert quality.kept == 4
+
+
+def test_fraction_threshold_is_the_score_quantile():
+    averages, _ = _averages(np.random.default_rng(3))
+    scores = score_classes(averages, [100] * 6, [1 / 6] * 6, [20.0] * 6, SETTINGS)
+    threshold = fraction_threshold(scores, 0.5)
+    assert sum(s.score >= threshold for s in scores) == 3
+
+
+def test_3d_runs_at_the_batch_size_then_at_each_doubling_up_to_the_cap():
+    assert class3d_due(900, [], 1000) is None
+    assert class3d_due(1500, [], 1000) == 1000
+    assert class3d_due(1900, [1000], 1000) is None
+    assert class3d_due(4100, [1000], 1000) == 4000
+    assert class3d_due(50_000, [1000, 2000, 4000], 1000, class3d_max_size=5000) == 5000
