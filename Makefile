@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 system-deps:
 	bash scripts/install_system_deps.sh
 
-demo: $(STAMP)
+demo: $(STAMP) system-deps
 	$(BIN)/python -m airflow_provider_cryoem.demo
 
 test: $(STAMP) system-deps

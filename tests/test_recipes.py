@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_cryoem.recipes.schema import RecipeError, load_recipe, recipe_json_schema
+from airflow_provider_cryoem.recipes.stages import STAGES
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -164,7 +165,32 @@ def test_live_dag_maps_every_stage_over_movie_batches(monkeypatch):
     recipe = load_recipe(RECIPES / "spa_live.yaml")
     for stage in recipe.stages:
         task = dag.get_task(stage)
-        assert type(task).__name__ == "MappedOperator", stage
-        assert task.map_index_template == "{{ movie_label }}"
+        if STAGES[stage].scope == "movie":
+            assert type(task).__name__ == "MappedOperator", stage
+            assert task.map_index_template == "{{ movie_label }}"
+    assert dag.get_task("select_particles").upstream_task_ids == {"extract", "open_session", "wait_for_movies"}
+    assert type(dag.get_task("class2d")).__name__ == "DecoratedMappedOperator"
+    assert dag.get_task("class2d").map_index_template == "{{ batch_label }}"
     assert dag.get_task("wait_for_movies").upstream_task_ids == {"open_session"}
     assert dag.get_task("extract").upstream_task_ids == {"pick", "ctf", "plan_batches"}
+
+
+def test_particle_stage_cannot_feed_a_per_movie_stage(tmp_path):
+    path = _write(tmp_path, "backwards.yaml", """
+        name: backwards
+        stages:
+          motioncorr: {}
+          ctf: {after: [motioncorr]}
+          pick: {after: [motioncorr]}
+          extract: {after: [pick, ctf]}
+          select_particles: {after: [extract]}
+          class2d: {tool: relion, after: [select_particles]}
+          select_classes: {after: [class2d]}
+          zz: {}
+        """)
+    with pytest.raises(RecipeError, match="stages.zz: unknown stage"):
+        load_recipe(path)
+    path.write_text(path.read_text().replace("  zz: {}\n", "").replace("ctf: {after: [motioncorr]}",
+                                                                      "ctf: {after: [motioncorr, class2d]}"))
+    with pytest.raises(RecipeError, match="stages.ctf.after: a per-movie stage cannot wait for particle-batch"):
+        load_recipe(path)

@@ -42,6 +42,7 @@ def select_classes(project: RelionProject, class2d: Class2DResult,
                    settings: ClassSelectionSettings) -> ClassSelectionResult:
     """Score the batch's classes, write its selected particles and the combined particles_all.star."""
     averages = np.asarray(read_mrc(project.absolute(class2d.classes_stack), mmap=False), dtype=np.float32)
+    averages = averages.reshape(-1, *averages.shape[-2:])  # a one-class stack reads as a single image
     classes = class2d.classes
     scores = score_classes(averages, [c.particles_per_class for c in classes],
                            [c.class_distribution for c in classes], [c.estimated_resolution_a for c in classes],

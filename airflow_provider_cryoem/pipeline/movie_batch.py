@@ -58,7 +58,7 @@ def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: 
         movie_id = store.register_movie(item["session_id"], item["movie"])
         missing = _missing_inputs(item, upstream)
         if missing:
-            outcomes.append({"movie": item["movie"], "status": "skipped",
+            outcomes.append({"movie": item["movie"], "session_id": item["session_id"], "status": "skipped",
                              "error": f"no usable result from {', '.join(missing)}"})
             continue
         context = MovieContext(item, config, params,
@@ -71,10 +71,10 @@ def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: 
             if getattr(exc, "retryable", False):
                 raise  # e.g. a Slurm node failure: let Airflow retry the batch
             store.record_failure(item["processing_job_id"], movie_id, RESULT_STAGE_NAMES[stage], str(exc))
-            outcomes.append({"movie": item["movie"], "status": "failed", "error": str(exc)})
+            outcomes.append({"movie": item["movie"], "session_id": item["session_id"], "status": "failed", "error": str(exc)})
             continue
         recorder(context, result, store, item["processing_job_id"], movie_id)
-        outcomes.append({"movie": item["movie"], "status": "ok",
+        outcomes.append({"movie": item["movie"], "session_id": item["session_id"], "status": "ok",
                          "compute_s": round(time.perf_counter() - started_s, 3),
                          "result": {k: v for k, v in result.items() if k not in _KEPT_OUT_OF_XCOM}})
     return outcomes

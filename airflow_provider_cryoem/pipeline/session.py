@@ -10,7 +10,9 @@ from typing import Any
 
 from ..config import check_under_roots, parse_session_config
 from ..ingest import scan_folder, split_into_batches
-from ..relion_project import SPA_PREPROCESSING, OpticsGroup
+from ..downstream.class_selection import SELECT_ALIAS
+from ..downstream.particle_batches import BATCH_ALIAS
+from ..relion_project import SPA_PREPROCESSING, OpticsGroup, RelionJob, RelionProject
 from .stores import relion_project, results_store
 from .watch import WatchSettings
 
@@ -74,10 +76,14 @@ def open_session(params: dict[str, Any], recipe_name: str, run_id: str, reproces
     return {"sessions": sessions, "run_id": run_id}
 
 
-def _movie_item(session: dict[str, Any], relative_path: str) -> dict[str, Any]:
-    keys = ("session_id", "session_name", "processing_job_id", "watch_dir", "processing_path", "relion_dir",
-            "relion_dialect", "results_conn_id")
-    return {**{key: session[key] for key in keys}, "movie": relative_path}
+# What a task needs to know of its session to write results: the part of open_session's output it carries.
+SESSION_KEYS = ("session_id", "session_name", "processing_job_id", "watch_dir", "processing_path", "relion_dir",
+                "relion_dialect", "results_conn_id")
+
+
+def session_item(session: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A work item (a movie, a particle batch) with its session's keys."""
+    return {**{key: session[key] for key in SESSION_KEYS}, **fields}
 
 
 def reprocess_movies(opened: dict[str, Any]) -> dict[str, Any]:
@@ -96,10 +102,19 @@ def plan_batches(opened: dict[str, Any], found: dict[str, Any], max_per_task: in
     items = []
     for entry in found["movies"]:
         if isinstance(entry, str):  # live: movies of the one session
-            items.append(_movie_item(opened["sessions"][0], entry))
+            items.append(session_item(opened["sessions"][0], movie=entry))
         else:
-            items.append(_movie_item(opened["sessions"][entry["session"]], entry["movie"]))
+            items.append(session_item(opened["sessions"][entry["session"]], movie=entry["movie"]))
     return split_into_batches(items, max_per_task, parallel_tasks)
+
+
+def _live_jobs(project: RelionProject) -> list[RelionJob]:
+    """The streaming jobs a live session keeps open: preprocessing, and the particle Select jobs if made."""
+    jobs = [project.job(kind) for kind in SPA_PREPROCESSING]
+    for kind, alias in (("select", BATCH_ALIAS), ("class_selection", SELECT_ALIAS)):
+        if (project.root / "Select" / alias).exists():
+            jobs.append(project.job(kind, alias=alias))
+    return jobs
 
 
 def close_batch(params: dict[str, Any], opened: dict[str, Any] | None,
@@ -123,8 +138,8 @@ def close_batch(params: dict[str, Any], opened: dict[str, Any] | None,
             store.end_session(session["session_id"], found["reason"])
             project = relion_project(session["relion_dir"], OpticsGroup.from_session(config),
                                      session["relion_dialect"])
-            for kind in SPA_PREPROCESSING:
-                project.finish_job(project.job(kind), success=True)
+            for job in _live_jobs(project):
+                project.finish_job(job, success=True)
         summaries[session["session_name"]] = store.session_summary(session["session_name"]).model_dump(mode="json")
     if found is None:
         return {"session_over": False, "reason": "waiting for movies failed", "summaries": summaries}

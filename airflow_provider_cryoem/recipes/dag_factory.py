@@ -13,14 +13,16 @@ from typing import Any
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import DAG, TriggerRule, task
+from airflow.sdk import DAG, TriggerRule, get_current_context, task
 
 from ..operators.stage import CryoemStageOperator
 from ..params import session_params
 from ..sensors.new_movies import NewMoviesSensor
-from .schema import Recipe, RecipeError, load_recipe
+from .schema import Recipe, RecipeError, StageSpec, load_recipe
+from .stages import STAGES
 
 _MOVIE_LABEL = "{{ movie_label }}"
+_BATCH_LABEL = "{{ batch_label }}"
 # The session's own tasks (take the movies, cut the batches, start the next wait) go before any stage
 # task when executor slots are short: otherwise a burst's stage tasks, weighted by their many downstream
 # tasks, hold the next run's wait back by a whole stage's compute time.
@@ -85,6 +87,46 @@ def _session_tasks(recipe: Recipe, live: bool) -> tuple[Any, Any]:
     return session, found
 
 
+def _particle_stage(name: str, spec: StageSpec, session: Any, found: Any, upstream: Any) -> Any:
+    """Tasks of the particle-batch stages: rebatching once per run, then 2D classification and class
+    selection mapped over the batches that became ready in this run."""
+    retry = {"retries": spec.retries, "retry_delay": dt.timedelta(seconds=spec.retry_delay_s),
+             "execution_timeout": dt.timedelta(seconds=spec.timeout_s)}
+    if name == "select_particles":
+        @task(task_id=name, trigger_rule=TriggerRule.NONE_FAILED, **retry)
+        def select_particles_task(opened: dict[str, Any], found_movies: dict[str, Any],
+                                  extracted: list[list[dict[str, Any]]], **context: Any) -> list[dict[str, Any]]:
+            from ..config import parse_session_config
+            from ..pipeline.particle_stages import select_particles
+
+            outcomes = [outcome for batch in extracted or [] for outcome in batch]
+            return select_particles(parse_session_config(dict(context["params"])), opened, found_movies, outcomes)
+
+        return select_particles_task(session, found, upstream.output)
+    if name == "class2d":
+        @task(task_id=name, map_index_template=_BATCH_LABEL, **retry)
+        def class2d_task(item: dict[str, Any], **context: Any) -> dict[str, Any]:
+            from ..config import parse_session_config
+            from ..pipeline.particle_stages import classify_batch
+            from ..recipes.stages import Class2DParams
+
+            get_current_context()["batch_label"] = f"batch {item['batch']['number']}"
+            return classify_batch(parse_session_config(dict(context["params"])),
+                                  Class2DParams.model_validate(spec.params), item)
+
+        return class2d_task.expand(item=upstream)
+
+    @task(task_id=name, map_index_template=_BATCH_LABEL, **retry)
+    def select_classes_task(classified: dict[str, Any], **context: Any) -> dict[str, Any]:
+        from ..config import parse_session_config
+        from ..pipeline.particle_stages import select_good_classes
+
+        get_current_context()["batch_label"] = f"batch {classified['batch']['number']}"
+        return select_good_classes(parse_session_config(dict(context["params"])), classified)
+
+    return select_classes_task.expand(classified=upstream)
+
+
 def build_dag(recipe: Recipe) -> DAG:
     """Build the DAG of one validated recipe."""
     live = recipe.mode == "live"
@@ -112,22 +154,28 @@ def build_dag(recipe: Recipe) -> DAG:
                                 recipe.batching.parallel_tasks)
 
         batches = plan_batches_task(session, found)
-        stage_tasks = {}
+        stage_tasks: dict[str, Any] = {}
         for name in recipe.stage_order():
             spec = recipe.stages[name]
-            stage_tasks[name] = CryoemStageOperator.partial(
-                task_id=name,
-                stage=name,
-                tool=spec.tool,
-                stage_params=spec.params,
-                runs_on=spec.runs_on if isinstance(spec.runs_on, str) else spec.runs_on.model_dump(),
-                input_stages=recipe.ancestors(name),
-                retries=spec.retries,
-                retry_delay=dt.timedelta(seconds=spec.retry_delay_s),
-                execution_timeout=dt.timedelta(seconds=spec.timeout_s),
-                map_index_template=_MOVIE_LABEL,
-            ).expand(movies=batches)
+            if STAGES[name].scope == "movie":
+                stage_tasks[name] = CryoemStageOperator.partial(
+                    task_id=name,
+                    stage=name,
+                    tool=spec.tool,
+                    stage_params=spec.params,
+                    runs_on=spec.runs_on if isinstance(spec.runs_on, str) else spec.runs_on.model_dump(),
+                    input_stages=recipe.ancestors(name),
+                    retries=spec.retries,
+                    retry_delay=dt.timedelta(seconds=spec.retry_delay_s),
+                    execution_timeout=dt.timedelta(seconds=spec.timeout_s),
+                    map_index_template=_MOVIE_LABEL,
+                ).expand(movies=batches)
+            else:
+                (upstream,) = spec.after
+                stage_tasks[name] = _particle_stage(name, spec, session, found, stage_tasks[upstream])
         for name, spec in recipe.stages.items():
+            if STAGES[name].scope != "movie":
+                continue
             for upstream in spec.after:
                 stage_tasks[upstream] >> stage_tasks[name]
             if not spec.after:

@@ -100,6 +100,10 @@ class Recipe(BaseModel):
             for needed in definition.needs:
                 if needed not in self.ancestors(name):
                     raise ValueError(f"stages.{name}.after: stage {name!r} needs the results of {needed!r}")
+            if definition.scope != "movie" and len(spec.after) != 1:
+                raise ValueError(f"stages.{name}.after: a particle-batch stage follows exactly one stage")
+            if definition.scope == "movie" and any(STAGES[a].scope != "movie" for a in spec.after if a in STAGES):
+                raise ValueError(f"stages.{name}.after: a per-movie stage cannot wait for particle-batch stages")
         if self.mode == "reprocess" and not self.schedule:
             raise ValueError("schedule: a reprocess recipe needs a schedule (e.g. '@daily') for backfills")
         try:

@@ -40,14 +40,33 @@ class ExtractionParams(_StageParams):
     phase_flip: bool = False
 
 
+class SelectParticlesParams(_StageParams):
+    """Batch sizes come from the session (class2d_first_batch_size, class2d_batch_size)."""
+
+
+class Class2DParams(_StageParams):
+    iterations: int = Field(25, ge=1, le=500)
+    min_particles_per_class: int = Field(20, ge=1, le=100_000)
+    threads: int | None = Field(None, ge=1, le=256, description="Default: the worker's cores.")
+
+
+class SelectClassesParams(_StageParams):
+    """The threshold is the session's class_selection_min_score."""
+
+
 @dataclass(frozen=True)
 class StageDefinition:
-    """What the pipeline knows about one stage."""
+    """What the pipeline knows about one stage.
+
+    `scope` "movie" stages are mapped over micro-batches of movies; "particles" stages work on batches of
+    particles (filled across movies and runs), mapped over the batches that became ready in this run.
+    """
 
     name: str
     tools: frozenset[str]
     params_model: type[BaseModel]
     needs: tuple[str, ...] = ()
+    scope: str = "movie"
 
 
 STAGES: dict[str, StageDefinition] = {
@@ -58,5 +77,11 @@ STAGES: dict[str, StageDefinition] = {
         StageDefinition("pick", frozenset({"builtin", "relion_autopick"}), PickingParams,
                         needs=("motioncorr",)),
         StageDefinition("extract", frozenset({"builtin"}), ExtractionParams, needs=("pick", "ctf")),
+        StageDefinition("select_particles", frozenset({"builtin"}), SelectParticlesParams, needs=("extract",),
+                        scope="particles"),
+        StageDefinition("class2d", frozenset({"relion"}), Class2DParams, needs=("select_particles",),
+                        scope="particles"),
+        StageDefinition("select_classes", frozenset({"builtin"}), SelectClassesParams, needs=("class2d",),
+                        scope="particles"),
     )
 }
