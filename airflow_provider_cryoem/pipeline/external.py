@@ -3,7 +3,6 @@ params, run it where the recipe says (this worker, or a Slurm cluster over SSH),
 the same result keys the built-in engines return."""
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 from ..execution import CommandSpec, ToolNotFoundError, run_local
 from ..tools import ctffind, motioncor2, relion_autopick, relion_motioncorr
-from .stages import MovieContext
+from .stages import MovieContext, available_cores
 
 Execute = Callable[[CommandSpec], str]
 
@@ -49,7 +48,7 @@ def relion_motioncorr_step(ctx: MovieContext, execute: Execute) -> dict[str, Any
         gain_rotation=config.gain_rotation, gain_flip=config.gain_flip, defect_file_path=config.defect_file_path,
         eer_grouping=config.eer_grouping, bin_factor=2 if config.super_resolution else 1,
         patches_x=params.patches_x, patches_y=params.patches_y, bfactor_a2=params.bfactor_a2,
-        threads=_threads())
+        threads=available_cores())
     execute(relion_motioncorr.command(inputs))
     return relion_motioncorr.parse_result(inputs)
 
@@ -95,7 +94,7 @@ def relion_autopick_step(ctx: MovieContext, execute: Execute) -> dict[str, Any]:
         job_dir=str(scratch.relative_to(ctx.project.root)), pixel_size_a=config.motion_corrected_pixel_size_a,
         voltage_kv=config.voltage_kv, cs_mm=config.cs_mm, amplitude_contrast=config.amplitude_contrast,
         min_diameter_a=0.8 * config.particle_diameter_a, max_diameter_a=1.2 * config.particle_diameter_a,
-        threads=_threads())
+        threads=available_cores())
     execute(relion_autopick.command(inputs))
     result = relion_autopick.parse_coordinates(relion_autopick.coordinates_path(inputs, micrograph))
     result["diameter_a"] = config.particle_diameter_a
@@ -109,10 +108,6 @@ EXTERNAL_STEPS: dict[tuple[str, str], Callable[[MovieContext, Execute], dict[str
     ("ctf", "ctffind5"): _ctffind_step(5),
     ("pick", "relion_autopick"): relion_autopick_step,
 }
-
-
-def _threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def local_executor(stage: str, tool: str) -> Execute:

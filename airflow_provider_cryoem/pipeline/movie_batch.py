@@ -71,7 +71,8 @@ def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: 
             if getattr(exc, "retryable", False):
                 raise  # e.g. a Slurm node failure: let Airflow retry the batch
             store.record_failure(item["processing_job_id"], movie_id, RESULT_STAGE_NAMES[stage], str(exc))
-            outcomes.append({"movie": item["movie"], "session_id": item["session_id"], "status": "failed", "error": str(exc)})
+            outcomes.append({"movie": item["movie"], "session_id": item["session_id"], "status": "failed",
+                             "error": str(exc)})
             continue
         recorder(context, result, store, item["processing_job_id"], movie_id)
         outcomes.append({"movie": item["movie"], "session_id": item["session_id"], "status": "ok",

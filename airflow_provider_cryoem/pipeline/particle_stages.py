@@ -5,7 +5,6 @@ batch is classified once. Everything is recorded in the results store and the se
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from ..config import SessionConfig
@@ -16,6 +15,7 @@ from ..engines.class_selection import ClassSelectionSettings
 from ..recipes.stages import Class2DParams
 from ..relion_project import OpticsGroup, RelionProject
 from .session import session_item
+from .stages import available_cores
 from .stores import relion_project, results_store
 
 
@@ -47,7 +47,7 @@ def select_particles(config: SessionConfig, opened: dict[str, Any], found: dict[
 
 def classify_batch(config: SessionConfig, params: Class2DParams, item: dict[str, Any]) -> dict[str, Any]:
     """Relion Class2D on one batch, recorded; a batch too small for even one class is skipped with its reason."""
-    threads = params.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    threads = params.threads or available_cores()
     settings = Class2DSettings(classes=config.class2d_classes, iterations=params.iterations, threads=threads,
                                mask_diameter_a=config.mask_diameter_a,
                                min_particles_per_class=params.min_particles_per_class)

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import check_under_roots, parse_session_config
-from ..ingest import scan_folder, split_into_batches
 from ..downstream.class_selection import SELECT_ALIAS
 from ..downstream.particle_batches import BATCH_ALIAS
+from ..ingest import scan_folder, split_into_batches
 from ..relion_project import SPA_PREPROCESSING, OpticsGroup, RelionJob, RelionProject
 from .stores import relion_project, results_store
 from .watch import WatchSettings

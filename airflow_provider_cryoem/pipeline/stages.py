@@ -38,7 +38,8 @@ class MovieContext:
         return self.project.job(job_kind).file_for(self.movie_path, suffix, source_root=self.item["watch_dir"])
 
 
-def _threads() -> int:
+def available_cores() -> int:
+    """Cores this worker may use (its CPU affinity, e.g. a Slurm or container allocation)."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
@@ -61,7 +62,7 @@ def run_motioncorr(ctx: MovieContext) -> dict[str, Any]:
         bfactor_a2=params.bfactor_a2,
         iterations=params.iterations,
         tolerance_px=params.tolerance_px,
-        threads=_threads(),
+        threads=available_cores(),
     )
     return run_motion_correction(inputs).model_dump(mode="json")
 
@@ -81,7 +82,7 @@ def run_ctf(ctx: MovieContext) -> dict[str, Any]:
         min_defocus_a=params.min_defocus_a,
         max_defocus_a=params.max_defocus_a,
         find_phase_shift=params.find_phase_shift,
-        fft_workers=_threads(),
+        fft_workers=available_cores(),
     )
     return run_ctf_estimation(inputs).model_dump(mode="json")
 
