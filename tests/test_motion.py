@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from airflow_provider_cryoem.cli import main
-from airflow_provider_cryoem.engines.dose_weighting import critical_exposure_e_a2, dose_weights
+from airflow_provider_cryoem.engines.dose_weighting import DoseWeightSeries, critical_exposure_e_a2, dose_weights
 from airflow_provider_cryoem.engines.motion import MotionCorrectionInputs, run_motion_correction
+from airflow_provider_cryoem.engines.motion_align import _WindowCorrelation, align_frames
 from airflow_provider_cryoem.io import ImageFileError, read_mrc, read_mrc_pixel_size_a, write_mrc
 from airflow_provider_cryoem.simulate import SimulatedMovie, SpaSimulationSettings, simulate_movie
 from airflow_provider_cryoem.simulate.files import movie_bytes
@@ -232,3 +234,52 @@ def test_console_reports_a_bad_movie_without_a_traceback(tmp_path: Path, capsys:
     code = main(["motioncorr", str(broken), "--out", str(tmp_path / "mic.mrc"), "--pixel-size-a", "1.0"])
     assert code == 1
     assert str(broken) in capsys.readouterr().err
+
+
+def test_dose_weight_series_reproduces_the_explicit_weights() -> None:
+    k = np.array([0.0, 0.02, 0.1, 0.25, 0.45])
+    explicit = dose_weights(k, n_frames=40, dose_per_frame_e_a2=1.2, voltage_kv=200.0)
+    series = DoseWeightSeries(k, n_frames=40, dose_per_frame_e_a2=1.2, voltage_kv=200.0)
+    from_series = series.first * series.ratio ** np.arange(40)[:, None]
+    np.testing.assert_allclose(from_series, explicit, rtol=1e-4, atol=1e-7)
+
+
+def _shifted_stacks(shifts_px: np.ndarray, size: int, noise: float, seed: int) -> np.ndarray:
+    """rfft2 of frames (stacks, frames, size, size) showing one random blob image moved by `shifts_px` [x, y]."""
+    rng = np.random.default_rng(seed)
+    image = ndimage.gaussian_filter(rng.standard_normal((size, size)), 2.0)
+    spectrum = np.fft.rfft2(image)
+    ky = np.fft.fftfreq(size)[:, None]
+    kx = np.fft.rfftfreq(size)[None, :]
+    ramps = np.exp(-2j * np.pi * (ky * shifts_px[..., 1, None, None] + kx * shifts_px[..., 0, None, None]))
+    frames = np.fft.irfft2(spectrum * ramps, s=(size, size))
+    frames += noise * rng.standard_normal(frames.shape)
+    return np.fft.rfft2(frames).astype(np.complex64)
+
+
+def test_windowed_correlation_equals_the_inverse_fft_map() -> None:
+    shifts = np.random.default_rng(1).uniform(-3, 3, (2, 5, 2))
+    spectra = _shifted_stacks(shifts, 32, 0.1, seed=2)
+    held = np.random.default_rng(3).uniform(-2, 2, (2, 5, 2))
+    ky = np.fft.fftfreq(32)[:, None]
+    kx = np.fft.rfftfreq(32)[None, :]
+    aligned = spectra * np.exp(2j * np.pi * (ky * held[..., 1, None, None] + kx * held[..., 0, None, None]))
+    cross = np.conj(aligned) * (aligned.sum(axis=1, keepdims=True) - aligned)
+    full_map = np.fft.irfft2(cross, s=(32, 32)) * 32 * 32
+    correlation = _WindowCorrelation(spectra.copy(), (32, 32), 2.5)
+    correlation.move_to(held)
+    windows = correlation()
+    offsets = np.arange(-3, 4)
+    expected = full_map[..., (offsets % 32)[:, None], (offsets % 32)[None, :]]
+    np.testing.assert_allclose(windows, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+
+
+def test_aligned_stacks_recover_sub_pixel_shifts_each_as_if_alone() -> None:
+    shifts = np.random.default_rng(4).uniform(-4, 4, (3, 8, 2))
+    shifts -= shifts[:, :1]
+    spectra = _shifted_stacks(shifts, 64, 0.05, seed=5)
+    no_filter = np.ones((64, 33), dtype=np.float32)
+    together = align_frames(spectra.copy(), (64, 64), no_filter, 16.0, 10, 0.01, 2)
+    np.testing.assert_allclose(together.shifts_px, shifts, atol=0.05)
+    alone = align_frames(spectra[1:2].copy(), (64, 64), no_filter, 16.0, 10, 0.01, 2)
+    np.testing.assert_allclose(together.shifts_px[1:2], alone.shifts_px, atol=1e-9)

@@ -46,6 +46,18 @@ def exposure_filters(k_inv_a: np.ndarray, n_frames: int, dose_per_frame_e_a2: fl
     return np.exp(-exposures / (2.0 * ne))
 
 
+def apply_exposure_filters(spectra: np.ndarray, k_inv_a: np.ndarray, dose_per_frame_e_a2: float,
+                           pre_exposure_e_a2: float = 0.0, voltage_kv: float = 300.0) -> None:
+    """Multiply each frame of `spectra` (n_frames, *k.shape) in place by its exposure filter.
+
+    Same values as `exposure_filters`, in float32 and one frame at a time, so large stacks need no
+    filter array of their own size.
+    """
+    rate = (-0.5 / critical_exposure_e_a2(k_inv_a, voltage_kv)).astype(np.float32)
+    for frame, exposure in zip(spectra, frame_exposures_e_a2(len(spectra), dose_per_frame_e_a2, pre_exposure_e_a2)):
+        frame *= np.exp(rate * np.float32(exposure))
+
+
 def dose_weights(k_inv_a: np.ndarray, n_frames: int, dose_per_frame_e_a2: float, pre_exposure_e_a2: float = 0.0,
                  voltage_kv: float = 300.0) -> np.ndarray:
     """Weights (n_frames, *k.shape): each frame's exposure filter q, normalised so frames sum to 1 per k."""
@@ -53,26 +65,19 @@ def dose_weights(k_inv_a: np.ndarray, n_frames: int, dose_per_frame_e_a2: float,
     return q / q.sum(axis=0)
 
 
-class RadialDoseWeights:
-    """Dose weights tabulated against |k| so large Fourier grids get a frame's weights by one lookup.
+class DoseWeightSeries:
+    """The weights of `dose_weights` on one Fourier grid, as a geometric series in the frame number.
 
-    The table holds `n_bins` samples from k = 0 to `max_k_inv_a`; weights vary slowly with k, so the
-    nearest-sample error is far below the noise of any micrograph.
+    Frame f's weight is first · ratio^f with ratio = exp(-dose_per_frame / (2 Ne(k))) (exposure before
+    the first frame cancels out of normalised weights). So a weighted sum Σ_f w_f S_f needs no weight
+    per frame: accumulate it last frame first by Horner's rule, acc = acc · ratio + S_f, and multiply
+    by `first` at the end.
     """
 
-    def __init__(self, n_frames: int, dose_per_frame_e_a2: float, pre_exposure_e_a2: float, voltage_kv: float,
-                 max_k_inv_a: float, n_bins: int = 4096) -> None:
-        self.max_k_inv_a = float(max_k_inv_a)
-        self.n_bins = n_bins
-        k = np.linspace(0.0, self.max_k_inv_a, n_bins)
-        self.table = dose_weights(k, n_frames, dose_per_frame_e_a2, pre_exposure_e_a2,
-                                  voltage_kv).astype(np.float32)
-
-    def bin_index(self, k_inv_a: np.ndarray) -> np.ndarray:
-        """Table index for each frequency of a grid (compute once per grid, reuse for every frame)."""
-        scaled = np.rint(np.asarray(k_inv_a) * ((self.n_bins - 1) / self.max_k_inv_a))
-        return np.clip(scaled, 0, self.n_bins - 1).astype(np.intp)
-
-    def frame_weights(self, frame: int, index: np.ndarray) -> np.ndarray:
-        """Weights of `frame` on the grid described by `index` (from bin_index)."""
-        return self.table[frame][index]
+    def __init__(self, k_inv_a: np.ndarray, n_frames: int, dose_per_frame_e_a2: float,
+                 voltage_kv: float = 300.0) -> None:
+        step = -0.5 * dose_per_frame_e_a2 / critical_exposure_e_a2(k_inv_a, voltage_kv)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            first = np.where(step < 0, np.expm1(step) / np.expm1(n_frames * step), 1.0 / n_frames)
+        self.first = first.astype(np.float32)
+        self.ratio = np.exp(step).astype(np.float32)

@@ -19,14 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..io import (ImageFileError, check_frames_finite, correct_defects, load_defect_map, load_gain, read_movie,
                   write_mrc)
-from .dose_weighting import RadialDoseWeights, exposure_filters
+from .dose_weighting import apply_exposure_filters
 from .motion_align import align_frames
 from .motion_fourier import (band_limited_shape, bfactor_filter, crop_spectra, even_fast_size, phase_ramps,
                              radius_inv_a)
 from .motion_local import LocalFit, extract_patches, fit_local_motion, patch_grid
 from .motion_smooth import smooth_trajectory
 from .motion_stats import drift_plot_path, motion_statistics, write_drift_plot
-from .motion_sum import TileLayout, global_sum, local_sum
+from .motion_sum import Exposure, TileLayout, global_sum, local_sum
 
 MIN_PATCH_PX = 48        # patches smaller than this (in the local-alignment grid) hold too little signal
 TILE_MARGIN_PX = 16      # overlap of output tiles on each side (input pixels)
@@ -111,9 +111,10 @@ class _Frames:
         return self.raw.shape[0]
 
     def __call__(self, index: int) -> np.ndarray:
-        frame = np.asarray(self.raw[index], dtype=np.float32)
-        if self.gain is not None:
-            frame = frame * self.gain
+        if self.gain is None:
+            frame = np.asarray(self.raw[index], dtype=np.float32)
+        else:
+            frame = np.multiply(self.raw[index], self.gain, dtype=np.float32)
         if self.defects is not None:
             frame = correct_defects(frame, self.defects)
         return frame
@@ -156,34 +157,33 @@ def _spectra(frames: _Frames, workers: int) -> np.ndarray:
 
 def _align_global(spectra: np.ndarray, shape: tuple[int, int], inputs: MotionCorrectionInputs
                   ) -> tuple[np.ndarray, int, np.ndarray, tuple[int, int]]:
-    """Global shifts (n, 2) in input px, passes used, and the aligned cropped spectra with their shape."""
+    """Global shifts (n, 2) in input px, passes used, and the spectra cropped for patch alignment with their shape."""
     align_shape = band_limited_shape(shape, inputs.pixel_size_a, inputs.bfactor_a2, inputs.alignment_max_size_px)
     scale = np.array([shape[1] / align_shape[1], shape[0] / align_shape[0]])
     cropped = crop_spectra(spectra, align_shape)[None]
     align_pixel_a = inputs.pixel_size_a * float(scale.mean())
     filt = bfactor_filter(align_shape, align_pixel_a, inputs.bfactor_a2)
     # Matched filter: weigh each frame's frequencies by the signal that radiation damage left in them
-    # (in place: the patch alignment below profits from the same weighting).
-    cropped *= exposure_filters(radius_inv_a(align_shape, align_pixel_a), spectra.shape[0],
-                                inputs.dose_per_frame_e_a2, inputs.pre_exposure_e_a2,
-                                inputs.voltage_kv).astype(np.float32)
+    # (the patch alignment profits from the same weighting, so its copy is cut after this).
+    apply_exposure_filters(cropped[0], radius_inv_a(align_shape, align_pixel_a), inputs.dose_per_frame_e_a2,
+                           inputs.pre_exposure_e_a2, inputs.voltage_kv)
+    local_shape = band_limited_shape(shape, inputs.pixel_size_a, inputs.local_bfactor_a2, min(align_shape))
+    local_spectra = crop_spectra(cropped[0], local_shape)
     result = align_frames(cropped, align_shape, filt, inputs.max_shift_a / inputs.pixel_size_a / scale.min(),
                           inputs.iterations, inputs.tolerance_px / scale.max(), inputs.threads)
     shifts = result.shifts_px[0] * scale
     if inputs.smooth_trajectory:
         shifts, _ = smooth_trajectory(shifts)
         shifts -= shifts[0]
-    return shifts, result.iterations, cropped[0], align_shape
+    return shifts, result.iterations, local_spectra, local_shape
 
 
-def _align_local(cropped: np.ndarray, align_shape: tuple[int, int], shape: tuple[int, int],
+def _align_local(local_spectra: np.ndarray, local_shape: tuple[int, int], shape: tuple[int, int],
                  shifts_px: np.ndarray, inputs: MotionCorrectionInputs) -> tuple[LocalFit | None, str]:
     """Patch trajectories on the globally aligned frames and the deformation fitted to them."""
-    n_frames = cropped.shape[0]
+    n_frames = local_spectra.shape[0]
     if n_frames < 3:
         return None, f"local alignment skipped: {n_frames} frames are too few for a trajectory model"
-    local_shape = band_limited_shape(shape, inputs.pixel_size_a, inputs.local_bfactor_a2,
-                                     min(align_shape))
     size = even_fast_size(1.25 * max(local_shape[0] / inputs.patches_y, local_shape[1] / inputs.patches_x))
     if size < MIN_PATCH_PX or size > min(local_shape):
         return None, (f"local alignment skipped: {inputs.patches_x} x {inputs.patches_y} patches of a "
@@ -191,9 +191,9 @@ def _align_local(cropped: np.ndarray, align_shape: tuple[int, int], shape: tuple
                       f"{local_shape[1]} x {local_shape[0]} alignment grid, need >= {MIN_PATCH_PX})")
     scale = np.array([shape[1] / local_shape[1], shape[0] / local_shape[0]])
     ey, ex = phase_ramps(shifts_px / scale, local_shape)
-    aligned = crop_spectra(cropped, local_shape) * ey
-    aligned *= ex
-    frames = scipy.fft.irfft2(aligned, s=local_shape, workers=inputs.threads).astype(np.float32)
+    local_spectra *= ey
+    local_spectra *= ex
+    frames = scipy.fft.irfft2(local_spectra, s=local_shape, workers=inputs.threads)
     grid = patch_grid(local_shape, inputs.patches_x, inputs.patches_y, size)
     patch_spectra = scipy.fft.rfft2(extract_patches(frames, grid), workers=inputs.threads)
     patch_pixel_a = inputs.pixel_size_a * float(scale.mean())
@@ -237,13 +237,13 @@ def run_motion_correction(inputs: MotionCorrectionInputs) -> MotionCorrectionRes
     lap("read_s")
     spectra = _spectra(frames, inputs.threads)
     lap("fft_s")
-    shifts, passes, cropped, align_shape = _align_global(spectra, shape, inputs)
+    shifts, passes, local_spectra, local_shape = _align_global(spectra, shape, inputs)
     lap("global_alignment_s")
     summary = LocalMotionSummary(applied=False, note="local alignment not requested", patches_x=inputs.patches_x,
                                  patches_y=inputs.patches_y)
     fit = None
     if inputs.patches_x * inputs.patches_y > 1:
-        fit, note = _align_local(cropped, align_shape, shape, shifts, inputs)
+        fit, note = _align_local(local_spectra, local_shape, shape, shifts, inputs)
         if fit is None:
             summary.note = note
             notes.append(note)
@@ -255,12 +255,9 @@ def run_motion_correction(inputs: MotionCorrectionInputs) -> MotionCorrectionRes
                 patches_used=fit.patches_used, p_value=fit.p_value, rms_local_motion_px=fit.rms_model_px,
                 max_local_motion_px=fit.max_model_px, rms_patch_residual_px=fit.rms_residual_px)
         lap("local_alignment_s")
-    del cropped
+    del local_spectra
     out_pixel_a = inputs.pixel_size_a * inputs.bin_factor
-    weights = None
-    if inputs.dose_weighting:
-        weights = RadialDoseWeights(n_frames, inputs.dose_per_frame_e_a2, inputs.pre_exposure_e_a2,
-                                    inputs.voltage_kv, max_k_inv_a=0.75 / inputs.pixel_size_a)
+    exposure = Exposure(n_frames, inputs.dose_per_frame_e_a2, inputs.voltage_kv) if inputs.dose_weighting else None
     if fit is not None and fit.significant:
         del spectra
         layout = TileLayout(shape, _tile_core_px(fit, shape, inputs.bin_factor), TILE_MARGIN_PX * inputs.bin_factor)
@@ -270,10 +267,10 @@ def run_motion_correction(inputs: MotionCorrectionInputs) -> MotionCorrectionRes
             local = model.displacement_px(centres_xy[:, 0], centres_xy[:, 1])[frame]
             return shifts[frame] + local
 
-        dw, plain = local_sum(frames, n_frames, layout, shifts_at, inputs.pixel_size_a, weights,
+        dw, plain = local_sum(frames, n_frames, layout, shifts_at, inputs.pixel_size_a, exposure,
                               inputs.bin_factor, inputs.threads)
     else:
-        dw, plain = global_sum(spectra, shape, shifts, inputs.pixel_size_a, weights, inputs.bin_factor,
+        dw, plain = global_sum(spectra, shape, shifts, inputs.pixel_size_a, exposure, inputs.bin_factor,
                                inputs.threads)
         del spectra
     lap("sum_s")

@@ -108,12 +108,10 @@ class LocalFit:
     max_model_px: float
 
 
-def _design(spatial: np.ndarray, temporal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Design matrices over (patch, frame) rows: deformation terms and one offset column per patch."""
+def _design(spatial: np.ndarray, temporal: np.ndarray) -> np.ndarray:
+    """Deformation terms per (patch, frame): (n_patches, n_frames, n_spatial × n_time)."""
     n_patches, n_frames = spatial.shape[1], temporal.shape[1]
-    deform = np.einsum("sp,tf->pfst", spatial, temporal).reshape(n_patches * n_frames, -1)
-    offsets = np.repeat(np.eye(n_patches), n_frames, axis=0)
-    return deform, offsets
+    return np.einsum("sp,tf->pfst", spatial, temporal).reshape(n_patches, n_frames, -1)
 
 
 def _patch_noise_px(trajectories: np.ndarray) -> np.ndarray:
@@ -141,28 +139,30 @@ def fit_local_motion(centres_xy_px: np.ndarray, trajectories_px: np.ndarray, pea
     if keep.sum() < n_spatial + 2 or n_frames < 3:
         return None
     centres, traj = centres_xy_px[keep], trajectories_px[keep]
-    sigma = np.maximum(_patch_noise_px(traj), 1e-3)
-    spatial = spatial_basis(centres[:, 0], centres[:, 1], shape)
-    deform, offsets = _design(spatial, temporal)
-    row_weight = np.repeat(1.0 / sigma, n_frames)
-    full = np.hstack([deform, offsets]) * row_weight[:, None]
-    null = offsets * row_weight[:, None]
-    data = traj.reshape(-1, 2) * row_weight[:, None]
-    coef_full, *_ = np.linalg.lstsq(full, data, rcond=None)
-    coef_null, *_ = np.linalg.lstsq(null, data, rcond=None)
-    ssr_full = float(((data - full @ coef_full) ** 2).sum())
-    ssr_null = float(((data - null @ coef_null) ** 2).sum())
-    n_rows, n_params = 2 * data.shape[0], 2 * full.shape[1]
-    extra = 2 * deform.shape[1]
+    n_kept = len(centres)
+    weight = 1.0 / np.maximum(_patch_noise_px(traj), 1e-3)[:, None, None]
+    deform = _design(spatial_basis(centres[:, 0], centres[:, 1], shape), temporal)
+    # Each patch's free offset is fitted exactly by removing its (weighted) mean over frames, which
+    # leaves a least-squares problem in the few deformation terms alone; the null model is that mean.
+    data = traj * weight
+    data -= data.mean(axis=1, keepdims=True)
+    design = deform * weight
+    design -= design.mean(axis=1, keepdims=True)
+    data, design = data.reshape(-1, 2), design.reshape(-1, deform.shape[-1])
+    coef, *_ = np.linalg.lstsq(design.T @ design, design.T @ data, rcond=None)
+    ssr_full = float(((data - design @ coef) ** 2).sum())
+    ssr_null = float((data**2).sum())
+    n_rows, n_params = data.size, 2 * (deform.shape[-1] + n_kept)
+    extra = 2 * deform.shape[-1]
     dof = max(n_rows - n_params, 1)
     f_stat = ((ssr_null - ssr_full) / extra) / max(ssr_full / dof, 1e-30)
     p_value = float(stats.f.sf(f_stat, extra, dof))
-    coefficients = coef_full[: deform.shape[1]].T.reshape(2, n_spatial, temporal.shape[0])
+    coefficients = coef.T.reshape(2, n_spatial, temporal.shape[0])
     model = LocalMotionModel(coefficients=coefficients, shape=shape, n_frames=n_frames)
-    predicted = (deform @ coef_full[: deform.shape[1]]).reshape(len(centres), n_frames, 2)
-    fitted = predicted + coef_full[deform.shape[1]:][:, None, :]
+    predicted = deform @ coef
+    fitted = predicted + (traj - predicted).mean(axis=1, keepdims=True)
     residual = traj - fitted
-    return LocalFit(model=model, significant=p_value < SIGNIFICANCE, p_value=p_value, patches_used=int(keep.sum()),
+    return LocalFit(model=model, significant=p_value < SIGNIFICANCE, p_value=p_value, patches_used=n_kept,
                     rms_model_px=float(np.sqrt((predicted**2).sum(-1).mean())),
                     rms_residual_px=float(np.sqrt((residual**2).sum(-1).mean())),
                     max_model_px=float(np.sqrt((predicted**2).sum(-1)).max()))

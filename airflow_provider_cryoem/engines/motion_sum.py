@@ -7,44 +7,64 @@ weights, so the shift varies across the image at the cost of a few more (small) 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
 
-from .dose_weighting import RadialDoseWeights
+from .dose_weighting import DoseWeightSeries
 from .motion_fourier import crop_spectra, phase_ramps, radius_inv_a
+
+_BLOCK_ELEMENTS = 1 << 16  # whole-frame sums run over row blocks of this many elements, which stay in cache
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """What dose weighting needs to know about a movie."""
+
+    n_frames: int
+    dose_per_frame_e_a2: float
+    voltage_kv: float = 300.0
+
+
+def _add_frame(plain: np.ndarray, weighted: np.ndarray | None, ratio: np.ndarray | None, spectra: np.ndarray,
+               ey: np.ndarray, ex: np.ndarray) -> None:
+    """plain += S and weighted = weighted · ratio + S (one Horner step), S = spectra moved by the ramps ey · ex."""
+    shifted = spectra * ey
+    shifted *= ex
+    plain += shifted
+    if weighted is not None:
+        weighted *= ratio
+        weighted += shifted
 
 
 class DoseWeightedSum:
-    """Accumulates shifted frame spectra of a batch of equal tiles into plain and dose-weighted sums."""
+    """Accumulates shifted frame spectra of a batch of equal tiles into plain and dose-weighted sums.
+
+    Frames are added last first, as the dose-weighted sum is built by Horner's rule (DoseWeightSeries).
+    """
 
     def __init__(self, tile_shape: tuple[int, int], n_tiles: int, pixel_size_a: float,
-                 weights: RadialDoseWeights | None) -> None:
+                 exposure: Exposure | None) -> None:
         self.tile_shape = tile_shape
         half = (n_tiles, tile_shape[0], tile_shape[1] // 2 + 1)
         self.plain = np.zeros(half, dtype=np.complex64)
-        self.weighted = np.zeros(half, dtype=np.complex64) if weights is not None else None
-        self.weights = weights
-        self.index = weights.bin_index(radius_inv_a(tile_shape, pixel_size_a)) if weights is not None else None
-        self.n_frames = 0
+        self.weighted = np.zeros(half, dtype=np.complex64) if exposure is not None else None
+        self.ratio = self.weighted_scale = None
+        if exposure is not None:
+            series = DoseWeightSeries(radius_inv_a(tile_shape, pixel_size_a), exposure.n_frames,
+                                      exposure.dose_per_frame_e_a2, exposure.voltage_kv)
+            # The weights sum to 1 per frequency: scaled by the frame count, the sum matches a plain one.
+            self.ratio, self.weighted_scale = series.ratio, series.first * np.float32(exposure.n_frames)
 
-    def add(self, spectra: np.ndarray, frame: int, shifts_px: np.ndarray) -> None:
-        """Add `spectra` (n_tiles, ky, kx) of `frame`, aligned by moving each tile by -shifts_px (n_tiles, 2)."""
+    def add(self, spectra: np.ndarray, shifts_px: np.ndarray) -> None:
+        """Add the next earlier frame's `spectra` (n_tiles, ky, kx), aligned by moving each tile by -shifts_px."""
         ey, ex = phase_ramps(shifts_px, self.tile_shape)
-        spectra = spectra * ey
-        spectra *= ex
-        self.plain += spectra
-        if self.weighted is not None:
-            spectra *= self.weights.frame_weights(frame, self.index)
-            self.weighted += spectra
-        self.n_frames += 1
+        _add_frame(self.plain, self.weighted, self.ratio, spectra, ey, ex)
 
     def images(self, bin_factor: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
-        """(dose-weighted, plain) real tiles, Fourier-cropped by `bin_factor`; both on the scale of a plain sum.
-
-        The weights sum to 1 per frequency, so the weighted sum is scaled by the frame count; without
-        dose weights the first image is the plain sum.
-        """
+        """(dose-weighted, plain) real tiles, Fourier-cropped by `bin_factor`, once every frame is added;
+        both on the scale of a plain sum, and without dose weights the first image is the plain sum."""
         out_shape = (self.tile_shape[0] // bin_factor, self.tile_shape[1] // bin_factor)
         scale = np.float32(1.0 / bin_factor**2)
 
@@ -55,15 +75,23 @@ class DoseWeightedSum:
         plain = to_real(self.plain)
         if self.weighted is None:
             return plain, plain
-        return to_real(self.weighted) * np.float32(self.n_frames), plain
+        self.weighted *= self.weighted_scale
+        return to_real(self.weighted), plain
 
 
 def global_sum(spectra: np.ndarray, shape: tuple[int, int], shifts_px: np.ndarray, pixel_size_a: float,
-               weights: RadialDoseWeights | None, bin_factor: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
+               exposure: Exposure | None, bin_factor: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
     """(dose-weighted, plain) sums of whole-frame `spectra` (n, ky, kx) aligned by `shifts_px` (n, 2)."""
-    total = DoseWeightedSum(shape, 1, pixel_size_a, weights)
-    for i in range(spectra.shape[0]):
-        total.add(spectra[i][None], i, shifts_px[i][None])
+    total = DoseWeightedSum(shape, 1, pixel_size_a, exposure)
+    ey, ex = phase_ramps(shifts_px, shape)
+    n_frames, n_rows, n_cols = spectra.shape
+    block = max(1, _BLOCK_ELEMENTS // n_cols)
+    for start in range(0, n_rows, block):
+        rows = slice(start, start + block)
+        weighted = None if total.weighted is None else total.weighted[0, rows]
+        ratio = None if total.ratio is None else total.ratio[rows]
+        for i in reversed(range(n_frames)):
+            _add_frame(total.plain[0, rows], weighted, ratio, spectra[i, rows], ey[i, rows], ex[i])
     dw, plain = total.images(bin_factor, workers)
     return dw[0], plain[0]
 
@@ -124,17 +152,17 @@ class TileLayout:
 
 
 def local_sum(frame_at: Callable[[int], np.ndarray], n_frames: int, layout: TileLayout,
-              shifts_at: Callable[[np.ndarray, int], np.ndarray], pixel_size_a: float,
-              weights: RadialDoseWeights | None, bin_factor: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
+              shifts_at: Callable[[np.ndarray, int], np.ndarray], pixel_size_a: float, exposure: Exposure | None,
+              bin_factor: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
     """(dose-weighted, plain) sums with a shift per tile and frame: `shifts_at(centres_xy, frame)` -> (n_tiles, 2)."""
     tile_shape = (layout.size_px, layout.size_px)
-    total = DoseWeightedSum(tile_shape, len(layout.origins_px), pixel_size_a, weights)
+    total = DoseWeightedSum(tile_shape, len(layout.origins_px), pixel_size_a, exposure)
     centres = layout.centres_xy_px
-    for i in range(n_frames):
+    for i in reversed(range(n_frames)):
         shifts = shifts_at(centres, i)
         whole = np.rint(shifts).astype(int)
         tiles = layout.cut(frame_at(i), whole)
         spectra = scipy.fft.rfft2(tiles, workers=workers)
-        total.add(spectra, i, shifts - whole)
+        total.add(spectra, shifts - whole)
     dw, plain = total.images(bin_factor, workers)
     return layout.blend(dw, bin_factor), layout.blend(plain, bin_factor)
