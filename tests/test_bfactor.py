@@ -53,4 +53,4 @@ def test_plot_is_written_as_a_png(tmp_path: Path):
     path = bfactor_plot(fit_bfactor(_points(150.0, [1000, 2000, 4000])), tmp_path / "bfactor.png")
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size == (480, 360)
-        assert len(set(image.getdata())) > 3  # more than a blank canvas
+        assert len(image.getcolors(1 << 16) or []) > 3  # more than a blank canvas
