@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test system-deps bench clean
+.PHONY: demo test system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,6 @@ demo: $(STAMP) system-deps
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -ra -q
-
-bench: $(STAMP) system-deps
-	$(BIN)/python -m benchmarks.run_all
 
 clean:
 	rm -rf $(VENV) demo_output .airflow_demo
