@@ -168,11 +168,11 @@ def test_live_dag_maps_every_stage_over_movie_batches(monkeypatch):
         if STAGES[stage].scope == "movie":
             assert type(task).__name__ == "MappedOperator", stage
             assert task.map_index_template == "{{ movie_label }}"
-    assert dag.get_task("select_particles").upstream_task_ids == {"extract", "open_session", "wait_for_movies"}
+    assert dag.get_task("select_particles").upstream_task_ids == {"extract", "wait_for_movies"}
     assert type(dag.get_task("class2d")).__name__ == "DecoratedMappedOperator"
     assert dag.get_task("class2d").map_index_template == "{{ batch_label }}"
-    assert dag.get_task("wait_for_movies").upstream_task_ids == {"open_session"}
-    assert dag.get_task("extract").upstream_task_ids == {"pick", "ctf", "plan_batches"}
+    assert dag.get_task("wait_for_movies").upstream_task_ids == set()
+    assert dag.get_task("extract").upstream_task_ids == {"pick", "ctf", "wait_for_movies"}
 
 
 def test_particle_stage_cannot_feed_a_per_movie_stage(tmp_path):

@@ -158,7 +158,14 @@ class AirflowStack:
         self.cli("db", "migrate", timeout_s=300)
 
     def start(self, components: tuple[str, ...] = COMPONENTS) -> None:
-        """Migrate the metadata database, then start the components (the api-server first, up and healthy)."""
+        """Migrate the metadata database, then start the components (the api-server first, up and healthy).
+
+        The stack's `airflow_local_settings.py` preloads the processing code (airflow_provider_cryoem.preload)
+        as a deployment should, so task processes forked by the executor start without re-importing it.
+        """
+        config = self.home / "config"
+        config.mkdir(parents=True, exist_ok=True)
+        (config / "airflow_local_settings.py").write_text("import airflow_provider_cryoem.preload  # noqa: F401\n")
         self.migrate()
         for name in components:
             self.start_component(name)

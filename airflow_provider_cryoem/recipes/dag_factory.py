@@ -45,25 +45,20 @@ class RecipeErrorsDag(DAG):
         raise RecipeError("; ".join(self.recipe_errors))
 
 
-def _session_tasks(recipe: Recipe, live: bool) -> tuple[Any, Any]:
-    """Open the session and produce the batches of movies this run processes.
+def _session_tasks(recipe: Recipe, live: bool) -> tuple[Any, Any, Any]:
+    """The opened session, what this run found (movies, whether the session is over) and its micro-batches.
 
-    The pipeline modules are imported inside the tasks: every task process parses this DAG file, and
-    their imports (results store, Relion project, numpy/scipy) would add seconds to each task of a live run.
+    Live: one sensor opens the session, waits and claims. Reprocess: open the dated sessions, list
+    their movies, cut batches.
     """
-    @task(task_id="open_session", retries=0, **_SESSION_PRIORITY)
-    def open_session_task(**context: Any) -> dict[str, Any]:
-        from ..pipeline.session import open_session
-
-        return open_session(context["params"], recipe.name, context["run_id"], reprocess=not live,
-                            logical_date=context.get("logical_date"), sessions_root=recipe.sessions_root,
-                            stable_for_s=recipe.batching.stable_for_s, relion_dialect=recipe.relion_dialect)
-
-    session = open_session_task()
     if live:
         sensor = NewMoviesSensor(
             task_id="wait_for_movies",
-            watch="{{ ti.xcom_pull(task_ids='open_session')['sessions'][0]['watch'] }}",
+            recipe_name=recipe.name,
+            stable_for_s=recipe.batching.stable_for_s,
+            relion_dialect=recipe.relion_dialect,
+            max_movies_per_task=recipe.batching.max_movies_per_task,
+            parallel_tasks=recipe.batching.parallel_tasks,
             poke_interval=recipe.batching.poll_interval_s,
             timeout=7 * 24 * 3600,
             # Airflow 3.3 can fail a deferred task whose trigger fires within seconds: the stale "success"
@@ -74,17 +69,32 @@ def _session_tasks(recipe: Recipe, live: bool) -> tuple[Any, Any]:
             retry_delay=dt.timedelta(seconds=1),
             **_SESSION_PRIORITY,
         )
-        session >> sensor
-        found = sensor.output
-    else:
-        @task(task_id="list_movies")
-        def list_movies_task(opened: dict[str, Any]) -> dict[str, Any]:
-            from ..pipeline.session import reprocess_movies
+        return sensor.output["opened"], sensor.output["found"], sensor.output
 
-            return reprocess_movies(opened)
+    @task(task_id="open_session", retries=0)
+    def open_session_task(**context: Any) -> dict[str, Any]:
+        from ..pipeline.session import open_session
 
-        found = list_movies_task(session)
-    return session, found
+        return open_session(context["params"], recipe.name, context["run_id"], reprocess=True,
+                            logical_date=context.get("logical_date"), sessions_root=recipe.sessions_root,
+                            stable_for_s=recipe.batching.stable_for_s, relion_dialect=recipe.relion_dialect)
+
+    @task(task_id="list_movies")
+    def list_movies_task(opened: dict[str, Any]) -> dict[str, Any]:
+        from ..pipeline.session import reprocess_movies
+
+        return reprocess_movies(opened)
+
+    @task(task_id="plan_batches")
+    def plan_batches_task(opened: dict[str, Any], found_movies: dict[str, Any]) -> list[list[dict[str, Any]]]:
+        from ..pipeline.session import plan_batches
+
+        return plan_batches(opened, found_movies, recipe.batching.max_movies_per_task,
+                            recipe.batching.parallel_tasks)
+
+    session = open_session_task()
+    found = list_movies_task(session)
+    return session, found, plan_batches_task(session, found)
 
 
 def _particle_stage(name: str, spec: StageSpec, session: Any, found: Any, upstream: Any) -> Any:
@@ -144,16 +154,7 @@ def build_dag(recipe: Recipe) -> DAG:
         doc_md=recipe.description,
     )
     with dag:
-        session, found = _session_tasks(recipe, live)
-
-        @task(task_id="plan_batches", **_SESSION_PRIORITY)
-        def plan_batches_task(opened: dict[str, Any], found_movies: dict[str, Any]) -> list[list[dict[str, Any]]]:
-            from ..pipeline.session import plan_batches
-
-            return plan_batches(opened, found_movies, recipe.batching.max_movies_per_task,
-                                recipe.batching.parallel_tasks)
-
-        batches = plan_batches_task(session, found)
+        session, found, batches = _session_tasks(recipe, live)
         stage_tasks: dict[str, Any] = {}
         for name in recipe.stage_order():
             spec = recipe.stages[name]
