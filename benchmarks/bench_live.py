@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-
-from airflow_provider_cryoem.recipes.stages import STAGES as RECIPE_STAGES
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
@@ -38,7 +36,13 @@ from airflow_provider_cryoem.devtools.live_session import (
     trigger,
     wait_for_session_end,
 )
-from airflow_provider_cryoem.devtools.local_airflow import REPO, AirflowStack, fresh_postgres_database, wait_until
+from airflow_provider_cryoem.devtools.local_airflow import (
+    REPO,
+    AirflowStack,
+    fresh_postgres_database,
+    wait_until,
+)
+from airflow_provider_cryoem.recipes.stages import STAGES as RECIPE_STAGES
 from airflow_provider_cryoem.simulate import (
     END_MARKER_NAME,
     GAIN_REFERENCE_NAME,

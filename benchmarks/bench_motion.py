@@ -37,7 +37,10 @@ def _worker(kind: str, job: dict) -> dict:
     """One measurement inside its own process: wall time, Python-heap peak, process peak RSS."""
     import scipy.fft
 
-    from airflow_provider_cryoem.engines.motion import MotionCorrectionInputs, run_motion_correction
+    from airflow_provider_cryoem.engines.motion import (
+        MotionCorrectionInputs,
+        run_motion_correction,
+    )
     from airflow_provider_cryoem.io import apply_gain, load_gain, read_movie
 
     def floor() -> None:

@@ -12,8 +12,19 @@ from pydantic import ValidationError
 from airflow_provider_cryoem.cli import main
 from airflow_provider_cryoem.engines.extract import ExtractionInputs, run_extraction
 from airflow_provider_cryoem.engines.picking import fourier_crop
-from airflow_provider_cryoem.io import ImageFileError, read_mrc, read_mrc_pixel_size_a, read_star, write_mrc, write_star
-from airflow_provider_cryoem.simulate import SimulatedMovie, SpaSimulationSettings, simulate_movie
+from airflow_provider_cryoem.io import (
+    ImageFileError,
+    read_mrc,
+    read_mrc_pixel_size_a,
+    read_star,
+    write_mrc,
+    write_star,
+)
+from airflow_provider_cryoem.simulate import (
+    SimulatedMovie,
+    SpaSimulationSettings,
+    simulate_movie,
+)
 
 BOX_PX, SMALL_BOX_PX = 120, 64
 

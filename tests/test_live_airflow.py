@@ -26,7 +26,11 @@ from airflow_provider_cryoem.devtools.live_session import (
     trigger,
     wait_for_session_end,
 )
-from airflow_provider_cryoem.devtools.local_airflow import AirflowStack, fresh_postgres_database, wait_until
+from airflow_provider_cryoem.devtools.local_airflow import (
+    AirflowStack,
+    fresh_postgres_database,
+    wait_until,
+)
 from airflow_provider_cryoem.simulate import SpaSimulationSettings
 
 pytestmark = pytest.mark.integration

@@ -10,11 +10,30 @@ from PIL import Image
 from scipy import ndimage
 
 from airflow_provider_cryoem.cli import main
-from airflow_provider_cryoem.engines.dose_weighting import DoseWeightSeries, critical_exposure_e_a2, dose_weights
-from airflow_provider_cryoem.engines.motion import MotionCorrectionInputs, run_motion_correction
-from airflow_provider_cryoem.engines.motion_align import _WindowCorrelation, align_frames
-from airflow_provider_cryoem.io import ImageFileError, read_mrc, read_mrc_pixel_size_a, write_mrc
-from airflow_provider_cryoem.simulate import SimulatedMovie, SpaSimulationSettings, simulate_movie
+from airflow_provider_cryoem.engines.dose_weighting import (
+    DoseWeightSeries,
+    critical_exposure_e_a2,
+    dose_weights,
+)
+from airflow_provider_cryoem.engines.motion import (
+    MotionCorrectionInputs,
+    run_motion_correction,
+)
+from airflow_provider_cryoem.engines.motion_align import (
+    _WindowCorrelation,
+    align_frames,
+)
+from airflow_provider_cryoem.io import (
+    ImageFileError,
+    read_mrc,
+    read_mrc_pixel_size_a,
+    write_mrc,
+)
+from airflow_provider_cryoem.simulate import (
+    SimulatedMovie,
+    SpaSimulationSettings,
+    simulate_movie,
+)
 from airflow_provider_cryoem.simulate.files import movie_bytes
 
 

@@ -13,7 +13,11 @@ from scipy.optimize import linear_sum_assignment
 from airflow_provider_cryoem.cli import main
 from airflow_provider_cryoem.engines.picking import PickingInputs, run_picking
 from airflow_provider_cryoem.io import ImageFileError, read_star, write_mrc
-from airflow_provider_cryoem.simulate import SimulatedMovie, SpaSimulationSettings, simulate_movie
+from airflow_provider_cryoem.simulate import (
+    SimulatedMovie,
+    SpaSimulationSettings,
+    simulate_movie,
+)
 
 DIAMETER_A = 140.0
 

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_cryoem.recipes.schema import RecipeError, load_recipe, recipe_json_schema
+from airflow_provider_cryoem.recipes.schema import (
+    RecipeError,
+    load_recipe,
+    recipe_json_schema,
+)
 from airflow_provider_cryoem.recipes.stages import STAGES
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"

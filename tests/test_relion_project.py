@@ -16,7 +16,13 @@ import starfile
 
 from airflow_provider_cryoem.config import SessionConfig
 from airflow_provider_cryoem.io import ImageFileError, write_mrc
-from airflow_provider_cryoem.relion_project import CtfValues, NodeType, OpticsGroup, RelionProject, read_pipeline
+from airflow_provider_cryoem.relion_project import (
+    CtfValues,
+    NodeType,
+    OpticsGroup,
+    RelionProject,
+    read_pipeline,
+)
 from airflow_provider_cryoem.simulate import SpaSimulationSettings, simulate_movie
 
 DIALECTS = ("relion3", "relion5")

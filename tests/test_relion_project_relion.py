@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 import starfile
 
-from airflow_provider_cryoem.relion_project import JobStatus, NodeType, RelionProject, read_pipeline
+from airflow_provider_cryoem.relion_project import (
+    JobStatus,
+    NodeType,
+    RelionProject,
+    read_pipeline,
+)
 
 from .test_relion_project import BOX_PX, OPTICS, PIXEL_SIZE_A, populate_project
 

@@ -16,9 +16,17 @@ from scipy import ndimage
 from airflow_provider_cryoem import cli
 from airflow_provider_cryoem.engines.ctf_model import ctf_phase
 from airflow_provider_cryoem.io import read_mrc, read_mrc_pixel_size_a
-from airflow_provider_cryoem.simulate import (END_MARKER_NAME, SessionTruth, SpaSimulationSettings, make_structure,
-                                              orient_gain, render_volume, run_live_session, simulate_movie,
-                                              write_spa_session)
+from airflow_provider_cryoem.simulate import (
+    END_MARKER_NAME,
+    SessionTruth,
+    SpaSimulationSettings,
+    make_structure,
+    orient_gain,
+    render_volume,
+    run_live_session,
+    simulate_movie,
+    write_spa_session,
+)
 from airflow_provider_cryoem.simulate.density import render_gaussians
 from airflow_provider_cryoem.simulate.structure import projected_atoms_xy_a
 

@@ -22,8 +22,16 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from airflow_provider_cryoem.execution import CommandSpec
-from airflow_provider_cryoem.execution.slurm import find_jobs_command, job_name, parse_found_jobs
-from airflow_provider_cryoem.hooks.slurm import SlurmConnectionError, SlurmHook, SlurmJobError
+from airflow_provider_cryoem.execution.slurm import (
+    find_jobs_command,
+    job_name,
+    parse_found_jobs,
+)
+from airflow_provider_cryoem.hooks.slurm import (
+    SlurmConnectionError,
+    SlurmHook,
+    SlurmJobError,
+)
 from airflow_provider_cryoem.io import read_mrc, write_mrc
 from airflow_provider_cryoem.operators.slurm import SlurmCommandOperator
 from airflow_provider_cryoem.simulate import SpaSimulationSettings, simulate_movie

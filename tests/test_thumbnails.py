@@ -9,7 +9,11 @@ from PIL import Image
 
 from airflow_provider_cryoem.engines import thumbnails
 from airflow_provider_cryoem.engines.ctf_model import ctf_2d
-from airflow_provider_cryoem.simulate import SimulatedMovie, SpaSimulationSettings, simulate_movie
+from airflow_provider_cryoem.simulate import (
+    SimulatedMovie,
+    SpaSimulationSettings,
+    simulate_movie,
+)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 
 from airflow_provider_cryoem.io.errors import ImageFileError
-from airflow_provider_cryoem.tools import aretomo, ctffind, cryolo, motioncor2, relion_postprocess, relion_refine, topaz
+from airflow_provider_cryoem.tools import (
+    aretomo,
+    cryolo,
+    ctffind,
+    motioncor2,
+    relion_postprocess,
+    relion_refine,
+    topaz,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tools"
 SESSION_DIR = "/data/visit 1; it's"

@@ -9,7 +9,13 @@ from typing import Any
 
 from sqlalchemy.exc import ArgumentError
 
-from ..results import ResultsError, ResultsStore, SessionSummary, default_sqlite_path, engine_from_url
+from ..results import (
+    ResultsError,
+    ResultsStore,
+    SessionSummary,
+    default_sqlite_path,
+    engine_from_url,
+)
 
 URL_ENV = "CRYOEM_RESULTS_URL"
 

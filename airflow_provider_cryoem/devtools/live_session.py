@@ -15,7 +15,12 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from ..simulate import GAIN_REFERENCE_NAME, SessionTruth, SpaSimulationSettings, run_live_session
+from ..simulate import (
+    GAIN_REFERENCE_NAME,
+    SessionTruth,
+    SpaSimulationSettings,
+    run_live_session,
+)
 from .local_airflow import AirflowStack, wait_until
 
 ACTIVE_RUN_STATES = ("queued", "running")

@@ -14,10 +14,27 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.ndimage import gaussian_filter
 
 from ..io import ImageFileError, read_mrc, write_mrc
-from .ctf_fit import (CtfOptics, CtfParameters, RefinementLimits, SpectrumBand, fit_resolution_a, normalised_cc,
-                      refine_2d, search_defocus_1d, thon_ring_period_px)
-from .ctf_spectrum import (average_amplitude_spectrum, background_box_px, centred_frequency_grid,
-                           flatten_spectrum, flatten_with_model, ice_ring_density, radial_profile, ring_index)
+from .ctf_fit import (
+    CtfOptics,
+    CtfParameters,
+    RefinementLimits,
+    SpectrumBand,
+    fit_resolution_a,
+    normalised_cc,
+    refine_2d,
+    search_defocus_1d,
+    thon_ring_period_px,
+)
+from .ctf_spectrum import (
+    average_amplitude_spectrum,
+    background_box_px,
+    centred_frequency_grid,
+    flatten_spectrum,
+    flatten_with_model,
+    ice_ring_density,
+    radial_profile,
+    ring_index,
+)
 from .thumbnails import spectrum_fit_image
 
 # Smallest tile that still resolves Thon rings usefully; images below this are refused.

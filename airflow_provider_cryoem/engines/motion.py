@@ -17,12 +17,25 @@ import numpy as np
 import scipy.fft
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..io import (ImageFileError, check_frames_finite, correct_defects, load_defect_map, load_gain, read_movie,
-                  write_mrc)
+from ..io import (
+    ImageFileError,
+    check_frames_finite,
+    correct_defects,
+    load_defect_map,
+    load_gain,
+    read_movie,
+    write_mrc,
+)
 from .dose_weighting import apply_exposure_filters
 from .motion_align import align_frames
-from .motion_fourier import (band_limited_shape, bfactor_filter, crop_spectra, even_fast_size, phase_ramps,
-                             radius_inv_a)
+from .motion_fourier import (
+    band_limited_shape,
+    bfactor_filter,
+    crop_spectra,
+    even_fast_size,
+    phase_ramps,
+    radius_inv_a,
+)
 from .motion_local import LocalFit, extract_patches, fit_local_motion, patch_grid
 from .motion_smooth import smooth_trajectory
 from .motion_stats import drift_plot_path, motion_statistics, write_drift_plot

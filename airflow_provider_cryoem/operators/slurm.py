@@ -14,7 +14,11 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_cryoem.execution.slurm import SlurmJob, SlurmJobStatus
 from airflow_provider_cryoem.execution.spec import CommandSpec
-from airflow_provider_cryoem.hooks.slurm import DEFAULT_CONN_ID, SlurmHook, SlurmJobError
+from airflow_provider_cryoem.hooks.slurm import (
+    DEFAULT_CONN_ID,
+    SlurmHook,
+    SlurmJobError,
+)
 from airflow_provider_cryoem.triggers.slurm import SlurmJobTrigger
 
 XCOM_KEY = "slurm_job"

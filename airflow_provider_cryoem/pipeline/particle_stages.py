@@ -8,9 +8,20 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import SessionConfig
-from ..downstream.class2d import Class2DResult, Class2DSettings, TooFewParticlesError, record_class2d, run_class2d
+from ..downstream.class2d import (
+    Class2DResult,
+    Class2DSettings,
+    TooFewParticlesError,
+    record_class2d,
+    run_class2d,
+)
 from ..downstream.class_selection import record_selection, select_classes
-from ..downstream.particle_batches import BatchSizes, add_particles, flush, particle_rows
+from ..downstream.particle_batches import (
+    BatchSizes,
+    add_particles,
+    flush,
+    particle_rows,
+)
 from ..engines.class_selection import ClassSelectionSettings
 from ..recipes.stages import Class2DParams
 from ..relion_project import OpticsGroup, RelionProject

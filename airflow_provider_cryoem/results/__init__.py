@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 from .engine import default_sqlite_path, engine_from_url, sqlite_engine
-from .errors import ResultsError, ResultsInputError, ResultsNotFoundError, ResultsUnavailableError
+from .errors import (
+    ResultsError,
+    ResultsInputError,
+    ResultsNotFoundError,
+    ResultsUnavailableError,
+)
 from .store import ResultsStore
 from .summary import FailureRecord, SessionSummary, StageCount
 

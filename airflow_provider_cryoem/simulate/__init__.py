@@ -7,10 +7,23 @@ envelope, dose damage) → motion (drift, local warp) → detector (gain, counts
 """
 from .detector import gain_as_written, orient_gain
 from .movie import SimulatedMovie, simulate_movie
-from .session import END_MARKER_NAME, GAIN_REFERENCE_NAME, GROUND_TRUTH_NAME, run_live_session, write_spa_session
+from .session import (
+    END_MARKER_NAME,
+    GAIN_REFERENCE_NAME,
+    GROUND_TRUTH_NAME,
+    run_live_session,
+    write_spa_session,
+)
 from .settings import SpaSimulationSettings
 from .structure import euler_matrix, make_structure, render_volume
-from .truth import CarbonEdgeTruth, LocalMotionTruth, MovieTruth, ParticleTruth, SessionTruth, StructureTruth
+from .truth import (
+    CarbonEdgeTruth,
+    LocalMotionTruth,
+    MovieTruth,
+    ParticleTruth,
+    SessionTruth,
+    StructureTruth,
+)
 
 __all__ = [
     "END_MARKER_NAME", "GAIN_REFERENCE_NAME", "GROUND_TRUTH_NAME", "CarbonEdgeTruth", "LocalMotionTruth",

@@ -15,7 +15,6 @@ import starfile
 from pydantic import BaseModel, ConfigDict, Field
 
 from airflow_provider_cryoem.execution.spec import CommandSpec
-
 from airflow_provider_cryoem.io.errors import ImageFileError
 
 _CBOX_COLUMNS = ("CoordinateX", "CoordinateY", "Width", "Height", "Confidence")
