@@ -11,6 +11,22 @@ _SCHEMA_KEYS = ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaxi
                 "maxLength", "pattern")
 
 
+# Unit suffixes of field names (docs/conventions.md) and how the form shows them.
+_UNIT_SUFFIXES = (("_e_a2", "e⁻/Å²"), ("_kv", "kV"), ("_mm", "mm"), ("_deg", "°"), ("_px", "px"), ("_nm", "nm"),
+                  ("_s", "s"), ("_a", "Å"))
+
+
+_ACRONYMS = {"eer": "EER", "class2d": "Class2D", "class3d": "Class3D"}
+
+
+def form_title(field_name: str) -> str:
+    """A readable form label from a field name with a unit suffix: `pixel_size_a` → "Pixel size (Å)"."""
+    suffix, unit = next(((s, u) for s, u in _UNIT_SUFFIXES if field_name.endswith(s)), ("", ""))
+    words = " ".join(_ACRONYMS.get(word, word) for word in field_name.removesuffix(suffix).split("_"))
+    label = f"{words[0].upper()}{words[1:]}"
+    return f"{label} ({unit})" if unit else label
+
+
 def _param_schema(prop: dict[str, Any]) -> dict[str, Any]:
     """Flatten pydantic's `anyOf: [X, null]` into one JSON-schema dict the Airflow form understands."""
     schema = {key: prop[key] for key in _SCHEMA_KEYS if key in prop}
@@ -38,7 +54,7 @@ def session_params(overrides: dict[str, Any] | None = None) -> dict[str, Param]:
         extra = field.json_schema_extra or {}
         params[name] = Param(
             getattr(defaults, name),
-            title=prop.get("title", name),
+            title=form_title(name),
             description=field.description,
             section=extra.get("section"),
             **_param_schema(prop),

@@ -95,3 +95,15 @@ def test_param_rejects_a_value_outside_its_bounds():
 def test_recipe_defaults_override_param_defaults():
     params = session_params({"particle_diameter_a": 250})
     assert params["particle_diameter_a"].value == 250
+
+
+def test_form_labels_show_the_unit_of_each_field():
+    from airflow_provider_cryoem.params import form_title
+
+    params = session_params()
+    assert params["pixel_size_a"].schema["title"] == "Pixel size (Å)"
+    assert params["dose_per_frame_e_a2"].schema["title"] == "Dose per frame (e⁻/Å²)"
+    assert params["voltage_kv"].schema["title"] == "Voltage (kV)"
+    assert params["idle_timeout_s"].schema["title"] == "Idle timeout (s)"
+    assert form_title("super_resolution") == "Super resolution"
+    assert form_title("class2d_batch_size") == "Class2D batch size"
