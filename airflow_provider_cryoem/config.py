@@ -189,10 +189,12 @@ def _computed_field_names() -> set[str]:
 
 
 def allowed_data_roots() -> list[Path]:
-    """Roots that session folders must lie under: CRYOEM_DATA_ROOTS (os.pathsep-separated), default '/'."""
+    """Roots that session folders must lie under: CRYOEM_DATA_ROOTS (os.pathsep-separated).
+
+    None configured means no folder is allowed: a deployment says where its data lives.
+    """
     raw = os.environ.get("CRYOEM_DATA_ROOTS", "")
-    roots = [Path(part).resolve() for part in raw.split(os.pathsep) if part.strip()]
-    return roots or [Path("/")]
+    return [Path(part).resolve() for part in raw.split(os.pathsep) if part.strip()]
 
 
 def check_under_roots(path: str | Path, field: str, roots: list[Path] | None = None) -> Path:
@@ -201,6 +203,9 @@ def check_under_roots(path: str | Path, field: str, roots: list[Path] | None = N
         raise ConfigError(f"{field}: must be set")
     resolved = Path(path).resolve()
     roots = roots if roots is not None else allowed_data_roots()
+    if not roots:
+        raise ConfigError(f"{field}: no data roots are configured; set CRYOEM_DATA_ROOTS on the workers "
+                          f"to the folders sessions may use")
     if not any(resolved == root or root in resolved.parents for root in roots):
         raise ConfigError(f"{field}: {resolved} is outside the allowed data roots "
                           f"{[str(r) for r in roots]} (set CRYOEM_DATA_ROOTS)")

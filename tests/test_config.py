@@ -107,3 +107,11 @@ def test_form_labels_show_the_unit_of_each_field():
     assert params["idle_timeout_s"].schema["title"] == "Idle timeout (s)"
     assert form_title("super_resolution") == "Super resolution"
     assert form_title("class2d_batch_size") == "Class2D batch size"
+
+
+def test_no_configured_data_root_allows_no_session_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("CRYOEM_DATA_ROOTS", raising=False)
+    with pytest.raises(ConfigError, match="watch_dir: no data roots are configured"):
+        check_under_roots(tmp_path, "watch_dir")
+    monkeypatch.setenv("CRYOEM_DATA_ROOTS", f"/nonexistent-root:{tmp_path}")
+    assert check_under_roots(tmp_path / "raw", "watch_dir") == tmp_path / "raw"
