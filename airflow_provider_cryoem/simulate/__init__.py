@@ -5,7 +5,8 @@ structure (particle, orientations, 3D map) → specimen (placement, ice, carbon,
 envelope, dose damage) → motion (drift, local warp) → detector (gain, counts) → movie (one movie)
 → files / session (what lands on disk, at once or live).
 """
-from .detector import gain_as_written, orient_gain
+from ..io.gain import orient_gain
+from .detector import gain_as_written
 from .movie import SimulatedMovie, simulate_movie
 from .session import (
     END_MARKER_NAME,

@@ -27,14 +27,8 @@ def sensitivity(settings: SpaSimulationSettings) -> np.ndarray:
     return np.maximum(1.0 + settings.gain_variation * pattern, MIN_SENSITIVITY).astype(np.float32)
 
 
-def orient_gain(gain: np.ndarray, rotation: int, flip: int) -> np.ndarray:
-    """A gain as written → frame orientation: rotate k×90° counter-clockwise, then flip (1 up-down, 2 left-right)."""
-    rotated = np.rot90(gain, rotation)
-    return np.ascontiguousarray({0: rotated, 1: np.flipud(rotated), 2: np.fliplr(rotated)}[flip])
-
-
 def gain_as_written(gain: np.ndarray, rotation: int, flip: int) -> np.ndarray:
-    """The inverse of `orient_gain`: the file content that `orient_gain(·, rotation, flip)` turns into `gain`."""
+    """The inverse of `io.orient_gain`: the file content that `orient_gain(·, rotation, flip)` turns into `gain`."""
     unflipped = {0: gain, 1: np.flipud(gain), 2: np.fliplr(gain)}[flip]
     return np.ascontiguousarray(np.rot90(unflipped, -rotation))
 
