@@ -198,3 +198,15 @@ def test_particle_stage_cannot_feed_a_per_movie_stage(tmp_path):
                                                                       "ctf: {after: [motioncorr, class2d]}"))
     with pytest.raises(RecipeError, match="stages.ctf.after: a per-movie stage cannot wait for particle-batch"):
         load_recipe(path)
+
+
+def test_builtin_engine_cannot_be_placed_on_slurm(tmp_path):
+    path = _write(tmp_path, "slurm_builtin.yaml", """
+        name: slurm_builtin
+        stages:
+          motioncorr: {tool: builtin, runs_on: {slurm_conn_id: cluster, gpus: 1}}
+        """)
+    with pytest.raises(RecipeError, match="stages.motioncorr.runs_on: the built-in engines run on the Airflow worker"):
+        load_recipe(path)
+    path.write_text(path.read_text().replace("tool: builtin", "tool: relion"))
+    assert load_recipe(path).stages["motioncorr"].runs_on.slurm_conn_id == "cluster"

@@ -107,6 +107,10 @@ class Recipe(BaseModel):
             for needed in definition.needs:
                 if needed not in self.ancestors(name):
                     raise ValueError(f"stages.{name}.after: stage {name!r} needs the results of {needed!r}")
+            if spec.tool == "builtin" and not isinstance(spec.runs_on, str):
+                raise ValueError(f"stages.{name}.runs_on: the built-in engines run on the Airflow worker; Slurm "
+                                 f"placement needs an external program (tool), or route the task to a worker "
+                                 f"queue on the cluster")
             if definition.scope != "movie" and len(spec.after) != 1:
                 raise ValueError(f"stages.{name}.after: a particle-batch stage follows exactly one stage")
             if definition.scope == "movie" and any(STAGES[a].scope != "movie" for a in spec.after if a in STAGES):
