@@ -249,6 +249,39 @@ def test_trigger_on_kill_cancels_the_job(cluster):
     assert status.state == "CANCELLED"
 
 
+def test_recipe_stage_runs_relion_motion_correction_as_a_slurm_job(cluster, tmp_path, airflow_env):
+    """A spa_live-like recipe whose motion correction is Relion placed on the cluster, end to end."""
+    from airflow_provider_cryoem.pipeline.stores import results_store
+    from airflow_provider_cryoem.simulate import END_MARKER_NAME, GAIN_REFERENCE_NAME, write_spa_session
+
+    from .conftest import AIRFLOW
+
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "slurm_live.yaml").write_text(
+        "name: slurm_live\nstages:\n"
+        "  motioncorr: {tool: relion, params: {patches_x: 1, patches_y: 1},"
+        " runs_on: {slurm_conn_id: cryoem_slurm, cpus: 1, time_limit_min: 10}}\n"
+        "  ctf: {after: [motioncorr]}\n  pick: {after: [motioncorr]}\n  extract: {after: [pick, ctf]}\n")
+    settings = SpaSimulationSettings(n_movies=2, image_size_px=384, n_frames=8, particle_diameter_a=80,
+                                     particles_per_micrograph=6, seed=3)
+    watch_dir = tmp_path / "session" / "raw"
+    write_spa_session(settings, watch_dir)
+    (watch_dir / END_MARKER_NAME).write_text("")
+    conf = {"session_name": "on_slurm", "watch_dir": str(watch_dir), "particle_diameter_a": 80,
+            "gain_reference_path": str(watch_dir / GAIN_REFERENCE_NAME)}
+    env = {**airflow_env, "CRYOEM_DATA_ROOTS": str(tmp_path), "CRYOEM_RECIPES_DIR": str(recipes),
+           "AIRFLOW_CONN_CRYOEM_SLURM": json.dumps(cluster.conn)}
+    run = subprocess.run([AIRFLOW, "dags", "test", "slurm_live", "--conf", json.dumps(conf)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-4000:]
+    summary = results_store(None, str(tmp_path / "session" / "processing")).session_summary("on_slurm")
+    assert summary.failures == [] and summary.stages["motion_correction"].succeeded == settings.n_movies
+    assert "submitted relion_run_motioncorr as Slurm job" in run.stdout + run.stderr
+    jobs = cluster.hook.run_remote("squeue -h -t all -o '%j %T'")[1].splitlines()
+    assert sum(line.startswith("cryoem-motioncorr-") and line.endswith("COMPLETED") for line in jobs) >= 2
+
+
 def test_job_over_its_time_limit_ends_in_timeout(cluster):
     """Runs last: the job was submitted when the cluster fixture started (60-90 s in Slurm)."""
     status = cluster.hook.wait(cluster.timeout_job, poll_interval_s=2, timeout_s=150)
