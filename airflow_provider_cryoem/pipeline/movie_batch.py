@@ -31,7 +31,9 @@ def _run_step(stage: str, tool: str, runs_on: str | dict[str, Any], ctx: MovieCo
     if tool == "builtin":
         return BUILTIN_RUNNERS[stage](ctx)
     if isinstance(runs_on, dict):
-        job_key = f"{ctx.item['session_name']}/{ctx.item['processing_job_id']}/{ctx.item['movie']}"
+        # The job's identity is where its outputs go: the same work (a retry) re-attaches, while another
+        # session that happens to share a name or a job number (a fresh results database) never does.
+        job_key = f"{ctx.item['relion_dir']}|{ctx.item['processing_job_id']}|{ctx.item['movie']}"
         execute = slurm_executor(stage, tool, runs_on, job_key)
     else:
         execute = local_executor(stage, tool)
