@@ -209,12 +209,6 @@ class AirflowStack:
             _signal_group(process.pid, signal.SIGKILL)
             process.wait()
 
-    def restart(self, name: str, sig: int = signal.SIGKILL, down_s: float = 0.0) -> None:
-        """Kill a component, leave it down for `down_s`, start it again."""
-        self.kill(name, sig)
-        time.sleep(down_s)
-        self.start_component(name)
-
     def stop(self) -> None:
         """Stop everything this stack ever started: SIGTERM to each group, SIGKILL after a grace period."""
         for pgid in self._groups:
