@@ -133,3 +133,34 @@ def test_concurrent_callers_and_retries_write_each_particle_once(tmp_path: Path,
     flush(project, SIZES)
     names = [n for b in emitted_batches(project) for n in _image_names(project, b.star_path)]
     assert sorted(names) == sorted(r["rlnImageName"] for _, rows in session_rows for r in rows)
+
+
+def test_class_ranker_command_is_built_only_where_relion_has_the_ranker(monkeypatch):
+    import shutil
+
+    from airflow_provider_cryoem.downstream.class_selection import class_ranker_command
+
+    monkeypatch.setattr(shutil, "which", lambda program: None)
+    assert class_ranker_command("/proj", "Class2D/job007/run_it025_optimiser.star", "Select/job009", 0.7) is None
+    monkeypatch.setattr(shutil, "which", lambda program: f"/opt/relion5/bin/{program}")
+    spec = class_ranker_command("/proj dir", "Class2D/job007/run_it025_optimiser.star", "Select/job009", None)
+    assert spec.program == "relion_class_ranker" and spec.cwd == "/proj dir"
+    args = spec.args
+    assert args[args.index("--opt") + 1] == "Class2D/job007/run_it025_optimiser.star"
+    assert args[args.index("--o") + 1] == "Select/job009/" and "--auto_select" in args
+    assert args[args.index("--min_score") + 1] == "0"  # no score yet: rank everything, choose the cut later
+    assert args[args.index("--select_min_nr_particles") + 1] == "500"
+
+
+def test_initial_model_command_asks_relion_31_for_an_sgd_de_novo_map():
+    from airflow_provider_cryoem.downstream.initial_model import initial_model_command
+
+    spec = initial_model_command("/proj", "Select/job009/particles_all.star", "InitialModel/job010", 154.0,
+                                 threads=2, sgd_iterations=(5, 20, 5))
+    args = spec.args
+    assert spec.program == "relion_refine" and spec.threads == 2
+    assert {"--denovo_3dref", "--sgd", "--ctf"} <= set(args)
+    assert args[args.index("--o") + 1] == "InitialModel/job010/run"
+    assert [args[args.index(flag) + 1] for flag in ("--sgd_ini_iter", "--sgd_inbetween_iter", "--sgd_fin_iter")] \
+        == ["5", "20", "5"]
+    assert args[args.index("--particle_diameter") + 1] == "154"
