@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from ..engines.thumbnails import class_gallery
-from ..execution import CommandSpec, run_local
+from ..execution import CommandSpec, Execute, run_output
 from ..io import ImageFileError, read_mrc, read_star
 from ..relion_project import NodeType, RelionJob, RelionProject
 from ..results.store import ResultsStore
@@ -95,10 +95,11 @@ def class_count(n_particles: int, settings: Class2DSettings, particles_star: str
 
 
 def run_class2d(project: RelionProject, particles_star: str, batch_number: int, settings: Class2DSettings,
-                mpirun_args: list[str] | None = None) -> Class2DResult:
+                mpirun_args: list[str] | None = None, execute: Execute = run_output) -> Class2DResult:
     """Classify `particles_star` (project-relative) into the Class2D job aliased `batch_<batch_number>`.
 
-    A retried call reuses that job folder. Raises TooFewParticlesError, ToolExecutionError, ImageFileError.
+    `execute` runs relion_refine (here by default, or as a Slurm job). A retried call reuses the job
+    folder. Raises TooFewParticlesError, ToolExecutionError, ImageFileError.
     """
     star = project.absolute(particles_star)
     table = _particles(star)
@@ -118,7 +119,7 @@ def run_class2d(project: RelionProject, particles_star: str, batch_number: int, 
     project.add_command(job, spec.display())
     started = time.monotonic()
     try:
-        run_local(spec)
+        execute(spec)
         result = _collect(project, job, spec, particles_star, batch_number, len(table), pixel_size_a)
     except BaseException:
         project.finish_job(job, success=False)
@@ -148,6 +149,24 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def class_rows(project: RelionProject, model_star: Path, data_star: Path) -> list[Class2DClass]:
+    """Per class of a finished classification (2D or 3D): its particles, share, accuracies, resolution and
+    image (the model's own rlnReferenceImage, made absolute: `NNNNNN@stack.mrcs` in 2D, a map in 3D)."""
+    model = parse_model_star(model_star)
+    counts = _particles(data_star)["rlnClassNumber"].astype(int).value_counts()
+    rows = []
+    for row in model["classes"]:
+        index, _, image = row["reference_image"].rpartition("@")
+        rows.append(Class2DClass(
+            class_number=row["class_number"], particles_per_class=int(counts.get(row["class_number"], 0)),
+            class_distribution=row["class_distribution"], rotation_accuracy_deg=_finite(row["rotation_accuracy_deg"]),
+            translation_accuracy_a=_finite(row["translation_accuracy_a"]),
+            estimated_resolution_a=_finite(row["estimated_resolution_a"]),
+            overall_fourier_completeness=_finite(row["fourier_completeness"]),
+            image=f"{index}@{project.absolute(image)}" if index else str(project.absolute(image))))
+    return rows
+
+
 def _collect(project: RelionProject, job: RelionJob, spec: CommandSpec, particles_star: str, batch_number: int,
              n_particles: int, pixel_size_a: float) -> Class2DResult:
     model_star = last_model_star(project.root, job.name)
@@ -155,15 +174,7 @@ def _collect(project: RelionProject, job: RelionJob, spec: CommandSpec, particle
     stem = model_star.name.removesuffix("_model.star")
     data_star = model_star.with_name(f"{stem}_data.star")
     classes_stack = model_star.with_name(f"{stem}_classes.mrcs")
-    counts = _particles(data_star)["rlnClassNumber"].astype(int).value_counts()
-    rows = [Class2DClass(class_number=row["class_number"], particles_per_class=int(counts.get(row["class_number"], 0)),
-                         class_distribution=row["class_distribution"],
-                         rotation_accuracy_deg=_finite(row["rotation_accuracy_deg"]),
-                         translation_accuracy_a=_finite(row["translation_accuracy_a"]),
-                         estimated_resolution_a=_finite(row["estimated_resolution_a"]),
-                         overall_fourier_completeness=_finite(row["fourier_completeness"]),
-                         image=f"{row['class_number']:06d}@{classes_stack}")
-            for row in model["classes"]]
+    rows = class_rows(project, model_star, data_star)
     averages = np.asarray(read_mrc(classes_stack, mmap=False), dtype=np.float32)
     gallery = class_gallery(averages, job.path / GALLERY_NAME,
                             labels=[f"{r.class_number}: {r.particles_per_class}" for r in rows])

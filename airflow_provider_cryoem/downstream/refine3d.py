@@ -26,7 +26,7 @@ from ..engines.bfactor import (
     fit_bfactor,
     subset_sizes,
 )
-from ..execution import CommandSpec, run_local
+from ..execution import CommandSpec, Execute, run_output
 from ..io import read_mrc, read_star
 from ..io.star import write_star
 from ..relion_project import NodeType, RelionJob, RelionProject
@@ -76,8 +76,9 @@ class Refine3DResult(BaseModel):
 
 
 def run_refine3d(project: RelionProject, particles_star: str, reference_map: str, settings: Refine3DSettings,
-                 alias: str) -> Refine3DResult:
-    """Refine3D + MaskCreate + PostProcess jobs (found again by `alias` on a retry)."""
+                 alias: str, execute: Execute = run_output) -> Refine3DResult:
+    """Refine3D + MaskCreate + PostProcess jobs (found again by `alias` on a retry); `execute` runs each
+    program (here by default, or as Slurm jobs)."""
     started = time.monotonic()
     n_particles = len(read_star(project.absolute(particles_star))["particles"])
     refine = project.job("refine3d", alias=alias)
@@ -87,7 +88,7 @@ def run_refine3d(project: RelionProject, particles_star: str, reference_map: str
         mpirun_args=settings.mpirun_args, reference_path=reference_map, symmetry=settings.symmetry,
         initial_lowpass_a=settings.initial_lowpass_a, random_seed=settings.random_seed))
     spec = spec.model_copy(update={"args": _sampling_args(spec.args, settings)})
-    _run(project, refine, spec, settings, inputs=[(particles_star, NodeType.PARTICLES), (reference_map, NodeType.MAP)])
+    _run(project, refine, spec, settings, execute, inputs=[(particles_star, NodeType.PARTICLES), (reference_map, NodeType.MAP)])
     refine_model = parse_model_star(refine.path / "run_model.star")
     half1 = f"{refine.name}run_half1_class001_unfil.mrc"
     refined_map = f"{refine.name}run_class001.mrc"
@@ -102,7 +103,7 @@ def run_refine3d(project: RelionProject, particles_star: str, reference_map: str
     _run(project, mask_job, CommandSpec(program="relion_mask_create", cwd=str(project.root), args=[
         "--i", refined_map, "--o", mask, "--lowpass", f"{settings.mask_lowpass_a:g}", "--ini_threshold",
         f"{threshold:.6g}", "--extend_inimask", "3", "--width_soft_edge", "3", "--angpix",
-        f"{settings.pixel_size_a:g}", "--j", str(settings.threads)]), settings, inputs=[(refined_map, NodeType.MAP)])
+        f"{settings.pixel_size_a:g}", "--j", str(settings.threads)]), settings, execute, inputs=[(refined_map, NodeType.MAP)])
     mask_job.add_output(mask, NodeType.MASK)
     project.finish_job(mask_job, success=True)
 
@@ -110,7 +111,7 @@ def run_refine3d(project: RelionProject, particles_star: str, reference_map: str
     post_spec = relion_postprocess.command(relion_postprocess.PostProcessInputs(
         project_dir=str(project.root), half_map_path=half1, mask_path=mask, job_dir=post.name.rstrip("/"),
         pixel_size_a=settings.pixel_size_a, auto_bfactor_low_resolution_a=settings.bfactor_low_resolution_a))
-    output = _run(project, post, post_spec, settings, inputs=[(half1, NodeType.HALF_MAP), (mask, NodeType.MASK)])
+    output = _run(project, post, post_spec, settings, execute, inputs=[(half1, NodeType.HALF_MAP), (mask, NodeType.MASK)])
     parsed = relion_postprocess.parse_stdout(output)
     post.add_output(f"{post.name}postprocess.mrc", NodeType.POSTPROCESS_MAP)
     post.add_output(f"{post.name}postprocess.star", NodeType.POSTPROCESS_STAR)
@@ -142,19 +143,29 @@ class BFactorSeries(BaseModel):
 
 def run_bfactor_series(project: RelionProject, particles_star: str, reference_map: str, settings: Refine3DSettings,
                        fractions: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0), seed: int = 0,
-                       min_particles: int = 100) -> BFactorSeries:
-    """Refine random subsets (1/8 … all) and fit the Rosenthal–Henderson B-factor; plot next to the subsets."""
+                       min_particles: int = 100, full: Refine3DResult | None = None,
+                       execute: Execute = run_output) -> BFactorSeries:
+    """Refine random subsets (1/8 … all) and fit the Rosenthal–Henderson B-factor; plot next to the subsets.
+
+    `full`, a finished refinement of all of `particles_star`, stands for the largest subset instead of
+    refining the same particles again. The subsets' job aliases carry the input's particle count, so a
+    later series of a larger set never reuses an earlier one's jobs.
+    """
     blocks = read_star(project.absolute(particles_star))
     particles: pd.DataFrame = blocks["particles"]
-    order = np.random.default_rng(seed).permutation(len(particles))
-    subsets = project.job("select", alias="bfactor_subsets")
+    total = len(particles)
+    order = np.random.default_rng(seed).permutation(total)
+    subsets = project.job("select", alias=f"bfactor_subsets_{total}")
     refinements = []
-    for size in subset_sizes(len(particles), fractions, min_particles):
+    for size in subset_sizes(total, fractions, min_particles):
+        if full is not None and size == total == full.number_of_particles:
+            refinements.append(full)
+            continue
         subset_star = subsets.path / f"particles_{size}.star"
         write_star(subset_star, {"optics": blocks["optics"], "particles": particles.iloc[np.sort(order[:size])]})
         subsets.add_output(subset_star, NodeType.PARTICLES)
         refinements.append(run_refine3d(project, project.relative(subset_star), reference_map, settings,
-                                        alias=f"bfactor_{size}"))
+                                        alias=f"bfactor_{total}_{size}", execute=execute))
     project.finish_job(subsets, success=True)
     fit = fit_bfactor([BFactorPoint(number_of_particles=r.number_of_particles, resolution_a=r.resolution_a)
                        for r in refinements])
@@ -186,7 +197,7 @@ def _sampling_args(args: list[str], settings: Refine3DSettings) -> list[str]:
     return args
 
 
-def _run(project: RelionProject, job: RelionJob, spec: CommandSpec, settings: Refine3DSettings,
+def _run(project: RelionProject, job: RelionJob, spec: CommandSpec, settings: Refine3DSettings, execute: Execute,
          inputs: list[tuple[str, NodeType]]) -> str:
     """Run one program for `job` (its log in run.out); the job is marked Failed if it fails."""
     for name, node in inputs:
@@ -194,7 +205,7 @@ def _run(project: RelionProject, job: RelionJob, spec: CommandSpec, settings: Re
     spec = spec.model_copy(update={"timeout_s": settings.timeout_s, "log_path": str(job.path / "run.out")})
     project.add_command(job, spec.display())
     try:
-        return run_local(spec).output
+        return execute(spec)
     except BaseException:
         project.finish_job(job, success=False)
         raise

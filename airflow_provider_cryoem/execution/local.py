@@ -115,3 +115,8 @@ def run_local(spec: CommandSpec, log_callback: Callable[[str], None] | None = No
 
 def _tail(lines: list[str]) -> list[str]:
     return lines[-LOG_TAIL_LINES:]
+
+
+def run_output(spec: CommandSpec) -> str:
+    """Run `spec` here and return its output: the default `Execute` of the downstream stages."""
+    return run_local(spec).output

@@ -8,11 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..execution import CommandSpec, ToolNotFoundError, run_local
+from ..execution import CommandSpec, Execute, ToolNotFoundError, run_output
 from ..tools import ctffind, motioncor2, relion_autopick, relion_motioncorr
 from .stages import MovieContext, available_cores
-
-Execute = Callable[[CommandSpec], str]
 
 
 class ToolChoiceError(RuntimeError):
@@ -114,14 +112,18 @@ def local_executor(stage: str, tool: str) -> Execute:
     """Run commands on this worker; a missing program names the recipe setting that chose it."""
     def execute(spec: CommandSpec) -> str:
         try:
-            return run_local(spec).output
+            return run_output(spec)
         except ToolNotFoundError as exc:
             raise ToolChoiceError(f"{exc} (chosen by the recipe setting stages.{stage}.tool: {tool})") from exc
     return execute
 
 
 def slurm_executor(stage: str, tool: str, placement: dict[str, Any], job_key: str) -> Execute:
-    """Submit commands to Slurm over SSH and wait; a retried task re-attaches to its job by name."""
+    """Submit commands to Slurm over SSH and wait; a retried task re-attaches to its job by name.
+
+    The name hashes `job_key`, the program and its `--o` output (Relion programs): one executor can run
+    several jobs of one program (a B-factor series' refinements) without one re-attaching to another.
+    """
     from ..execution.slurm import job_name
     from ..hooks.slurm import SlurmHook
 
@@ -131,7 +133,8 @@ def slurm_executor(stage: str, tool: str, placement: dict[str, Any], job_key: st
         spec = spec.model_copy(update={"threads": placement["cpus"], "gpus": placement["gpus"],
                                        "memory_mb": int(placement["memory_gb"] * 1024),
                                        "timeout_s": placement["time_limit_min"] * 60})
-        job = hook.submit(spec, job_name(job_key, spec.program, stage))
+        output = spec.args[spec.args.index("--o") + 1] if "--o" in spec.args[:-1] else ""
+        job = hook.submit(spec, job_name(job_key, f"{spec.program}|{output}", stage))
         hook.raise_for_status(spec.program, job, hook.wait(job))
         return hook.read_output(job)
     return execute
