@@ -94,6 +94,9 @@ class SessionConfig(BaseModel):
     class_selection_min_score: float = _field(0.7, "Minimum 2D class score to select a class (0-1).", SPA,
                                               ge=0, le=1)
     symmetry: str = _field("C1", "Point-group symmetry for 3D.", SPA, pattern=r"^(C\d+|D\d+|T|O|I\d?)$")
+    initial_model_path: str | None = _field(None, "Starting map for 3D (MRC with the particles' downscaled box "
+                                                  "and pixel); default: made from the particles by Relion SGD.",
+                                            SPA, max_length=4096)
 
     # Tomography
     tilt_axis_deg: float = _field(85.0, "Tilt axis angle from the y axis (degrees).", TOMOGRAPHY, ge=-180, le=180)

@@ -138,3 +138,17 @@ def slurm_executor(stage: str, tool: str, placement: dict[str, Any], job_key: st
         hook.raise_for_status(spec.program, job, hook.wait(job))
         return hook.read_output(job)
     return execute
+
+
+def stage_executor(stage: str, tool: str, runs_on: str | dict[str, Any], job_key: str) -> Execute:
+    """Where the recipe places a stage's programs: this worker, or Slurm (`job_key`: where outputs go)."""
+    if isinstance(runs_on, dict):
+        return slurm_executor(stage, tool, runs_on, job_key)
+    return local_executor(stage, tool)
+
+
+def placement_threads(requested: int | None, runs_on: str | dict[str, Any]) -> int:
+    """Threads for a program: the recipe's number, else the Slurm placement's cpus, else this worker's cores."""
+    if requested:
+        return requested
+    return int(runs_on["cpus"]) if isinstance(runs_on, dict) else available_cores()

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from ..config import SessionConfig
 from ..execution import ToolExecutionError
 from ..relion_project import OpticsGroup
-from .external import EXTERNAL_STEPS, local_executor, slurm_executor
+from .external import EXTERNAL_STEPS, stage_executor
 from .record import RECORDERS, RESULT_STAGE_NAMES
 from .stages import BUILTIN_RUNNERS, MovieContext
 from .stores import relion_project, results_store
@@ -30,14 +30,10 @@ def _run_step(stage: str, tool: str, runs_on: str | dict[str, Any], ctx: MovieCo
     """Run the stage for one movie with the recipe's program, on this worker or on Slurm."""
     if tool == "builtin":
         return BUILTIN_RUNNERS[stage](ctx)
-    if isinstance(runs_on, dict):
-        # The job's identity is where its outputs go: the same work (a retry) re-attaches, while another
-        # session that happens to share a name or a job number (a fresh results database) never does.
-        job_key = f"{ctx.item['relion_dir']}|{ctx.item['processing_job_id']}|{ctx.item['movie']}"
-        execute = slurm_executor(stage, tool, runs_on, job_key)
-    else:
-        execute = local_executor(stage, tool)
-    return EXTERNAL_STEPS[(stage, tool)](ctx, execute)
+    # The job's identity is where its outputs go: the same work (a retry) re-attaches, while another
+    # session that happens to share a name or a job number (a fresh results database) never does.
+    job_key = f"{ctx.item['relion_dir']}|{ctx.item['processing_job_id']}|{ctx.item['movie']}"
+    return EXTERNAL_STEPS[(stage, tool)](ctx, stage_executor(stage, tool, runs_on, job_key))
 
 
 def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: list[dict[str, Any]],

@@ -25,8 +25,8 @@ from ..downstream.particle_batches import (
 from ..engines.class_selection import ClassSelectionSettings
 from ..recipes.stages import Class2DParams
 from ..relion_project import OpticsGroup, RelionProject
+from .external import placement_threads, stage_executor
 from .session import session_item
-from .stages import available_cores
 from .stores import relion_project, results_store
 
 
@@ -56,15 +56,19 @@ def select_particles(config: SessionConfig, opened: dict[str, Any], found: dict[
     return ready
 
 
-def classify_batch(config: SessionConfig, params: Class2DParams, item: dict[str, Any]) -> dict[str, Any]:
-    """Relion Class2D on one batch, recorded; a batch too small for even one class is skipped with its reason."""
-    threads = params.threads or available_cores()
+def classify_batch(config: SessionConfig, params: Class2DParams, runs_on: str | dict[str, Any],
+                   item: dict[str, Any]) -> dict[str, Any]:
+    """Relion Class2D on one batch (here or on Slurm), recorded; a batch too small for even one class is
+    skipped with its reason."""
+    threads = placement_threads(params.threads, runs_on)
     settings = Class2DSettings(classes=config.class2d_classes, iterations=params.iterations, threads=threads,
                                mask_diameter_a=config.mask_diameter_a,
-                               min_particles_per_class=params.min_particles_per_class)
+                               min_particles_per_class=params.min_particles_per_class,
+                               intensity_corrections=params.intensity_corrections)
     batch = item["batch"]
     try:
-        result = run_class2d(_project(config, item), batch["star_path"], batch["number"], settings)
+        result = run_class2d(_project(config, item), batch["star_path"], batch["number"], settings,
+                             execute=stage_executor("class2d", "relion", runs_on, item["relion_dir"]))
     except TooFewParticlesError as exc:
         return {**item, "skipped": str(exc)}
     store = results_store(item["results_conn_id"], item["processing_path"])

@@ -97,11 +97,12 @@ def _session_tasks(recipe: Recipe, live: bool) -> tuple[Any, Any, Any]:
     return session, found, plan_batches_task(session, found)
 
 
-def _particle_stage(name: str, spec: StageSpec, session: Any, found: Any, upstream: Any) -> Any:
-    """Tasks of the particle-batch stages: rebatching once per run, then 2D classification and class
-    selection mapped over the batches that became ready in this run."""
+def _particle_stage(name: str, spec: StageSpec, recipe: Recipe, session: Any, found: Any, upstream: Any) -> Any:
+    """Tasks of the particle stages: rebatching and the 3D decision once per run; 2D classification, class
+    selection, refinement and the B-factor series mapped over what became ready in this run."""
     retry = {"retries": spec.retries, "retry_delay": dt.timedelta(seconds=spec.retry_delay_s),
              "execution_timeout": dt.timedelta(seconds=spec.timeout_s)}
+    runs_on = spec.runs_on if isinstance(spec.runs_on, str) else spec.runs_on.model_dump()
     if name == "select_particles":
         @task(task_id=name, trigger_rule=TriggerRule.NONE_FAILED, **retry)
         def select_particles_task(opened: dict[str, Any], found_movies: dict[str, Any],
@@ -113,28 +114,44 @@ def _particle_stage(name: str, spec: StageSpec, session: Any, found: Any, upstre
             return select_particles(parse_session_config(dict(context["params"])), opened, found_movies, outcomes)
 
         return select_particles_task(session, found, upstream.output)
-    if name == "class2d":
-        @task(task_id=name, map_index_template=_BATCH_LABEL, **retry)
-        def class2d_task(item: dict[str, Any], **context: Any) -> dict[str, Any]:
+    if name == "class3d":
+        # Runs whether or not this run classified a 2D batch: the session's end may be due a 3D round.
+        @task(task_id=name, trigger_rule=TriggerRule.NONE_FAILED, **retry)
+        def class3d_task(opened: dict[str, Any], found_movies: dict[str, Any], _selected: Any,
+                         **context: Any) -> list[dict[str, Any]]:
             from ..config import parse_session_config
-            from ..pipeline.particle_stages import classify_batch
-            from ..recipes.stages import Class2DParams
+            from ..pipeline.map_stages import classify_3d
+            from ..recipes.stages import Class3DParams
 
-            get_current_context()["batch_label"] = f"batch {item['batch']['number']}"
-            return classify_batch(parse_session_config(dict(context["params"])),
-                                  Class2DParams.model_validate(spec.params), item)
+            return classify_3d(parse_session_config(dict(context["params"])), Class3DParams.model_validate(spec.params),
+                               runs_on, opened, found_movies, context["run_id"])
 
-        return class2d_task.expand(item=upstream)
+        return class3d_task(session, found, upstream)
 
     @task(task_id=name, map_index_template=_BATCH_LABEL, **retry)
-    def select_classes_task(classified: dict[str, Any], **context: Any) -> dict[str, Any]:
+    def batch_stage_task(item: dict[str, Any], **context: Any) -> dict[str, Any]:
         from ..config import parse_session_config
-        from ..pipeline.particle_stages import select_good_classes
+        from ..pipeline import map_stages, particle_stages
+        from ..recipes import stages
 
-        get_current_context()["batch_label"] = f"batch {classified['batch']['number']}"
-        return select_good_classes(parse_session_config(dict(context["params"])), classified)
+        config = parse_session_config(dict(context["params"]))
+        if "batch" in item:
+            get_current_context()["batch_label"] = f"batch {item['batch']['number']}"
+        elif "class3d" in item:
+            get_current_context()["batch_label"] = f"{item['class3d']['particles_per_batch']} particles"
+        if name == "class2d":
+            return particle_stages.classify_batch(config, stages.Class2DParams.model_validate(spec.params), runs_on,
+                                                  item)
+        if name == "select_classes":
+            return particle_stages.select_good_classes(config, item)
+        if name == "refine3d":
+            return map_stages.refine_best_class(config, stages.Refine3DParams.model_validate(spec.params), runs_on,
+                                                item)
+        return map_stages.bfactor_series(config, stages.BFactorParams.model_validate(spec.params),
+                                         stages.Refine3DParams.model_validate(recipe.stages["refine3d"].params),
+                                         runs_on, item)
 
-    return select_classes_task.expand(classified=upstream)
+    return batch_stage_task.expand(item=upstream)
 
 
 def build_dag(recipe: Recipe) -> DAG:
@@ -173,7 +190,7 @@ def build_dag(recipe: Recipe) -> DAG:
                 ).expand(movies=batches)
             else:
                 (upstream,) = spec.after
-                stage_tasks[name] = _particle_stage(name, spec, session, found, stage_tasks[upstream])
+                stage_tasks[name] = _particle_stage(name, spec, recipe, session, found, stage_tasks[upstream])
         for name, spec in recipe.stages.items():
             if STAGES[name].scope != "movie":
                 continue

@@ -47,11 +47,55 @@ class SelectParticlesParams(_StageParams):
 class Class2DParams(_StageParams):
     iterations: int = Field(25, ge=1, le=500)
     min_particles_per_class: int = Field(20, ge=1, le=100_000)
-    threads: int | None = Field(None, ge=1, le=256, description="Default: the worker's cores.")
+    threads: int | None = Field(None, ge=1, le=256, description="Default: the worker's cores (Slurm: its cpus).")
+    intensity_corrections: bool = Field(False, description=(
+        "Relion's --norm/--scale. Off by default: with them on, empty ice and carbon are rescaled to look "
+        "like particles and automatic class selection cannot separate them (BENCHMARKS.md)."))
 
 
 class SelectClassesParams(_StageParams):
     """The threshold is the session's class_selection_min_score."""
+
+
+class Class3DParams(_StageParams):
+    """When 3D runs: first at the session's class3d_batch_size selected particles, at each doubling, and
+    on everything at the session's end; the number of classes is the session's class3d_classes."""
+
+    iterations: int = Field(25, ge=1, le=500)
+    healpix_order: int = Field(2, ge=0, le=6, description="Angular sampling (2 = 7.5°, 1 = 15°).")
+    initial_lowpass_a: float = Field(40.0, gt=0, le=200)
+    min_particles_per_class: int = Field(50, ge=1, le=1_000_000)
+    min_particles: int = Field(200, ge=10, le=10_000_000, description="Fewer selected particles at the "
+                                                                      "session's end: no 3D.")
+    initial_model_sgd_iterations: tuple[int, int, int] = Field((50, 200, 50), description=(
+        "Relion SGD initial model: initial, in-between and final iterations (when no initial_model_path)."))
+    initial_model_subsets: tuple[int, int] = Field((100, 500), description="SGD mini-batch sizes, first and last.")
+    initial_model_max_particles: int = Field(10_000, ge=10, le=1_000_000)
+    threads: int | None = Field(None, ge=1, le=256, description="Default: the worker's cores (Slurm: its cpus).")
+
+
+class Refine3DParams(_StageParams):
+    """Auto-refine of the best 3D class, then relion_mask_create and relion_postprocess."""
+
+    healpix_order: int = Field(2, ge=0, le=6)
+    auto_local_healpix_order: int = Field(4, ge=0, le=8)
+    offset_range_px: float = Field(5.0, gt=0, le=100)
+    offset_step_px: float = Field(4.0, gt=0, le=50)
+    initial_lowpass_a: float = Field(30.0, gt=0, le=200)
+    fast_convergence: bool = Field(False, description="--auto_ignore_angles --auto_resol_angles (quicker, "
+                                                      "for small tests).")
+    max_iterations: int | None = Field(None, ge=1, le=200)
+    mpi_ranks: int = Field(3, ge=3, le=1024)
+    threads: int | None = Field(None, ge=1, le=256, description="Per MPI rank; default 1.")
+    bfactor_low_resolution_a: float = Field(10.0, gt=0, le=100, description="Sharpening B-factor fit "
+                                                                             "from here (relion_postprocess).")
+
+
+class BFactorParams(_StageParams):
+    """Refinements of random subsets with the refine3d stage's settings; the full set's is reused."""
+
+    fractions: tuple[float, ...] = Field((0.125, 0.25, 0.5, 1.0), min_length=2)
+    min_particles: int = Field(100, ge=10, le=10_000_000, description="Smaller subsets are left out.")
 
 
 @dataclass(frozen=True)
@@ -83,5 +127,9 @@ STAGES: dict[str, StageDefinition] = {
                         scope="particles"),
         StageDefinition("select_classes", frozenset({"builtin"}), SelectClassesParams, needs=("class2d",),
                         scope="particles"),
+        StageDefinition("class3d", frozenset({"relion"}), Class3DParams, needs=("select_classes",),
+                        scope="particles"),
+        StageDefinition("refine3d", frozenset({"relion"}), Refine3DParams, needs=("class3d",), scope="particles"),
+        StageDefinition("bfactor", frozenset({"relion"}), BFactorParams, needs=("refine3d",), scope="particles"),
     )
 }

@@ -1,0 +1,202 @@
+"""Stages that build the map: 3D classification (after an initial model), auto-refinement of the best
+class with mask and post-processing, and the B-factor series.
+
+3D work follows the selected particles (`particles_all.star` of class selection): first when
+class3d_batch_size of them are selected, again at each doubling (cryoem-services' rule, capped at
+200,000), and on all of them when the session ends. Each size is claimed by one DAG run, so overlapping
+runs never classify the same particles twice; a retry of the claiming run carries on.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config import SessionConfig, check_under_roots
+from ..downstream.class2d import TooFewParticlesError
+from ..downstream.class3d import (
+    Class3DResult,
+    Class3DSettings,
+    record_class3d,
+    run_class3d,
+)
+from ..downstream.class_selection import ALL_PARTICLES, SELECT_ALIAS, class3d_due
+from ..downstream.initial_model import (
+    DenovoSettings,
+    ReferenceMap,
+    lowpass_reference,
+    run_denovo_initial_model,
+)
+from ..downstream.refine3d import (
+    Refine3DResult,
+    Refine3DSettings,
+    record_bfactor_series,
+    record_refinement,
+    run_bfactor_series,
+    run_refine3d,
+)
+from ..engines.bfactor import subset_sizes
+from ..execution import Execute
+from ..io import read_star
+from ..io.star import write_star
+from ..recipes.stages import BFactorParams, Class3DParams, Refine3DParams
+from ..relion_project import NodeType, OpticsGroup, RelionProject
+from .external import placement_threads, stage_executor
+from .session import session_item
+from .stores import relion_project, results_store
+
+CLASS3D_MAX_PARTICLES = 200_000
+_CLAIM_FILE = ".claimed_by"
+
+
+def _project(config: SessionConfig, item: dict[str, Any]) -> RelionProject:
+    return relion_project(item["relion_dir"], OpticsGroup.from_session(config), item["relion_dialect"])
+
+
+def _executor(stage: str, runs_on: str | dict[str, Any], item: dict[str, Any]) -> Execute:
+    return stage_executor(stage, "relion", runs_on, item["relion_dir"])
+
+
+def due_3d_size(total: int, done: list[int], class3d_batch_size: int, session_over: bool,
+                min_particles: int) -> int | None:
+    """How many selected particles to classify in 3D now, or None."""
+    if session_over:
+        size = min(total, CLASS3D_MAX_PARTICLES)
+        if size < min_particles or size in done or (done and size < max(done)):
+            return None
+        return size
+    return class3d_due(total, done, class3d_batch_size, CLASS3D_MAX_PARTICLES)
+
+
+def class3d_sizes_done(project: RelionProject) -> list[int]:
+    """Particle counts of the 3D classifications this project has (their aliases `particles_<N>`)."""
+    folder = project.root / "Class3D"
+    return sorted(int(p.name.removeprefix("particles_")) for p in folder.glob("particles_*")
+                  if p.name.removeprefix("particles_").isdigit()) if folder.is_dir() else []
+
+
+def claim(job_path: Path, owner: str) -> bool:
+    """Whether `owner` (a DAG run) does this job: the first to claim it, or its own retry."""
+    marker = job_path / _CLAIM_FILE
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return marker.read_text() == owner
+    with os.fdopen(fd, "w") as handle:
+        handle.write(owner)
+    return True
+
+
+def classify_3d(config: SessionConfig, params: Class3DParams, runs_on: str | dict[str, Any],
+                opened: dict[str, Any], found: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
+    """For each session due a 3D round: its initial model (once per session) and Class3D, recorded."""
+    done = []
+    for session in opened["sessions"]:
+        item = _classify_session(config, params, runs_on, session, found["session_over"], run_id)
+        if item is not None:
+            done.append(item)
+    return done
+
+
+def _classify_session(config: SessionConfig, params: Class3DParams, runs_on: str | dict[str, Any],
+                      session: dict[str, Any], session_over: bool, run_id: str) -> dict[str, Any] | None:
+    project = _project(config, session)
+    selected = project.root / "Select" / SELECT_ALIAS / ALL_PARTICLES
+    if not selected.is_file():
+        return None
+    blocks = read_star(selected)
+    size = due_3d_size(len(blocks["particles"]), class3d_sizes_done(project), config.class3d_batch_size,
+                       session_over, params.min_particles)
+    if size is None:
+        return None
+    alias = f"particles_{size}"
+    if not claim(project.job("class3d", alias=alias).path, run_id):
+        return None
+    inputs = project.job("select", alias=f"class3d_input_{size}")
+    particles_star = inputs.path / "particles.star"
+    write_star(particles_star, {"optics": blocks["optics"], "particles": blocks["particles"].iloc[:size]})
+    inputs.add_input(project.relative(selected), NodeType.PARTICLES)
+    inputs.add_output(particles_star, NodeType.PARTICLES)
+    project.finish_job(inputs, success=True)
+
+    execute = _executor("class3d", runs_on, session)
+    threads = placement_threads(params.threads, runs_on)
+    reference = _initial_model(config, params, project, project.relative(particles_star), threads, execute)
+    settings = Class3DSettings(classes=config.class3d_classes, iterations=params.iterations, threads=threads,
+                               mask_diameter_a=config.mask_diameter_a, symmetry=config.symmetry,
+                               initial_lowpass_a=params.initial_lowpass_a, healpix_order=params.healpix_order,
+                               min_particles_per_class=params.min_particles_per_class)
+    try:
+        result = run_class3d(project, project.relative(particles_star), reference.map, settings, alias, execute)
+    except TooFewParticlesError as exc:
+        return session_item(session, skipped=str(exc))
+    store = results_store(session["results_conn_id"], session["processing_path"])
+    group_id = record_class3d(store, session["processing_job_id"], result)
+    store.record_initial_model(group_id, reference)
+    return session_item(session, class3d=result.model_dump(mode="json"), initial_model=reference.model_dump())
+
+
+def _initial_model(config: SessionConfig, params: Class3DParams, project: RelionProject, particles_star: str,
+                   threads: int, execute: Execute) -> ReferenceMap:
+    """The session's given starting map (low-passed), else one made from the particles by SGD (once)."""
+    optics = OpticsGroup.from_session(config)
+    if config.initial_model_path:
+        path = check_under_roots(config.initial_model_path, "initial_model_path")
+        return lowpass_reference(project, str(path), optics.particle_box_px, optics.particle_pixel_size_a,
+                                 alias="given")
+    first, final = params.initial_model_subsets
+    return run_denovo_initial_model(project, particles_star, DenovoSettings(
+        mask_diameter_a=config.mask_diameter_a, threads=threads, sgd_iterations=params.initial_model_sgd_iterations,
+        initial_subset=first, final_subset=final, max_particles=params.initial_model_max_particles),
+        execute=execute)
+
+
+def refine_settings(config: SessionConfig, params: Refine3DParams, pixel_size_a: float) -> Refine3DSettings:
+    return Refine3DSettings(
+        mask_diameter_a=config.mask_diameter_a, particle_diameter_a=config.particle_diameter_a,
+        pixel_size_a=pixel_size_a, symmetry=config.symmetry, threads=params.threads or 1,
+        mpi_ranks=params.mpi_ranks, initial_lowpass_a=params.initial_lowpass_a,
+        healpix_order=params.healpix_order, auto_local_healpix_order=params.auto_local_healpix_order,
+        offset_range_px=params.offset_range_px, offset_step_px=params.offset_step_px,
+        fast_convergence=params.fast_convergence, max_iterations=params.max_iterations,
+        bfactor_low_resolution_a=params.bfactor_low_resolution_a)
+
+
+def refine_best_class(config: SessionConfig, params: Refine3DParams, runs_on: str | dict[str, Any],
+                      item: dict[str, Any]) -> dict[str, Any]:
+    """Auto-refine the best 3D class from its own map, mask it, post-process; recorded as a refinement."""
+    if "skipped" in item:
+        return item
+    class3d = Class3DResult.model_validate(item["class3d"])
+    settings = refine_settings(config, params, class3d.binned_pixel_size_a)
+    result = run_refine3d(_project(config, item), class3d.best_class_particles_star, class3d.best_class_map,
+                          settings, alias=f"particles_{class3d.particles_per_batch}",
+                          execute=_executor("refine3d", runs_on, item))
+    result.class_number = class3d.best_class
+    store = results_store(item["results_conn_id"], item["processing_path"])
+    record_refinement(store, item["processing_job_id"], result)
+    return item | {"refine3d": result.model_dump(mode="json")}
+
+
+def bfactor_series(config: SessionConfig, params: BFactorParams, refine_params: Refine3DParams,
+                   runs_on: str | dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
+    """Refine subsets of the refined particles and fit the B-factor; each point is a results row."""
+    if "skipped" in item:
+        return item
+    class3d = Class3DResult.model_validate(item["class3d"])
+    full = Refine3DResult.model_validate(item["refine3d"])
+    project = _project(config, item)
+    star = class3d.best_class_particles_star
+    sizes = subset_sizes(full.number_of_particles, params.fractions, params.min_particles)
+    if len(sizes) < 2:
+        return item | {"bfactor": {"skipped": f"{star}: {full.number_of_particles} particles give subsets {sizes} "
+                                              f"of at least {params.min_particles} (min_particles); a B-factor "
+                                              f"fit needs two sizes"}}
+    settings = refine_settings(config, refine_params, class3d.binned_pixel_size_a)
+    series = run_bfactor_series(project, star, class3d.best_class_map, settings, fractions=params.fractions,
+                                min_particles=params.min_particles, full=full,
+                                execute=_executor("bfactor", runs_on, item))
+    store = results_store(item["results_conn_id"], item["processing_path"])
+    record_bfactor_series(store, item["processing_job_id"], series)
+    return item | {"bfactor": {"bfactor_a2": series.fit.bfactor_a2, "r_squared": series.fit.r_squared,
+                               "plot": series.plot, "points": [p.model_dump() for p in series.fit.points]}}
