@@ -5,6 +5,8 @@ averages are what junk classes look like: flat noise, an ice/carbon edge, an off
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,7 @@ from airflow_provider_cryoem.engines.class_selection import (
     score_classes,
     selection_quality,
 )
+from airflow_provider_cryoem.pipeline.map_stages import claim, due_3d_size
 from airflow_provider_cryoem.simulate import (
     SpaSimulationSettings,
     make_structure,
@@ -87,3 +90,18 @@ def test_3d_runs_at_the_batch_size_then_at_each_doubling_up_to_the_cap():
     assert class3d_due(1900, [1000], 1000) is None
     assert class3d_due(4100, [1000], 1000) == 4000
     assert class3d_due(50_000, [1000, 2000, 4000], 1000, class3d_max_size=5000) == 5000
+
+
+def test_session_end_classifies_everything_selected_once_and_never_a_smaller_set_again():
+    assert due_3d_size(350, [], 25_000, session_over=True, min_particles=200) == 350
+    assert due_3d_size(150, [], 25_000, session_over=True, min_particles=200) is None  # too few for 3D
+    assert due_3d_size(350, [350], 25_000, session_over=True, min_particles=200) is None  # already done
+    assert due_3d_size(3000, [2000], 1000, session_over=True, min_particles=200) == 3000
+    assert due_3d_size(1500, [2000], 1000, session_over=True, min_particles=200) is None
+    assert due_3d_size(1500, [], 1000, session_over=False, min_particles=200) == 1000
+
+
+def test_a_3d_round_is_claimed_by_one_run_and_its_retry(tmp_path: Path):
+    assert claim(tmp_path, "run_a")
+    assert claim(tmp_path, "run_a")  # the retry of the run that claimed it carries on
+    assert not claim(tmp_path, "run_b")

@@ -24,7 +24,7 @@ def _write(tmp_path: Path, name: str, body: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("**/*.yaml")), ids=lambda p: str(p.relative_to(RECIPES)))
 def test_shipped_recipes_are_valid(path):
     recipe = load_recipe(path)
     order = recipe.stage_order()
@@ -177,6 +177,19 @@ def test_live_dag_maps_every_stage_over_movie_batches(monkeypatch):
     assert dag.get_task("class2d").map_index_template == "{{ batch_label }}"
     assert dag.get_task("wait_for_movies").upstream_task_ids == set()
     assert dag.get_task("extract").upstream_task_ids == {"pick", "ctf", "wait_for_movies"}
+    # 3D is decided once per run (also when no 2D batch was classified), then mapped per 3D round
+    class3d = dag.get_task("class3d")
+    assert type(class3d).__name__ == "_PythonDecoratedOperator" and class3d.trigger_rule == "none_failed"
+    assert class3d.upstream_task_ids == {"select_classes", "wait_for_movies"}
+    for name, upstream in (("refine3d", "class3d"), ("bfactor", "refine3d")):
+        assert type(dag.get_task(name)).__name__ == "DecoratedMappedOperator"
+        assert dag.get_task(name).upstream_task_ids == {upstream}
+
+
+def test_demo_recipe_has_the_stages_of_the_live_recipe_with_smaller_settings():
+    live, demo = load_recipe(RECIPES / "spa_live.yaml"), load_recipe(RECIPES / "demo" / "spa_live.yaml")
+    assert demo.name == live.name and demo.mode == live.mode
+    assert {n: (s.tool, s.after) for n, s in demo.stages.items()} == {n: (s.tool, s.after) for n, s in live.stages.items()}
 
 
 def test_particle_stage_cannot_feed_a_per_movie_stage(tmp_path):

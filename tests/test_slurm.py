@@ -252,7 +252,11 @@ def test_trigger_on_kill_cancels_the_job(cluster):
 def test_recipe_stage_runs_relion_motion_correction_as_a_slurm_job(cluster, tmp_path, airflow_env):
     """A spa_live-like recipe whose motion correction is Relion placed on the cluster, end to end."""
     from airflow_provider_cryoem.pipeline.stores import results_store
-    from airflow_provider_cryoem.simulate import END_MARKER_NAME, GAIN_REFERENCE_NAME, write_spa_session
+    from airflow_provider_cryoem.simulate import (
+        END_MARKER_NAME,
+        GAIN_REFERENCE_NAME,
+        write_spa_session,
+    )
 
     from .conftest import AIRFLOW
 

@@ -69,7 +69,9 @@ def format_summary(summary: SessionSummary) -> str:
     }
     lines += [f"median {name}: {'-' if value is None else f'{value:.2f}'}" for name, value in medians.items()]
     if summary.best_resolution_a is not None:
-        lines.append(f"best refinement resolution (Å): {summary.best_resolution_a:.2f}")
+        lines.append(f"best refinement resolution (Å): {summary.best_resolution_a:.2f}  map: {summary.best_map_path}")
+    if summary.bfactor_a2 is not None:
+        lines.append(f"B-factor (Rosenthal–Henderson, Å²): {summary.bfactor_a2:.0f}")
     lines.append(f"failures: {len(summary.failures)}")
     lines += [f"  [{f.stage}] {f.movie or '(whole job)'}: {f.reason}"
               + (" (reprocess)" if f.reprocess else "") for f in summary.failures]

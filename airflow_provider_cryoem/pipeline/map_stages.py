@@ -169,12 +169,13 @@ def refine_best_class(config: SessionConfig, params: Refine3DParams, runs_on: st
         return item
     class3d = Class3DResult.model_validate(item["class3d"])
     settings = refine_settings(config, params, class3d.binned_pixel_size_a)
-    result = run_refine3d(_project(config, item), class3d.best_class_particles_star, class3d.best_class_map,
-                          settings, alias=f"particles_{class3d.particles_per_batch}",
-                          execute=_executor("refine3d", runs_on, item))
+    project = _project(config, item)
+    result = run_refine3d(project, class3d.best_class_particles_star, class3d.best_class_map, settings,
+                          alias=f"particles_{class3d.particles_per_batch}", execute=_executor("refine3d", runs_on, item))
     result.class_number = class3d.best_class
     store = results_store(item["results_conn_id"], item["processing_path"])
-    record_refinement(store, item["processing_job_id"], result)
+    record_refinement(store, item["processing_job_id"],
+                      result.model_copy(update={"map": str(project.absolute(result.map))}))
     return item | {"refine3d": result.model_dump(mode="json")}
 
 

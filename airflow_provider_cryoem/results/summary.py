@@ -5,12 +5,14 @@ newest job's row for it; the older rows stay in the database untouched.
 """
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import Connection, Row, Table, func, select
 
+from ..engines.bfactor import BFactorPoint, fit_bfactor
 from . import schema
 from .errors import ResultsNotFoundError
 
@@ -54,6 +56,8 @@ class SessionSummary(BaseModel):
     median_fit_resolution_a: float | None
     median_particles_per_micrograph: float | None
     best_resolution_a: float | None
+    best_map_path: str | None = None
+    bfactor_a2: float | None = Field(None, description="Rosenthal–Henderson B of the newest B-factor series.")
 
 
 def build_summary(connection: Connection, session_name: str) -> SessionSummary:
@@ -73,6 +77,7 @@ def build_summary(connection: Connection, session_name: str) -> SessionSummary:
         .group_by(schema.particle_classification_group.c.type)).all()
     group_counts = {kind: count for kind, count in groups}
     refinements = _rows_of_session(connection, schema.refinement, sid)
+    bfactor_points = _rows_of_session(connection, schema.bfactor_fit, sid)
     failures = _failures(connection, sid, jobs)
 
     stages = {
@@ -83,7 +88,7 @@ def build_summary(connection: Connection, session_name: str) -> SessionSummary:
         CLASS2D: StageCount(succeeded=group_counts.get("2D", 0)),
         CLASS3D: StageCount(succeeded=group_counts.get("3D", 0)),
         REFINEMENT: StageCount(succeeded=len(refinements)),
-        BFACTOR: StageCount(succeeded=len(_rows_of_session(connection, schema.bfactor_fit, sid))),
+        BFACTOR: StageCount(succeeded=len(bfactor_points)),
     }
     failed_movies: dict[str, set[str]] = {}
     for failure in failures:
@@ -111,7 +116,22 @@ def build_summary(connection: Connection, session_name: str) -> SessionSummary:
         median_fit_resolution_a=_median(ctf, lambda r: r.estimated_resolution_a),
         median_particles_per_micrograph=_median(picks, lambda r: r.number_of_particles),
         best_resolution_a=min((r.estimated_resolution_a for r in refinements), default=None),
+        best_map_path=min(refinements, key=lambda r: r.estimated_resolution_a).map_full_path if refinements else None,
+        bfactor_a2=_newest_bfactor(bfactor_points),
     )
+
+
+def _newest_bfactor(points: Sequence[Row]) -> float | None:
+    """B (Å²) fitted to the newest processing job's series; None without two particle counts."""
+    if not points:
+        return None
+    newest = max(p.processing_job_id for p in points)
+    series = [BFactorPoint(number_of_particles=p.number_of_particles, resolution_a=p.resolution_a)
+              for p in points if p.processing_job_id == newest]
+    if len({p.number_of_particles for p in series}) < 2:
+        return None
+    fitted = fit_bfactor(series).bfactor_a2
+    return fitted if math.isfinite(fitted) else None
 
 
 def _rows_of_session(connection: Connection, table: Table, session_id: int) -> Sequence[Row]:
