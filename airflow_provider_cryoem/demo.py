@@ -3,7 +3,9 @@
 The microscope is the simulator writing movies into a watched folder in the background; Airflow runs
 each batch of the session with `airflow dags test` (SQLite metadata, built-in engines, SQLite results),
 one run after another until the session ends by itself on its end marker, as the scheduler would chain
-them. Prints the session summary and where everything is.
+them. The recipe is recipes/demo/spa_live.yaml: the live recipe with small 2D/3D settings, so that on a
+laptop the session ends, minutes later, with 2D classes, a de-novo initial model, a 3D classification, a
+refined and post-processed map and a B-factor. Prints the session summary and where everything is.
 """
 from __future__ import annotations
 
@@ -22,7 +24,13 @@ from .simulate.session import run_live_session
 
 REPO = Path(__file__).resolve().parent.parent
 OUTPUT = Path(os.environ.get("CRYOEM_DEMO_DIR", REPO / "demo_output"))
-N_MOVIES = int(os.environ.get("CRYOEM_DEMO_MOVIES", "6"))
+N_MOVIES = int(os.environ.get("CRYOEM_DEMO_MOVIES", "8"))
+# 2 Å pixels and a 128 Å particle: about 65 picks per 1024-px movie, extracted into 40-px boxes
+SIMULATION = {"image_size_px": 1024, "n_frames": 8, "pixel_size_a": 2.0, "particle_diameter_a": 128.0,
+              "particles_per_micrograph": 70, "junk_fraction": 0.15, "seed": 5}
+# every particle in one 2D batch at the end, six classes; two 3D classes of everything selected
+SMALL_SESSION = {"downscaled_box_size_px": 40, "class2d_classes": 6, "class3d_classes": 2,
+                 "class3d_batch_size": 100_000}
 
 
 def _airflow_env() -> dict[str, str]:
@@ -35,6 +43,7 @@ def _airflow_env() -> dict[str, str]:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "CRYOEM_DATA_ROOTS": str(OUTPUT),
+        "CRYOEM_RECIPES_DIR": str(REPO / "recipes" / "demo"),
     }
 
 
@@ -55,7 +64,7 @@ def main() -> int:
         print(migrated.stdout[-3000:], migrated.stderr[-3000:], file=sys.stderr)
         return 1
 
-    settings = SpaSimulationSettings(n_movies=N_MOVIES, seed=7, junk_fraction=0.1)
+    settings = SpaSimulationSettings(n_movies=N_MOVIES, **SIMULATION)
     microscope = threading.Thread(target=run_live_session, args=(settings, watch_dir, 3.0), daemon=True)
     microscope.start()
     print(f"Simulated microscope writing {N_MOVIES} movies into {watch_dir}, one every 3 s", flush=True)
@@ -63,7 +72,8 @@ def main() -> int:
     conf = {"session_name": "demo", "watch_dir": str(watch_dir), "processing_dir": str(processing_dir),
             "pixel_size_a": settings.pixel_size_a, "dose_per_frame_e_a2": settings.dose_per_frame_e_a2,
             "particle_diameter_a": settings.particle_diameter_a, "movie_glob": "*.tiff",
-            "gain_reference_path": str(watch_dir / GAIN_REFERENCE_NAME), "idle_timeout_s": 120}
+            "gain_reference_path": str(watch_dir / GAIN_REFERENCE_NAME), "idle_timeout_s": 120,
+            **SMALL_SESSION}
     for batch in range(1, N_MOVIES + 2):
         started = time.monotonic()
         run = _airflow(env, "dags", "test", "spa_live", "--conf", json.dumps(conf))

@@ -1,0 +1,112 @@
+"""A simulated live session from movies to a post-processed map and a B-factor, through spa_live.
+
+The demo recipe (recipes/demo: spa_live with small 2D/3D sampling) runs under `airflow dags test` on a
+finished simulated session: 8 movies of 2 Å pixels, about 65 picks each, 15% of the planted objects
+junk aggregates. Particles are extracted into 40-px boxes, classified in 2D, selected by our scorer,
+and the selected ones go through a de-novo initial model (Relion SGD), Class3D, auto-refine, mask,
+post-processing and a B-factor series. Measured on 2 cores: see the closing numbers in BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+import starfile
+from sqlalchemy import select
+
+from airflow_provider_cryoem.demo import SIMULATION, SMALL_SESSION
+from airflow_provider_cryoem.pipeline.stores import results_store
+from airflow_provider_cryoem.relion_project import read_pipeline
+from airflow_provider_cryoem.results import schema
+from airflow_provider_cryoem.simulate import (
+    END_MARKER_NAME,
+    GAIN_REFERENCE_NAME,
+    SpaSimulationSettings,
+    write_spa_session,
+)
+from airflow_provider_cryoem.simulate.particle_labels import (
+    PARTICLE,
+    label_particles,
+    selection_measure,
+)
+
+from .conftest import AIRFLOW, REPO
+
+pytestmark = [pytest.mark.relion, pytest.mark.integration]
+
+SETTINGS = SpaSimulationSettings(n_movies=8, **SIMULATION)  # the demo's session
+CONF = {"session_name": "to_map", "pixel_size_a": SETTINGS.pixel_size_a, "particle_diameter_a": SETTINGS.particle_diameter_a,
+        "dose_per_frame_e_a2": SETTINGS.dose_per_frame_e_a2, **SMALL_SESSION}
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory, airflow_env):
+    root = tmp_path_factory.mktemp("data")
+    watch_dir = root / "session" / "raw"
+    truth = write_spa_session(SETTINGS, watch_dir)
+    (watch_dir / END_MARKER_NAME).write_text("")
+    conf = {**CONF, "watch_dir": str(watch_dir), "gain_reference_path": str(watch_dir / GAIN_REFERENCE_NAME)}
+    env = {**airflow_env, "CRYOEM_DATA_ROOTS": str(root), "CRYOEM_RECIPES_DIR": str(REPO / "recipes" / "demo")}
+    run = subprocess.run([AIRFLOW, "dags", "test", "spa_live", "--conf", json.dumps(conf)], env=env,
+                         capture_output=True, text=True, timeout=1800)
+    processing = root / "session" / "processing"
+    return {"truth": truth, "run": run, "processing": processing, "relion": processing / "relion",
+            "store": results_store(None, str(processing))}
+
+
+def test_session_ends_with_a_post_processed_map_and_a_bfactor(session):
+    assert session["run"].returncode == 0, session["run"].stdout[-4000:]
+    summary = session["store"].session_summary("to_map")
+    assert summary.ended
+    for stage in ("class2d", "class3d", "refinement"):
+        assert summary.stages[stage].succeeded >= 1, stage
+    assert summary.stages["bfactor"].succeeded == 3  # 1/4, 1/2 and all of the best class
+    # 40-px boxes of 3.9 Å: Nyquist 7.8 Å; a failed de-novo model would stay near its 35-40 Å start
+    assert 7.8 <= summary.best_resolution_a < 16.0
+    assert Path(summary.best_map_path).is_file() and summary.best_map_path.endswith("postprocess.mrc")
+    assert summary.bfactor_a2 is not None and 0 < summary.bfactor_a2 < 5000
+
+
+def test_class_selection_keeps_the_real_particles_and_drops_most_junk(session):
+    relion = session["relion"]
+    extracted = starfile.read(relion / "Extract/job005/particles.star", always_dict=True)["particles"]
+    selected = starfile.read(relion / "Select/Live_best_particles/particles_all.star", always_dict=True)["particles"]
+    labels = label_particles(session["truth"], extracted.rlnMicrographName, extracted.rlnCoordinateX,
+                             extracted.rlnCoordinateY)
+    kept = label_particles(session["truth"], selected.rlnMicrographName, selected.rlnCoordinateX,
+                           selected.rlnCoordinateY)
+    measure = selection_measure(labels, kept)
+    share = labels.count(PARTICLE) / len(labels)
+    assert share < 0.9 and measure.precision > share + 0.5 * (1 - share)  # at least half the junk removed
+    assert measure.recall >= 0.9
+
+
+def test_3d_jobs_are_in_the_relion_project_and_the_results_tables(session):
+    relion = session["relion"]
+    pipeline = read_pipeline(relion, "relion5")
+    for folder in ("InitialModel", "Class3D", "Refine3D", "MaskCreate", "PostProcess"):
+        jobs = [p for p in (relion / folder).glob("job*") if p.is_dir()]
+        assert jobs, folder
+        assert all((job / "RELION_JOB_EXIT_SUCCESS").is_file() for job in jobs), folder
+    three_d = [p for p in pipeline.processes if p.name.split("/")[0] in ("Class3D", "Refine3D", "PostProcess")]
+    assert len(three_d) >= 5 and all(p.status.name == "SUCCEEDED" for p in three_d)
+    with session["store"].engine.connect() as connection:
+        groups = connection.execute(select(schema.particle_classification_group)
+                                    .where(schema.particle_classification_group.c.type == "3D")).all()
+        (group,) = groups
+        classes = connection.execute(select(schema.particle_classification).where(
+            schema.particle_classification.c.particle_classification_group_id == group.particle_classification_group_id
+        )).all()
+        assert [c.selected for c in classes].count(True) == 1
+        assert all(Path(c.class_image_full_path).is_file() for c in classes)
+        (model,) = connection.execute(select(schema.cryoem_initial_model)).all()
+        assert model.particle_classification_group_id == group.particle_classification_group_id
+        assert model.number_of_particles == group.number_of_particles_per_batch
+        (refinement,) = connection.execute(select(schema.refinement)).all()
+        best = next(c for c in classes if c.selected)
+        assert refinement.class_number == best.class_number
+        assert refinement.number_of_particles == best.particles_per_class
+        assert refinement.b_factor_a2 is not None and math.isfinite(refinement.b_factor_a2)
