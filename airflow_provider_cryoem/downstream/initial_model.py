@@ -42,8 +42,11 @@ class DenovoSettings(BaseModel):
     final_subset: int = Field(500, ge=10)
     initial_resolution_a: float = Field(35.0, gt=0)
     final_resolution_a: float = Field(15.0, gt=0)
+    offset_range_px: float = Field(6.0, gt=0)
+    offset_step_px: float = Field(2.0, gt=0)
+    skip_gridding: bool = False
     max_particles: int = Field(10_000, ge=10, description="Use at most this many particles (a random subset).")
-    random_seed: int = 0
+    random_seed: int = 1
     timeout_s: float | None = Field(None, gt=0)
 
 
@@ -60,10 +63,11 @@ def initial_model_command(project_dir: str, particles_star: str, job_dir: str, m
         "--sgd_inbetween_iter", str(between), "--sgd_fin_iter", str(last),
         "--sgd_ini_subset", str(settings.initial_subset), "--sgd_fin_subset", str(settings.final_subset),
         "--sgd_ini_resol", f"{settings.initial_resolution_a:g}", "--sgd_fin_resol", f"{settings.final_resolution_a:g}",
-        "--sgd_write_iter", "20", "--particle_diameter", f"{settings.mask_diameter_a:g}", "--K", "1", "--sym", "C1",
+        "--sgd_write_iter", str(first + between + last), "--particle_diameter", f"{settings.mask_diameter_a:g}", "--K", "1", "--sym", "C1",
         "--ctf", "--flatten_solvent", "--zero_mask", "--oversampling", "1", "--healpix_order", "1",
-        "--offset_range", "6", "--offset_step", "2", "--dont_combine_weights_via_disc", "--pool", "10",
-        "--pad", "2", "--j", str(settings.threads), "--random_seed", str(settings.random_seed),
+        "--offset_range", f"{settings.offset_range_px:g}", "--offset_step", f"{settings.offset_step_px:g}",
+        "--dont_combine_weights_via_disc", "--pool", "10", "--pad", "2", "--j", str(settings.threads),
+        "--random_seed", str(settings.random_seed), *(["--skip_gridding"] if settings.skip_gridding else []),
         "--pipeline_control", job])
 
 

@@ -144,10 +144,12 @@ def _initial_model(config: SessionConfig, params: Class3DParams, project: Relion
         path = check_under_roots(config.initial_model_path, "initial_model_path")
         return lowpass_reference(project, str(path), optics.particle_box_px, optics.particle_pixel_size_a,
                                  alias="given")
-    first, final = params.initial_model_subsets
+    sgd = params.initial_model
     return run_denovo_initial_model(project, particles_star, DenovoSettings(
-        mask_diameter_a=config.mask_diameter_a, threads=threads, sgd_iterations=params.initial_model_sgd_iterations,
-        initial_subset=first, final_subset=final, max_particles=params.initial_model_max_particles),
+        mask_diameter_a=config.mask_diameter_a, threads=threads, sgd_iterations=sgd.sgd_iterations,
+        initial_subset=sgd.subsets[0], final_subset=sgd.subsets[1], initial_resolution_a=sgd.resolutions_a[0],
+        final_resolution_a=sgd.resolutions_a[1], offset_range_px=sgd.offset_range_px,
+        offset_step_px=sgd.offset_step_px, skip_gridding=sgd.skip_gridding, max_particles=sgd.max_particles),
         execute=execute)
 
 

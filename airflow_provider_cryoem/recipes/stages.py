@@ -57,6 +57,18 @@ class SelectClassesParams(_StageParams):
     """The threshold is the session's class_selection_min_score."""
 
 
+class InitialModelParams(_StageParams):
+    """Relion SGD de-novo model (used when the session gives no initial_model_path); defaults as Relion's."""
+
+    sgd_iterations: tuple[int, int, int] = Field((50, 200, 50), description="Initial, in-between, final.")
+    subsets: tuple[int, int] = Field((100, 500), description="Mini-batch sizes, first and last iterations.")
+    resolutions_a: tuple[float, float] = Field((35.0, 15.0), description="Resolution limits, first and last.")
+    offset_range_px: float = Field(6.0, gt=0, le=100)
+    offset_step_px: float = Field(2.0, gt=0, le=50)
+    skip_gridding: bool = Field(False, description="--skip_gridding: a quicker M step.")
+    max_particles: int = Field(10_000, ge=10, le=1_000_000)
+
+
 class Class3DParams(_StageParams):
     """When 3D runs: first at the session's class3d_batch_size selected particles, at each doubling, and
     on everything at the session's end; the number of classes is the session's class3d_classes."""
@@ -67,10 +79,7 @@ class Class3DParams(_StageParams):
     min_particles_per_class: int = Field(50, ge=1, le=1_000_000)
     min_particles: int = Field(200, ge=10, le=10_000_000, description="Fewer selected particles at the "
                                                                       "session's end: no 3D.")
-    initial_model_sgd_iterations: tuple[int, int, int] = Field((50, 200, 50), description=(
-        "Relion SGD initial model: initial, in-between and final iterations (when no initial_model_path)."))
-    initial_model_subsets: tuple[int, int] = Field((100, 500), description="SGD mini-batch sizes, first and last.")
-    initial_model_max_particles: int = Field(10_000, ge=10, le=1_000_000)
+    initial_model: InitialModelParams = Field(default_factory=InitialModelParams)
     threads: int | None = Field(None, ge=1, le=256, description="Default: the worker's cores (Slurm: its cpus).")
 
 
