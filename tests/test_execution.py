@@ -48,6 +48,19 @@ def test_run_local_streams_each_line_to_logger_log_file_and_callback(tmp_path, c
     assert result.returncode == 0 and result.output.splitlines() == seen
 
 
+def test_progress_bar_redraws_reach_the_log_file_but_not_the_task_log_or_error_tail(tmp_path, caplog):
+    script = ("import sys\nprint('start')\n"
+              "for i in range(40): sys.stdout.write(f'  {i}/  9 sec {\".\" * i}~~(,_,\\\">' + chr(13))\n"
+              "print()\nprint('failed here')\nsys.exit(2)")
+    spec = python_spec(script, log_path=str(tmp_path / "run.out"))
+    with caplog.at_level(logging.INFO, logger="airflow_provider_cryoem.execution.local"):
+        with pytest.raises(ToolExecutionError) as caught:
+            run_local(spec)
+    assert caught.value.log_tail == ["start", "failed here"]
+    assert "[python] failed here" in caplog.text and "[python]   3/  9 sec" not in caplog.text
+    assert (tmp_path / "run.out").read_text().count("~~(,_,") == 40
+
+
 def test_run_local_passes_hostile_argument_literally_and_feeds_stdin():
     result = run_local(python_spec("import sys; print(repr(sys.argv[1])); print(input())", HOSTILE_ARG,
                                    stdin_text="answer one\n"))

@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 20
 _KILL_GRACE_S = 5.0
+# Relion redraws a text progress bar (`  3/  7 sec ....~~(,_,">`) many times a second; each redraw
+# reaches us as a line. They go to the log file only: in the task log and an error's tail they would
+# bury the lines that matter.
+_PROGRESS_BAR_MARK = '~~(,_,">'
 
 
 def _resolve_program(spec: CommandSpec, env: dict[str, str]) -> str:
@@ -31,15 +35,18 @@ def _resolve_program(spec: CommandSpec, env: dict[str, str]) -> str:
 
 def _pump(stream: IO[str], spec: CommandSpec, log_file: IO[str] | None, lines: list[str],
           log_callback: Callable[[str], None] | None) -> None:
-    """Copy each output line to the logger, the log file and the callback as soon as it arrives."""
+    """Copy each output line to the log file, and all but progress-bar redraws to the logger, the
+    callback and the kept output, as soon as it arrives."""
     name = Path(spec.program).name
     for raw in stream:
-        line = raw.rstrip("\n")
-        lines.append(line)
-        log.info("[%s] %s", name, line)
         if log_file is not None:
             log_file.write(raw)
             log_file.flush()
+        line = raw.rstrip("\n")
+        if _PROGRESS_BAR_MARK in line:
+            continue
+        lines.append(line)
+        log.info("[%s] %s", name, line)
         if log_callback is not None:
             log_callback(line)
 
