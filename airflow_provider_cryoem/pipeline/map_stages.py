@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SessionConfig, check_under_roots
-from ..downstream.class2d import TooFewParticlesError
 from ..downstream.class3d import (
     Class3DResult,
     Class3DSettings,
@@ -41,6 +40,7 @@ from ..io import read_star
 from ..io.star import write_star
 from ..recipes.stages import BFactorParams, Class3DParams, Refine3DParams
 from ..relion_project import NodeType, OpticsGroup, RelionProject
+from .batch_outcome import run_or_skip
 from .external import placement_threads, stage_executor
 from .session import session_item
 from .stores import relion_project, results_store
@@ -121,19 +121,20 @@ def _classify_session(config: SessionConfig, params: Class3DParams, runs_on: str
 
     execute = _executor("class3d", runs_on, session)
     threads = placement_threads(params.threads, runs_on)
-    reference = _initial_model(config, params, project, project.relative(particles_star), threads, execute)
     settings = Class3DSettings(classes=config.class3d_classes, iterations=params.iterations, threads=threads,
                                mask_diameter_a=config.mask_diameter_a, symmetry=config.symmetry,
                                initial_lowpass_a=params.initial_lowpass_a, healpix_order=params.healpix_order,
                                min_particles_per_class=params.min_particles_per_class)
-    try:
+
+    def classify() -> dict[str, Any]:
+        reference = _initial_model(config, params, project, project.relative(particles_star), threads, execute)
         result = run_class3d(project, project.relative(particles_star), reference.map, settings, alias, execute)
-    except TooFewParticlesError as exc:
-        return session_item(session, skipped=str(exc))
-    store = results_store(session["results_conn_id"], session["processing_path"])
-    group_id = record_class3d(store, session["processing_job_id"], result)
-    store.record_initial_model(group_id, reference)
-    return session_item(session, class3d=result.model_dump(mode="json"), initial_model=reference.model_dump())
+        store = results_store(session["results_conn_id"], session["processing_path"])
+        group_id = record_class3d(store, session["processing_job_id"], result)
+        store.record_initial_model(group_id, reference)
+        return session_item(session, class3d=result.model_dump(mode="json"), initial_model=reference.model_dump())
+
+    return run_or_skip(session_item(session), f"class3d {alias}", classify)
 
 
 def _initial_model(config: SessionConfig, params: Class3DParams, project: RelionProject, particles_star: str,
@@ -172,13 +173,18 @@ def refine_best_class(config: SessionConfig, params: Refine3DParams, runs_on: st
     class3d = Class3DResult.model_validate(item["class3d"])
     settings = refine_settings(config, params, class3d.binned_pixel_size_a)
     project = _project(config, item)
-    result = run_refine3d(project, class3d.best_class_particles_star, class3d.best_class_map, settings,
-                          alias=f"particles_{class3d.particles_per_batch}", execute=_executor("refine3d", runs_on, item))
-    result.class_number = class3d.best_class
-    store = results_store(item["results_conn_id"], item["processing_path"])
-    record_refinement(store, item["processing_job_id"],
-                      result.model_copy(update={"map": str(project.absolute(result.map))}))
-    return item | {"refine3d": result.model_dump(mode="json")}
+    alias = f"particles_{class3d.particles_per_batch}"
+
+    def refine() -> dict[str, Any]:
+        result = run_refine3d(project, class3d.best_class_particles_star, class3d.best_class_map, settings,
+                              alias=alias, execute=_executor("refine3d", runs_on, item))
+        result.class_number = class3d.best_class
+        store = results_store(item["results_conn_id"], item["processing_path"])
+        record_refinement(store, item["processing_job_id"],
+                          result.model_copy(update={"map": str(project.absolute(result.map))}))
+        return item | {"refine3d": result.model_dump(mode="json")}
+
+    return run_or_skip(item, f"refine3d {alias}", refine)
 
 
 def bfactor_series(config: SessionConfig, params: BFactorParams, refine_params: Refine3DParams,
@@ -196,10 +202,14 @@ def bfactor_series(config: SessionConfig, params: BFactorParams, refine_params: 
                                               f"of at least {params.min_particles} (min_particles); a B-factor "
                                               f"fit needs two sizes"}}
     settings = refine_settings(config, refine_params, class3d.binned_pixel_size_a)
-    series = run_bfactor_series(project, star, class3d.best_class_map, settings, fractions=params.fractions,
-                                min_particles=params.min_particles, full=full,
-                                execute=_executor("bfactor", runs_on, item))
-    store = results_store(item["results_conn_id"], item["processing_path"])
-    record_bfactor_series(store, item["processing_job_id"], series)
-    return item | {"bfactor": {"bfactor_a2": series.fit.bfactor_a2, "r_squared": series.fit.r_squared,
-                               "plot": series.plot, "points": [p.model_dump() for p in series.fit.points]}}
+
+    def series_fit() -> dict[str, Any]:
+        series = run_bfactor_series(project, star, class3d.best_class_map, settings, fractions=params.fractions,
+                                    min_particles=params.min_particles, full=full,
+                                    execute=_executor("bfactor", runs_on, item))
+        store = results_store(item["results_conn_id"], item["processing_path"])
+        record_bfactor_series(store, item["processing_job_id"], series)
+        return item | {"bfactor": {"bfactor_a2": series.fit.bfactor_a2, "r_squared": series.fit.r_squared,
+                                   "plot": series.plot, "points": [p.model_dump() for p in series.fit.points]}}
+
+    return run_or_skip(item, f"bfactor particles_{full.number_of_particles}", series_fit)

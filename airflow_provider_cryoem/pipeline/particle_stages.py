@@ -11,7 +11,6 @@ from ..config import SessionConfig
 from ..downstream.class2d import (
     Class2DResult,
     Class2DSettings,
-    TooFewParticlesError,
     record_class2d,
     run_class2d,
 )
@@ -25,6 +24,7 @@ from ..downstream.particle_batches import (
 from ..engines.class_selection import ClassSelectionSettings
 from ..recipes.stages import Class2DParams
 from ..relion_project import OpticsGroup, RelionProject
+from .batch_outcome import run_or_skip
 from .external import placement_threads, stage_executor
 from .session import session_item
 from .stores import relion_project, results_store
@@ -59,21 +59,22 @@ def select_particles(config: SessionConfig, opened: dict[str, Any], found: dict[
 def classify_batch(config: SessionConfig, params: Class2DParams, runs_on: str | dict[str, Any],
                    item: dict[str, Any]) -> dict[str, Any]:
     """Relion Class2D on one batch (here or on Slurm), recorded; a batch too small for even one class is
-    skipped with its reason."""
+    skipped with its reason, one Relion fails on is recorded as failed and skipped (batch_outcome)."""
     threads = placement_threads(params.threads, runs_on)
     settings = Class2DSettings(classes=config.class2d_classes, iterations=params.iterations, threads=threads,
                                mask_diameter_a=config.mask_diameter_a,
                                min_particles_per_class=params.min_particles_per_class,
                                intensity_corrections=params.intensity_corrections)
     batch = item["batch"]
-    try:
+
+    def classify() -> dict[str, Any]:
         result = run_class2d(_project(config, item), batch["star_path"], batch["number"], settings,
                              execute=stage_executor("class2d", "relion", runs_on, item["relion_dir"]))
-    except TooFewParticlesError as exc:
-        return {**item, "skipped": str(exc)}
-    store = results_store(item["results_conn_id"], item["processing_path"])
-    group_id = record_class2d(store, item["processing_job_id"], result)
-    return {**item, "class2d": result.model_dump(mode="json"), "classification_group_id": group_id}
+        store = results_store(item["results_conn_id"], item["processing_path"])
+        group_id = record_class2d(store, item["processing_job_id"], result)
+        return {**item, "class2d": result.model_dump(mode="json"), "classification_group_id": group_id}
+
+    return run_or_skip(item, f"class2d batch {batch['number']}", classify)
 
 
 def select_good_classes(config: SessionConfig, classified: dict[str, Any]) -> dict[str, Any]:

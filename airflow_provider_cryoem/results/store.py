@@ -107,6 +107,21 @@ class ResultsStore:
             if updated.rowcount == 0:
                 raise ResultsNotFoundError(f"no processing job {job_id}")
 
+    def record_stage_failure(self, job_id: int, stage: str, reason: str) -> int:
+        """A particle-batch step of job `job_id`'s run failed (e.g. `class2d batch 3`): a failed processing
+        job of that session, run and recipe, named `stage`, holding the reason; a retry updates it."""
+        table = schema.processing_job
+        with self._transaction() as connection:
+            run = connection.execute(select(table).where(table.c.processing_job_id == job_id)).first()
+        if run is None:
+            raise ResultsNotFoundError(f"no processing job {job_id}")
+        now = _now()
+        return self._upsert("stage failure", table, {
+            "session_id": run.session_id, "run_id": run.run_id, "recipe": run.recipe, "stage": stage[:64],
+            "reprocess": run.reprocess, "processing_status": "failed", "processing_message": reason,
+            "processing_command_line": None, "log_full_path": None, "processing_start_time": now,
+            "processing_end_time": now}, ["session_id", "run_id", "stage"])
+
     def claim_files(self, session_id: int, candidates: Sequence[tuple[str, int]], claimed_by: str,
                     first_seen: Mapping[str, datetime] | None = None) -> list[str]:
         """Take the candidate files (path relative to the watched dir, size in bytes) for `claimed_by`.

@@ -1,0 +1,57 @@
+"""A Relion run that fails on one particle batch is recorded with its reason and skipped; the session goes on."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_cryoem.config import SessionConfig
+from airflow_provider_cryoem.downstream.synthetic_particles import (
+    SyntheticParticleSettings,
+    make_particle_set,
+)
+from airflow_provider_cryoem.pipeline.particle_stages import classify_batch, select_good_classes
+from airflow_provider_cryoem.pipeline.stores import results_store
+from airflow_provider_cryoem.recipes.stages import Class2DParams
+
+pytestmark = [pytest.mark.relion,
+              pytest.mark.skipif(shutil.which("relion_refine") is None, reason="relion_refine is not installed")]
+
+PARTICLES = SyntheticParticleSettings(n_particles=60, junk_fraction=0.0, box_px=40, pixel_size_a=4.0,
+                                      particle_diameter_a=128.0, atom_sigma_a=3.0, snr=1.0,
+                                      particles_per_micrograph=30, seed=3)
+
+
+@pytest.fixture
+def broken_batch(tmp_path: Path) -> dict:
+    """A batch whose particle images were lost: Relion cannot read them."""
+    processing = tmp_path / "processing"
+    relion = processing / "relion"
+    planted = make_particle_set(relion, PARTICLES)
+    for stack in relion.rglob("*.mrcs"):
+        stack.write_bytes(b"not an MRC stack")
+    store = results_store(None, str(processing))
+    session_id = store.get_or_create_session("broken", str(tmp_path / "raw"), str(processing))
+    job_id = store.start_processing_job(session_id, "spa_live", "preprocessing", False, "run_1")
+    return {"session_id": session_id, "session_name": "broken", "processing_job_id": job_id,
+            "watch_dir": str(tmp_path / "raw"), "processing_path": str(processing), "relion_dir": str(relion),
+            "relion_dialect": "relion5", "results_conn_id": None,
+            "batch": {"star_path": planted.particles_star, "number": 3}}
+
+
+def test_failed_class2d_is_recorded_with_the_relion_error_and_later_steps_skip_it(broken_batch):
+    config = SessionConfig(pixel_size_a=1.0, particle_diameter_a=128.0, downscaled_box_size_px=40,
+                           class2d_classes=2)
+    params = Class2DParams(iterations=2, threads=1, min_particles_per_class=10)
+    outcome = classify_batch(config, params, "local", broken_batch)
+    first_line = "class2d batch 3 failed: relion_refine: exited with status 1"
+    assert outcome["skipped"].startswith(first_line) and "rwMRC: error in reading header" in outcome["skipped"]
+    assert select_good_classes(config, outcome) == outcome  # passed through, nothing selected
+
+    retried = classify_batch(config, params, "local", broken_batch)  # Airflow retry of the same task
+    assert retried["skipped"].startswith(first_line)
+    summary = results_store(None, broken_batch["processing_path"]).session_summary("broken")
+    (failure,) = [f for f in summary.failures if f.stage == "class2d batch 3"]  # recorded once
+    assert "relion_refine" in failure.reason and "run.out" in failure.reason
+    assert not summary.ended and summary.stages["class2d"].succeeded == 0
