@@ -189,7 +189,8 @@ def refine_best_class(config: SessionConfig, params: Refine3DParams, runs_on: st
 
 def bfactor_series(config: SessionConfig, params: BFactorParams, refine_params: Refine3DParams,
                    runs_on: str | dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
-    """Refine subsets of the refined particles and fit the B-factor; each point is a results row."""
+    """Refine subsets of the refined particles and fit the B-factor; each point is a results row. Skipped
+    (with the reason) when the subsets would be too small or the full refinement did not get past its start."""
     if "skipped" in item:
         return item
     class3d = Class3DResult.model_validate(item["class3d"])
@@ -201,6 +202,11 @@ def bfactor_series(config: SessionConfig, params: BFactorParams, refine_params: 
         return item | {"bfactor": {"skipped": f"{star}: {full.number_of_particles} particles give subsets {sizes} "
                                               f"of at least {params.min_particles} (min_particles); a B-factor "
                                               f"fit needs two sizes"}}
+    if full.resolution_a >= refine_params.initial_lowpass_a:
+        return item | {"bfactor": {"skipped": (
+            f"{full.refine_job}: the refinement ended at {full.resolution_a:.1f} Å, no finer than its "
+            f"{refine_params.initial_lowpass_a:g} Å starting low-pass (it diverged, or the particles are too few "
+            "or too noisy); no B-factor series from it")}}
     settings = refine_settings(config, refine_params, class3d.binned_pixel_size_a)
 
     def series_fit() -> dict[str, Any]:
