@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from airflow_provider_cryoem.config import SessionConfig
 from airflow_provider_cryoem.downstream.class2d import Class2DSettings, run_class2d
 from airflow_provider_cryoem.downstream.class_selection import select_classes
 from airflow_provider_cryoem.downstream.initial_model import lowpass_reference
@@ -57,7 +58,7 @@ def _project(root: Path) -> RelionProject:
         particle_box_px=BOX_PX, particle_pixel_size_a=PIXEL_SIZE_A))
 
 
-def class_selection_rows(work: Path, seeds: list[int], n_particles: int) -> list[str]:
+def class_selection_rows(work: Path, seeds: list[int], n_particles: int, min_score: float) -> list[str]:
     rows = []
     for seed in seeds:
         for corrections in (False, True):
@@ -69,7 +70,7 @@ def class_selection_rows(work: Path, seeds: list[int], n_particles: int) -> list
             result = run_class2d(project, planted.particles_star, 1, settings)
             wall_s = time.monotonic() - started
             selection = select_classes(project, result, ClassSelectionSettings(
-                min_score=0.7, particle_diameter_a=DIAMETER_A, pixel_size_a=PIXEL_SIZE_A))
+                min_score=min_score, particle_diameter_a=DIAMETER_A, pixel_size_a=PIXEL_SIZE_A))
             data = read_star(project.root / result.data_star)["particles"]
             kind = dict(zip(planted.image_names, planted.kinds))
             kinds = [kind[name] for name in data["rlnImageName"]]
@@ -123,16 +124,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[7, 11, 5])
     parser.add_argument("--particles-2d", type=int, default=300)
     parser.add_argument("--particles-3d", type=int, default=400)
+    parser.add_argument("--min-score", type=float, default=SessionConfig.model_fields["class_selection_min_score"].default)
     args = parser.parse_args(argv)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench_downstream_") as tmp:
         work = Path(tmp)
         print(f"### 2D class selection ({args.particles_2d} particles, 30 % junk, {BOX_PX} px at {PIXEL_SIZE_A:g} Å/px, "
-              "SNR 1, K = 4, 15 iterations, min score 0.7)\n")
+              f"SNR 1, K = 4, 15 iterations, min score {args.min_score:g})\n")
         print("| seed | --norm --scale | particle share | precision | recall | junk rejected | "
               + " | ".join(f"{k} rejected" for k in JUNK_KINDS) + " | populated classes | Class2D wall s |")
         print("|" + "---|" * (9 + len(JUNK_KINDS) - 1))
-        class_selection_rows(work, args.seeds, args.particles_2d)
+        class_selection_rows(work, args.seeds, args.particles_2d, args.min_score)
         print(f"\n### 3D auto-refine + post-process ({args.particles_3d} particles, {BOX_PX} px at {PIXEL_SIZE_A:g} Å/px, "
               "SNR 1; resolutions in Å, FSC 0.143 unless noted)\n")
         print("| particles | refine (unmasked) | post-processed | reachable (true angles) | vs true map (FSC 0.5) | "

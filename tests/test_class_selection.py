@@ -51,6 +51,22 @@ def test_particle_views_score_above_the_threshold_and_junk_below():
     assert min(s.score for s, j in zip(scores, is_junk) if not j) > max(s.score for s, j in zip(scores, is_junk) if j)
 
 
+def test_a_compact_class_far_brighter_or_fainter_than_the_typical_class_loses_its_intensity_score():
+    """Aggregates are compact, centred and contrasted like the particle, but hold more (or, for empty ice,
+    less) signal: the intensity feature is what tells them apart."""
+    averages, _ = _averages(np.random.default_rng(3))
+    views = averages[:3]
+    brighter, fainter = 2.0 * views[0], 0.5 * views[1]
+    stack = np.concatenate([views, [brighter, fainter]])
+    scores = score_classes(stack, [100] * 5, [0.2] * 5, [20.0] * 5, SETTINGS)
+    typical = [s.features.intensity for s in scores[:3]]
+    assert scores[3].features.intensity == pytest.approx(2 * typical[0], rel=0.05)
+    real_scores = [s.score for s in scores[:3]]
+    # the brighter copy has the best contrast of all, yet scores below every real class
+    assert scores[3].features.contrast > max(s.features.contrast for s in scores[:3])
+    assert max(scores[3:], key=lambda s: s.score).score < min(real_scores)
+
+
 def test_an_empty_or_tiny_class_is_never_selected():
     averages, _ = _averages(np.random.default_rng(1))
     settings = SETTINGS.model_copy(update={"min_particles_per_class": 10})

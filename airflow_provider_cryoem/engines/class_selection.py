@@ -3,8 +3,9 @@
 Relion 3.1 has no class ranker, so this is our own scorer. A good class average shows a compact,
 centred, contrasted object of about the particle's size and reaches a good resolution; junk
 classes show empty noise (low contrast), ice or carbon edges (mass near the mask edge), off-centre
-blobs (centre of mass far from the box centre) or hold a sliver of the particles. Each feature is
-mapped to [0, 1]; the class score is their weighted mean.
+blobs (centre of mass far from the box centre), far more or less total signal than the batch's
+typical class (aggregates, empty ice), or hold a sliver of the particles. Each feature is mapped to
+[0, 1]; the class score is their weighted mean.
 """
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 # weights of the features in the score (they sum to 1)
-WEIGHTS = {"contrast": 0.25, "mass_inside": 0.25, "centring": 0.2, "resolution": 0.2, "population": 0.1}
+WEIGHTS = {"contrast": 0.2, "mass_inside": 0.2, "centring": 0.15, "resolution": 0.2, "population": 0.1,
+           "intensity": 0.15}
+# A class whose total signal is this factor above or below the batch's typical class scores 0 on intensity.
+INTENSITY_TOLERANCE_FACTOR = 1.5
 
 
 class ClassSelectionSettings(BaseModel):
@@ -34,6 +38,8 @@ class ClassFeatures(BaseModel):
     contrast: float = Field(description="Std of the average inside the particle disc (the average's units).")
     mass_inside_fraction: float = Field(description="Share of |average| energy inside the particle disc.")
     centre_offset_fraction: float = Field(description="Centre-of-mass offset over the particle radius.")
+    intensity: float = Field(0.0, description="Background-subtracted sum of the average inside the particle disc: "
+                                              "the class's total signal (the average's units).")
 
 
 class ClassScore(BaseModel):
@@ -87,7 +93,8 @@ def class_features(average: np.ndarray, class_number: int, particles: int, parti
         offset_px = particle_radius_px
     return ClassFeatures(class_number=class_number, particles=particles, particle_fraction=particle_fraction,
                          resolution_a=resolution_a, contrast=float(signal[inside].std()),
-                         mass_inside_fraction=mass_inside, centre_offset_fraction=offset_px / particle_radius_px)
+                         mass_inside_fraction=mass_inside, centre_offset_fraction=offset_px / particle_radius_px,
+                         intensity=float(signal[inside].sum()))
 
 
 def score_features(features: Sequence[ClassFeatures], settings: ClassSelectionSettings) -> list[ClassScore]:
@@ -97,6 +104,7 @@ def score_features(features: Sequence[ClassFeatures], settings: ClassSelectionSe
     best_contrast = max(f.contrast for f in features if f.particles > 0) if any(f.particles for f in features) else 0.0
     resolutions = [f.resolution_a for f in features if f.particles > 0 and f.resolution_a and f.resolution_a < 900]
     best_resolution = min(resolutions) if resolutions else None
+    typical_intensity = _typical_intensity(features)
     n_classes = len(features)
     scores = []
     for f in features:
@@ -110,11 +118,33 @@ def score_features(features: Sequence[ClassFeatures], settings: ClassSelectionSe
                            if best_resolution and f.resolution_a and f.resolution_a < 900 else 0.0),
             # at least a fair share (1/K) of the particles scores 1
             "population": float(np.clip(f.particle_fraction * n_classes, 0.0, 1.0)),
+            # the batch's typical total signal scores 1; INTENSITY_TOLERANCE_FACTOR times more or less scores 0
+            "intensity": (float(np.clip(1 - abs(np.log(f.intensity / typical_intensity))
+                                        / np.log(INTENSITY_TOLERANCE_FACTOR), 0.0, 1.0))
+                          if typical_intensity and f.intensity > 0 else 0.0),
         }
         score = 0.0 if f.particles == 0 else float(sum(WEIGHTS[k] * min(v, 1.0) for k, v in parts.items()))
         selected = score >= settings.min_score and f.particles >= max(settings.min_particles_per_class, 1)
         scores.append(ClassScore(class_number=f.class_number, score=round(score, 4), selected=selected, features=f))
     return scores
+
+
+def _typical_intensity(features: Sequence[ClassFeatures]) -> float | None:
+    """The particle-weighted median of the classes' total signal: what most particles' classes hold.
+
+    Aggregates (denser than protein), empty ice and carbon hold more or less signal than the particle,
+    which the other features miss when such a class is compact, centred and contrasted (RELION 4's class
+    ranker likewise uses a relative signal intensity; Kimanius et al. 2021, Biochem J 478:4169).
+    """
+    weighted = sorted((f.intensity, f.particles) for f in features if f.particles > 0 and f.intensity > 0)
+    if not weighted:
+        return None
+    half, running = sum(n for _, n in weighted) / 2, 0
+    for intensity, n in weighted:
+        running += n
+        if running >= half:
+            return intensity
+    return weighted[-1][0]
 
 
 def score_classes(averages: np.ndarray, particles: Sequence[int], particle_fractions: Sequence[float],
