@@ -1,8 +1,8 @@
 """A simulated live session from movies to a post-processed map and a B-factor, through spa_live.
 
 The demo recipe (recipes/demo: spa_live with small 2D/3D sampling) runs under `airflow dags test` on a
-finished simulated session: 8 movies of 2 Å pixels, about 65 picks each, 15% of the planted objects
-junk aggregates. Particles are extracted into 40-px boxes, classified in 2D, selected by our scorer,
+finished simulated session: 8 movies of 2 Å pixels and 40 e⁻/Å² (8 frames), about 60 picks each, 15% of the
+planted objects junk aggregates. Particles are extracted into 40-px boxes, classified in 2D, selected by our scorer,
 and the selected ones go through a de-novo initial model (Relion SGD), Class3D, auto-refine, mask,
 post-processing and a B-factor series. Measured on 2 cores: see the closing numbers in BENCHMARKS.md.
 """

@@ -1,0 +1,216 @@
+"""A simulated SPA session through spa_live from movies to a post-processed map, measured against truth.
+
+One finished simulated session (the demo's microscope settings: 2 Å pixels, a 128 Å particle, 15 % of the
+planted objects junk aggregates) runs through `airflow dags test spa_live` with the demo recipe (built-in
+preprocessing, Relion 3.1 for 2D, initial model, 3D, refinement, post-processing, B-factor). Then:
+
+- class selection: every extracted particle is labelled from the simulator's truth (real, junk, false
+  pick); precision and recall of the particles gathered for 3D;
+- the final resolution against the bound the data allow: the refined particles reconstructed at their
+  true angles and centres with their estimated CTFs (relion_reconstruct), FSC with the refinement's mask;
+- the final resolution against the same Relion commands run by hand: the refinement, mask and
+  post-processing command lines from the jobs' note.txt replayed in a shell from the project folder, into
+  folders of their own, on the same input files.
+
+    .venv/bin/python benchmarks/bench_spa_session.py [--movies 8] [--seed 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from airflow_provider_cryoem.demo import SIMULATION, SMALL_SESSION
+from airflow_provider_cryoem.downstream.reachable_fsc import reachable_resolution
+from airflow_provider_cryoem.io import read_star
+from airflow_provider_cryoem.io.star import write_star
+from airflow_provider_cryoem.pipeline.stores import results_store
+from airflow_provider_cryoem.simulate import (
+    END_MARKER_NAME,
+    GAIN_REFERENCE_NAME,
+    SessionTruth,
+    SpaSimulationSettings,
+    write_spa_session,
+)
+from airflow_provider_cryoem.simulate.particle_labels import (
+    FALSE_PICK,
+    JUNK,
+    PARTICLE,
+    label_particles,
+    selection_measure,
+)
+from airflow_provider_cryoem.tools import relion_postprocess
+
+REPO = Path(__file__).resolve().parent.parent
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+
+
+def run_session(work: Path, settings: SpaSimulationSettings) -> tuple[SessionTruth, Path, float]:
+    """Simulate the finished session and process it with one `airflow dags test spa_live`."""
+    watch_dir = work / "session" / "raw"
+    truth = write_spa_session(settings, watch_dir)
+    (watch_dir / END_MARKER_NAME).write_text("")
+    home = work / "airflow_home"
+    home.mkdir()
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+           "CRYOEM_DATA_ROOTS": str(work), "CRYOEM_RECIPES_DIR": str(REPO / "recipes" / "demo")}
+    env.pop("CRYOEM_RESULTS_CONN_ID", None)
+    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
+    conf = {"session_name": "bench", "watch_dir": str(watch_dir), "pixel_size_a": settings.pixel_size_a,
+            "particle_diameter_a": settings.particle_diameter_a, "dose_per_frame_e_a2": settings.dose_per_frame_e_a2,
+            "gain_reference_path": str(watch_dir / GAIN_REFERENCE_NAME), **SMALL_SESSION}
+    started = time.monotonic()
+    run = subprocess.run([AIRFLOW, "dags", "test", "spa_live", "--conf", json.dumps(conf)], env=env,
+                         capture_output=True, text=True)
+    wall_s = time.monotonic() - started
+    if run.returncode:
+        sys.exit(f"spa_live failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}")
+    return truth, work / "session" / "processing", wall_s
+
+
+def _labels(truth: SessionTruth, table: pd.DataFrame) -> list[str]:
+    return label_particles(truth, table.rlnMicrographName, table.rlnCoordinateX, table.rlnCoordinateY)
+
+
+def selection_figures(truth: SessionTruth, relion: Path) -> dict[str, float]:
+    extracted = read_star(relion / "Extract/job005/particles.star")["particles"]
+    selected = read_star(relion / "Select/Live_best_particles/particles_all.star")["particles"]
+    labels, kept = _labels(truth, extracted), _labels(truth, selected)
+    measure = selection_measure(labels, kept)
+    return {"extracted": len(labels), "real": labels.count(PARTICLE), "junk": labels.count(JUNK),
+            "false_picks": labels.count(FALSE_PICK), "kept": len(kept), "share": labels.count(PARTICLE) / len(labels),
+            "precision": measure.precision, "recall": measure.recall,
+            "junk_rejected": 1 - kept.count(JUNK) / max(labels.count(JUNK), 1),
+            "false_rejected": 1 - kept.count(FALSE_PICK) / max(labels.count(FALSE_PICK), 1)}
+
+
+def truth_star(truth: SessionTruth, refined_data: Path, out: Path) -> int:
+    """The refined particles with their true angles and centres (estimated CTFs kept): what an ideal
+    alignment would give. Particles not on a planted real particle are left out; returns how many."""
+    blocks = read_star(refined_data)
+    table = blocks["particles"].reset_index(drop=True)
+    movies = {Path(m.movie_name).stem: m for m in truth.movies}
+    rows, origins, angles = [], [], []
+    for i, row in table.iterrows():
+        movie = movies[Path(row.rlnMicrographName).stem]
+        real = [p for p in movie.particles if not p.is_junk]
+        centres = np.array([[p.x_px, p.y_px] for p in real])
+        distance = np.hypot(centres[:, 0] - row.rlnCoordinateX, centres[:, 1] - row.rlnCoordinateY)
+        nearest = int(np.argmin(distance))
+        if distance[nearest] > 0.5 * real[nearest].diameter_a / movie.pixel_size_a:
+            continue
+        planted = real[nearest]
+        rows.append(i)
+        # Relion: the particle's centre in the micrograph is the box centre (the rounded coordinate) minus
+        # the origin, so origin = rounded pick - true centre (Å)
+        origins.append([(np.rint(row.rlnCoordinateX) - planted.x_px) * movie.pixel_size_a,
+                        (np.rint(row.rlnCoordinateY) - planted.y_px) * movie.pixel_size_a])
+        angles.append([planted.rot_deg, planted.tilt_deg, planted.psi_deg])
+    ideal = table.iloc[rows].copy()
+    ideal[["rlnOriginXAngst", "rlnOriginYAngst"]] = np.array(origins)
+    ideal[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]] = np.array(angles)
+    write_star(out, {"optics": blocks["optics"], "particles": ideal})
+    return len(ideal)
+
+
+def _note_commands(job: Path) -> list[str]:
+    return [line for line in (job / "note.txt").read_text().splitlines()
+            if line.strip() and not line.startswith(" ++++")]
+
+
+def replay_by_hand(relion: Path, refine_job: str, mask_job: str, post_job: str) -> tuple[float, float, float]:
+    """Run the jobs' own command lines in a shell, outputs redirected to Hand/<job>/; returns
+    (post-processed resolution Å, B Å², wall s)."""
+    commands = []
+    for job in (refine_job, mask_job, post_job):
+        for command in _note_commands(relion / job):
+            for other in (refine_job, mask_job, post_job):
+                command = re.sub(rf"(?<![\w/]){re.escape(other)}/", f"Hand/{other}/", command)
+            commands.append(command)
+    for job in (refine_job, mask_job, post_job):
+        (relion / "Hand" / job).mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    output = ""
+    for command in commands:
+        done = subprocess.run(["bash", "-c", command], cwd=relion, capture_output=True, text=True, check=True)
+        output = done.stdout
+    parsed = relion_postprocess.parse_stdout(output)
+    return parsed["final_resolution_a"], parsed["bfactor_a2"], time.monotonic() - started
+
+
+def _sharpening_b(postprocess_star: Path) -> float:
+    general = read_star(postprocess_star)["general"]
+    return float(np.asarray(general["rlnBfactorUsedForSharpening"]).ravel()[0])
+
+
+def measure(truth: SessionTruth, processing: Path, session_name: str) -> dict[str, float]:
+    """Class selection, the final map, the bound from true angles and the hand replay of its commands."""
+    relion = processing / "relion"
+    summary = results_store(None, str(processing)).session_summary(session_name)
+    post_job = "/".join(Path(summary.best_map_path).parent.parts[-2:])  # PostProcess/jobNNN
+    post_command = " ".join(_note_commands(relion / post_job))
+    refine_job = re.search(r"--i (Refine3D/job\d+)/", post_command).group(1)
+    mask_job = re.search(r"--mask (MaskCreate/job\d+)/", post_command).group(1)
+    refined = read_star(relion / refine_job / "run_data.star")
+    pixel_size_a = float(refined["optics"]["rlnImagePixelSize"].iloc[0])
+    n_ideal = truth_star(truth, relion / refine_job / "run_data.star", relion / "Ideal" / "truth.star")
+    reachable = reachable_resolution(relion, "Ideal/truth.star", f"{mask_job}/mask.mrc", pixel_size_a, "final",
+                                     bfactor_low_resolution_a=20.0)
+    hand_resolution_a, hand_bfactor_a2, hand_wall_s = replay_by_hand(relion, refine_job, mask_job, post_job)
+    return {**selection_figures(truth, relion), "refined": len(refined["particles"]),
+            "resolution_a": summary.best_resolution_a, "bfactor_a2": _sharpening_b(relion / post_job / "postprocess.star"),
+            "bfactor_fit_a2": summary.bfactor_a2, "hand_resolution_a": hand_resolution_a,
+            "hand_bfactor_a2": hand_bfactor_a2, "hand_wall_s": hand_wall_s, "reachable_a": reachable.resolution_a,
+            "ideal": n_ideal, "nyquist_a": 2 * pixel_size_a}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--movies", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=SIMULATION["seed"])
+    parser.add_argument("--dose-per-frame", type=float, default=SIMULATION["dose_per_frame_e_a2"],
+                        help="e/Å² per frame (the demo's movies have %(default)s)")
+    parser.add_argument("--junk-fraction", type=float, default=SIMULATION["junk_fraction"],
+                        help="share of the planted objects that are junk aggregates (demo: %(default)s)")
+    parser.add_argument("--keep", help="work in this folder and keep it (default: a temporary one)")
+    args = parser.parse_args(argv)
+    settings = SpaSimulationSettings(n_movies=args.movies, **{**SIMULATION, "seed": args.seed,
+                                                              "dose_per_frame_e_a2": args.dose_per_frame,
+                                                              "junk_fraction": args.junk_fraction})
+    with tempfile.TemporaryDirectory(prefix="bench_spa_session_") as tmp:
+        work = Path(args.keep or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        truth, processing, wall_s = run_session(work, settings)
+        m = measure(truth, processing, "bench")
+
+    print(f"### spa_live session, {args.movies} simulated movies (seed {args.seed}, "
+          f"{settings.n_frames} × {settings.dose_per_frame_e_a2:g} e/Å², {settings.junk_fraction:.0%} junk), demo recipe\n")
+    print("| extracted | real / junk / false picks | particle share | kept for 3D | precision | recall | "
+          "junk rejected | false picks rejected |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| {m['extracted']} | {m['real']} / {m['junk']} / {m['false_picks']} | {m['share']:.2f} | {m['kept']} | "
+          f"{m['precision']:.2f} | {m['recall']:.2f} | {m['junk_rejected']:.2f} | {m['false_rejected']:.2f} |\n")
+    print("| refined particles | spa_live post-processed Å | same commands by hand Å | reachable (true angles) Å | "
+          "Nyquist Å | spa_live B Å² | by hand B Å² | B-factor fit Å² | session wall s | hand replay wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {m['refined']} | {m['resolution_a']:.1f} | {m['hand_resolution_a']:.1f} | "
+          f"{m['reachable_a']:.1f} ({m['ideal']} on real particles) | {m['nyquist_a']:.1f} | "
+          f"{m['bfactor_a2']:.0f} | {m['hand_bfactor_a2']:.0f} | {m['bfactor_fit_a2']:.0f} | "
+          f"{wall_s:.0f} | {m['hand_wall_s']:.0f} |")
+    print(f"\nReproduce: .venv/bin/python benchmarks/bench_spa_session.py {shlex.join(argv or sys.argv[1:])}")
+
+
+if __name__ == "__main__":
+    main()
