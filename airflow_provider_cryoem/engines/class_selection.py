@@ -139,12 +139,8 @@ def _typical_intensity(features: Sequence[ClassFeatures]) -> float | None:
     weighted = sorted((f.intensity, f.particles) for f in features if f.particles > 0 and f.intensity > 0)
     if not weighted:
         return None
-    half, running = sum(n for _, n in weighted) / 2, 0
-    for intensity, n in weighted:
-        running += n
-        if running >= half:
-            return intensity
-    return weighted[-1][0]
+    cumulative = np.cumsum([n for _, n in weighted])
+    return weighted[int(np.searchsorted(cumulative, cumulative[-1] / 2))][0]
 
 
 def score_classes(averages: np.ndarray, particles: Sequence[int], particle_fractions: Sequence[float],
