@@ -80,7 +80,10 @@ def test_class_selection_keeps_the_real_particles_and_drops_most_junk(session):
                            selected.rlnCoordinateY)
     measure = selection_measure(labels, kept)
     share = labels.count(PARTICLE) / len(labels)
-    assert share < 0.9 and measure.precision > share + 0.5 * (1 - share)  # at least half the junk removed
+    # the session must hold junk to measure its removal: at 40 e⁻/Å² the picker leaves no false picks and
+    # 28 of the 492 extracted particles are aggregates (share 0.94; at 8 e⁻/Å² there were 71, share 0.86)
+    assert len(labels) - labels.count(PARTICLE) >= 20
+    assert measure.precision > share + 0.5 * (1 - share)  # at least half the junk removed
     assert measure.recall >= 0.9
 
 
