@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from .cli_commands.summary import format_summary
+from .devtools.dags_test import dags_test_env
 from .pipeline.stores import results_store
 from .simulate import GAIN_REFERENCE_NAME, SpaSimulationSettings
 from .simulate.session import run_live_session
@@ -38,15 +39,7 @@ SMALL_SESSION = {"downscaled_box_size_px": 40, "class2d_classes": 6, "class3d_cl
 def _airflow_env() -> dict[str, str]:
     home = OUTPUT / "airflow_home"
     home.mkdir(parents=True, exist_ok=True)
-    return {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "CRYOEM_DATA_ROOTS": str(OUTPUT),
-        "CRYOEM_RECIPES_DIR": str(REPO / "recipes" / "demo"),
-    }
+    return dags_test_env(home, CRYOEM_DATA_ROOTS=str(OUTPUT), CRYOEM_RECIPES_DIR=str(REPO / "recipes" / "demo"))
 
 
 def _airflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from airflow_provider_cryoem.devtools.dags_test import dags_test_env
+
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="cryoem-airflow-home-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
@@ -19,10 +21,6 @@ AIRFLOW = str(Path(sys.executable).parent / "airflow")
 @pytest.fixture(scope="session")
 def airflow_env(tmp_path_factory):
     """Environment for `airflow dags test` runs: SQLite metadata migrated once, the repo's dags folder."""
-    home = tmp_path_factory.mktemp("airflow_home")
-    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}"}
-    env.pop("CRYOEM_RESULTS_CONN_ID", None)
+    env = dags_test_env(tmp_path_factory.mktemp("airflow_home"))
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
     return env
