@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -31,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from airflow_provider_cryoem.demo import SIMULATION, SMALL_SESSION
+from airflow_provider_cryoem.devtools.dags_test import dags_test_env
 from airflow_provider_cryoem.downstream.reachable_fsc import reachable_resolution
 from airflow_provider_cryoem.io import read_star
 from airflow_provider_cryoem.io.star import write_star
@@ -47,6 +47,7 @@ from airflow_provider_cryoem.simulate.particle_labels import (
     JUNK,
     PARTICLE,
     label_particles,
+    planted_objects,
     selection_measure,
 )
 from airflow_provider_cryoem.tools import relion_postprocess
@@ -62,11 +63,7 @@ def run_session(work: Path, settings: SpaSimulationSettings) -> tuple[SessionTru
     (watch_dir / END_MARKER_NAME).write_text("")
     home = work / "airflow_home"
     home.mkdir()
-    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-           "CRYOEM_DATA_ROOTS": str(work), "CRYOEM_RECIPES_DIR": str(REPO / "recipes" / "demo")}
-    env.pop("CRYOEM_RESULTS_CONN_ID", None)
+    env = dags_test_env(home, CRYOEM_DATA_ROOTS=str(work), CRYOEM_RECIPES_DIR=str(REPO / "recipes" / "demo"))
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
     conf = {"session_name": "bench", "watch_dir": str(watch_dir), "pixel_size_a": settings.pixel_size_a,
             "particle_diameter_a": settings.particle_diameter_a, "dose_per_frame_e_a2": settings.dose_per_frame_e_a2,
@@ -101,26 +98,18 @@ def truth_star(truth: SessionTruth, refined_data: Path, out: Path) -> int:
     alignment would give. Particles not on a planted real particle are left out; returns how many."""
     blocks = read_star(refined_data)
     table = blocks["particles"].reset_index(drop=True)
-    movies = {Path(m.movie_name).stem: m for m in truth.movies}
-    rows, origins, angles = [], [], []
-    for i, row in table.iterrows():
-        movie = movies[Path(row.rlnMicrographName).stem]
-        real = [p for p in movie.particles if not p.is_junk]
-        centres = np.array([[p.x_px, p.y_px] for p in real])
-        distance = np.hypot(centres[:, 0] - row.rlnCoordinateX, centres[:, 1] - row.rlnCoordinateY)
-        nearest = int(np.argmin(distance))
-        if distance[nearest] > 0.5 * real[nearest].diameter_a / movie.pixel_size_a:
-            continue
-        planted = real[nearest]
-        rows.append(i)
-        # Relion: the particle's centre in the micrograph is the box centre (the rounded coordinate) minus
-        # the origin, so origin = rounded pick - true centre (Å)
-        origins.append([(np.rint(row.rlnCoordinateX) - planted.x_px) * movie.pixel_size_a,
-                        (np.rint(row.rlnCoordinateY) - planted.y_px) * movie.pixel_size_a])
-        angles.append([planted.rot_deg, planted.tilt_deg, planted.psi_deg])
-    ideal = table.iloc[rows].copy()
-    ideal[["rlnOriginXAngst", "rlnOriginYAngst"]] = np.array(origins)
-    ideal[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]] = np.array(angles)
+    pixel_size_a = {Path(m.movie_name).stem: m.pixel_size_a for m in truth.movies}
+    planted = planted_objects(truth, table.rlnMicrographName, table.rlnCoordinateX, table.rlnCoordinateY)
+    real = [i for i, p in enumerate(planted) if p is not None and not p.is_junk]
+    ideal = table.iloc[real].copy()
+    px = np.array([pixel_size_a[Path(name).stem] for name in ideal.rlnMicrographName])
+    # Relion: the particle's centre in the micrograph is the box centre (the rounded coordinate) minus
+    # the origin, so origin = rounded pick - true centre (Å)
+    ideal["rlnOriginXAngst"] = (np.rint(ideal.rlnCoordinateX) - [planted[i].x_px for i in real]) * px
+    ideal["rlnOriginYAngst"] = (np.rint(ideal.rlnCoordinateY) - [planted[i].y_px for i in real]) * px
+    ideal["rlnAngleRot"] = [planted[i].rot_deg for i in real]
+    ideal["rlnAngleTilt"] = [planted[i].tilt_deg for i in real]
+    ideal["rlnAnglePsi"] = [planted[i].psi_deg for i in real]
     write_star(out, {"optics": blocks["optics"], "particles": ideal})
     return len(ideal)
 

@@ -13,7 +13,7 @@ from pathlib import PurePath
 import numpy as np
 from pydantic import BaseModel
 
-from .truth import SessionTruth
+from .truth import ParticleTruth, SessionTruth
 
 PARTICLE, JUNK, FALSE_PICK = "particle", "junk", "false_pick"
 
@@ -28,25 +28,29 @@ class SelectionMeasure(BaseModel):
     junk_or_false_extracted: int
 
 
-def label_particles(truth: SessionTruth, micrograph_names: Iterable[str], x_px: Iterable[float],
-                    y_px: Iterable[float]) -> list[str]:
-    """PARTICLE, JUNK or FALSE_PICK for each (micrograph, x, y)."""
+def planted_objects(truth: SessionTruth, micrograph_names: Iterable[str], x_px: Iterable[float],
+                    y_px: Iterable[float]) -> list[ParticleTruth | None]:
+    """For each (micrograph, x, y): the nearest planted object of that movie within half its diameter, or
+    None (a false pick on ice or carbon)."""
     movies = {PurePath(m.movie_name).stem: m for m in truth.movies}
-    labels = []
+    found: list[ParticleTruth | None] = []
     for name, x, y in zip(micrograph_names, x_px, y_px):
         movie = movies.get(PurePath(name).stem)
         if movie is None or not movie.particles:
-            labels.append(FALSE_PICK)
+            found.append(None)
             continue
         centres = np.array([[p.x_px, p.y_px] for p in movie.particles])
         distance = np.hypot(centres[:, 0] - x, centres[:, 1] - y)
-        nearest = int(np.argmin(distance))
-        radius_px = 0.5 * movie.particles[nearest].diameter_a / movie.pixel_size_a
-        if distance[nearest] > radius_px:
-            labels.append(FALSE_PICK)
-        else:
-            labels.append(JUNK if movie.particles[nearest].is_junk else PARTICLE)
-    return labels
+        nearest = movie.particles[int(np.argmin(distance))]
+        found.append(nearest if distance.min() <= 0.5 * nearest.diameter_a / movie.pixel_size_a else None)
+    return found
+
+
+def label_particles(truth: SessionTruth, micrograph_names: Iterable[str], x_px: Iterable[float],
+                    y_px: Iterable[float]) -> list[str]:
+    """PARTICLE, JUNK or FALSE_PICK for each (micrograph, x, y)."""
+    return [FALSE_PICK if planted is None else JUNK if planted.is_junk else PARTICLE
+            for planted in planted_objects(truth, micrograph_names, x_px, y_px)]
 
 
 def selection_measure(extracted_labels: list[str], kept_labels: list[str]) -> SelectionMeasure:
