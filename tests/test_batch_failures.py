@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_cryoem.config import SessionConfig
+from airflow_provider_cryoem.downstream.class3d import Class3DResult
+from airflow_provider_cryoem.downstream.refine3d import Refine3DResult
 from airflow_provider_cryoem.downstream.synthetic_particles import (
     SyntheticParticleSettings,
     make_particle_set,
 )
-from airflow_provider_cryoem.downstream.class3d import Class3DResult
-from airflow_provider_cryoem.downstream.refine3d import Refine3DResult
 from airflow_provider_cryoem.pipeline.map_stages import bfactor_series
 from airflow_provider_cryoem.pipeline.particle_stages import classify_batch, select_good_classes
 from airflow_provider_cryoem.pipeline.stores import results_store
@@ -28,20 +28,25 @@ PARTICLES = SyntheticParticleSettings(n_particles=60, junk_fraction=0.0, box_px=
 
 
 @pytest.fixture
-def broken_batch(tmp_path: Path) -> dict:
-    """A batch whose particle images were lost: Relion cannot read them."""
+def session_item(tmp_path: Path) -> dict:
+    """The session keys a particle-batch step carries, for a session with one processing job."""
     processing = tmp_path / "processing"
-    relion = processing / "relion"
-    planted = make_particle_set(relion, PARTICLES)
-    for stack in relion.rglob("*.mrcs"):
-        stack.write_bytes(b"not an MRC stack")
     store = results_store(None, str(processing))
     session_id = store.get_or_create_session("broken", str(tmp_path / "raw"), str(processing))
     job_id = store.start_processing_job(session_id, "spa_live", "preprocessing", False, "run_1")
     return {"session_id": session_id, "session_name": "broken", "processing_job_id": job_id,
-            "watch_dir": str(tmp_path / "raw"), "processing_path": str(processing), "relion_dir": str(relion),
-            "relion_dialect": "relion5", "results_conn_id": None,
-            "batch": {"star_path": planted.particles_star, "number": 3}}
+            "watch_dir": str(tmp_path / "raw"), "processing_path": str(processing),
+            "relion_dir": str(processing / "relion"), "relion_dialect": "relion5", "results_conn_id": None}
+
+
+@pytest.fixture
+def broken_batch(session_item: dict) -> dict:
+    """A batch whose particle images were lost: Relion cannot read them."""
+    relion = Path(session_item["relion_dir"])
+    planted = make_particle_set(relion, PARTICLES)
+    for stack in relion.rglob("*.mrcs"):
+        stack.write_bytes(b"not an MRC stack")
+    return {**session_item, "batch": {"star_path": planted.particles_star, "number": 3}}
 
 
 def test_failed_class2d_is_recorded_with_the_relion_error_and_later_steps_skip_it(broken_batch):
@@ -61,7 +66,7 @@ def test_failed_class2d_is_recorded_with_the_relion_error_and_later_steps_skip_i
     assert not summary.ended and summary.stages["class2d"].succeeded == 0
 
 
-def test_a_refinement_no_finer_than_its_starting_lowpass_gets_no_bfactor_series(broken_batch):
+def test_a_refinement_no_finer_than_its_starting_lowpass_gets_no_bfactor_series(session_item):
     config = SessionConfig(pixel_size_a=1.0, particle_diameter_a=128.0, downscaled_box_size_px=40)
     class3d = Class3DResult(batch_number=2000, particles_per_batch=2000, classes_per_batch=1, symmetry="C1",
                             binned_pixel_size_a=4.0, job_dir="Class3D/job010", particles_star="Select/job009/p.star",
@@ -74,7 +79,7 @@ def test_a_refinement_no_finer_than_its_starting_lowpass_gets_no_bfactor_series(
                              number_of_particles=2000, symmetry="C1", refine_resolution_a=41.0, resolution_a=38.0,
                              bfactor_a2=None, map="PostProcess/job014/postprocess.mrc",
                              mask="MaskCreate/job013/mask.mrc", duration_s=1.0)
-    item = {**broken_batch, "class3d": class3d.model_dump(), "refine3d": refined.model_dump()}
+    item = {**session_item, "class3d": class3d.model_dump(), "refine3d": refined.model_dump()}
     outcome = bfactor_series(config, BFactorParams(), Refine3DParams(initial_lowpass_a=30.0), "local", item)
     assert "Refine3D/job012: the refinement ended at 38.0 Å, no finer than its 30 Å" in outcome["bfactor"]["skipped"]
-    assert not (Path(broken_batch["relion_dir"]) / "Refine3D").exists()  # nothing was refined
+    assert not (Path(session_item["relion_dir"]) / "Refine3D").exists()  # nothing was refined
