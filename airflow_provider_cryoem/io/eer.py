@@ -18,6 +18,7 @@ from ._atomic import atomic_path
 from ._paths import check_frame_range, require_file
 from ._tiff_pages import open_tiff_pages
 from .errors import ImageFileError
+from .memory_budget import check_decoded_size, memory_error_as_file_error
 
 EER_SUFFIXES = (".eer",)
 EER_COMPRESSIONS = (65000, 65001, 65002)
@@ -62,14 +63,18 @@ def read_eer(path: str | Path, frame_range: tuple[int, int] | None = None, eer_g
         frames = _event_pages(path, pages)
         ny, nx = frames[0].shape[:2]
         start, stop = check_frame_range(path, frame_range, _n_fractions(path, len(frames), eer_grouping))
-        fractions = np.zeros((stop - start, ny, nx), dtype=np.uint16)
-        for fraction_index in range(start, stop):
-            for eer_index in range(fraction_index * eer_grouping, (fraction_index + 1) * eer_grouping):
-                try:
-                    events = frames[eer_index].asarray()
-                except (tifffile.TiffFileError, ValueError, RuntimeError) as exc:
-                    raise ImageFileError(path, f"cannot decode EER frame {eer_index} ({exc})") from None
-                fractions[fraction_index - start] += events.reshape(ny, nx)
+        # the fractions and one decoded EER frame (uint8 or less, counted here as uint16) are held at once
+        check_decoded_size(path, (stop - start + 1, ny, nx), np.uint16,
+                           f"EER fractions [{start}, {stop}) and one decoded frame")
+        with memory_error_as_file_error(path, f"EER fractions [{start}, {stop})"):
+            fractions = np.zeros((stop - start, ny, nx), dtype=np.uint16)
+            for fraction_index in range(start, stop):
+                for eer_index in range(fraction_index * eer_grouping, (fraction_index + 1) * eer_grouping):
+                    try:
+                        events = frames[eer_index].asarray()
+                    except (tifffile.TiffFileError, ValueError, RuntimeError) as exc:
+                        raise ImageFileError(path, f"cannot decode EER frame {eer_index} ({exc})") from None
+                    fractions[fraction_index - start] += events.reshape(ny, nx)
     return fractions
 
 

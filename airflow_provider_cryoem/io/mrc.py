@@ -1,6 +1,7 @@
 """MRC stacks and images over mrcfile: memory-mapped reads, writes with the pixel size in the header."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import mrcfile
@@ -9,6 +10,7 @@ import numpy as np
 from ._atomic import atomic_path
 from ._paths import require_file
 from .errors import ImageFileError
+from .memory_budget import check_decoded_size, memory_error_as_file_error
 
 MRC_SUFFIXES = (".mrc", ".mrcs", ".st", ".map")
 
@@ -16,12 +18,16 @@ MRC_SUFFIXES = (".mrc", ".mrcs", ".st", ".map")
 def read_mrc(path: str | Path, mmap: bool = True) -> np.ndarray:
     """Return the data of an MRC file (a read-only memory map when `mmap`), raising ImageFileError if malformed.
 
-    The memory map stays valid after the file is closed, so callers can slice frames lazily.
+    The memory map stays valid after the file is closed, so callers can slice frames lazily. Without `mmap`
+    the header's shape is checked against the file size and the memory budget before the data are read.
     """
     path = require_file(path)
+    if not mmap:
+        shape, dtype = _checked_header(path)
+        check_decoded_size(path, shape, dtype, "MRC data")
     opener = mrcfile.mmap if mmap else mrcfile.open
     try:
-        with opener(path, mode="r", permissive=False) as mrc:
+        with memory_error_as_file_error(path, "MRC data"), opener(path, mode="r", permissive=False) as mrc:
             data = mrc.data
     except (ValueError, OSError) as exc:
         raise ImageFileError(path, f"malformed or truncated MRC file ({exc})") from None
@@ -30,9 +36,8 @@ def read_mrc(path: str | Path, mmap: bool = True) -> np.ndarray:
     return data
 
 
-def read_mrc_shape(path: str | Path) -> tuple[int, ...]:
-    """Data shape `(nz, ny, nx)` (or `(ny, nx)` for a single image) from the header alone, checked against the size."""
-    path = require_file(path)
+def _checked_header(path: Path) -> tuple[tuple[int, int, int], np.dtype]:
+    """Header shape `(nz, ny, nx)` and data dtype, after checking the file holds all the data they declare."""
     try:
         with mrcfile.open(path, mode="r", header_only=True, permissive=False) as mrc:
             header = mrc.header
@@ -41,10 +46,16 @@ def read_mrc_shape(path: str | Path) -> tuple[int, ...]:
             dtype = mrcfile.utils.data_dtype_from_header(header)
     except (ValueError, OSError) as exc:
         raise ImageFileError(path, f"malformed MRC header ({exc})") from None
-    expected_bytes = data_start + int(np.prod(shape)) * dtype.itemsize
+    expected_bytes = data_start + math.prod(shape) * dtype.itemsize
     if path.stat().st_size < expected_bytes:
         raise ImageFileError(path, f"truncated MRC file: header declares {shape} {dtype} = {expected_bytes} bytes, "
                                    f"file has {path.stat().st_size}")
+    return shape, dtype
+
+
+def read_mrc_shape(path: str | Path) -> tuple[int, ...]:
+    """Data shape `(nz, ny, nx)` (or `(ny, nx)` for a single image) from the header alone, checked against the size."""
+    shape, _ = _checked_header(require_file(path))
     return shape if shape[0] > 1 else shape[1:]
 
 

@@ -10,6 +10,7 @@ from ._atomic import atomic_path
 from ._paths import check_frame_range, require_file
 from ._tiff_pages import open_tiff_pages
 from .errors import ImageFileError
+from .memory_budget import check_decoded_size, memory_error_as_file_error
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -35,13 +36,18 @@ def tiff_shape(path: str | Path) -> tuple[int, int, int]:
 
 
 def read_tiff(path: str | Path, frame_range: tuple[int, int] | None = None) -> np.ndarray:
-    """Frames `[start, stop)` (all by default) as (n_frames, ny, nx); only the pages asked for are decoded."""
+    """Frames `[start, stop)` (all by default) as (n_frames, ny, nx); only the pages asked for are decoded.
+
+    Their decoded size is checked against the memory budget first: a tiny compressed file can declare huge frames.
+    """
     path = require_file(path)
     with open_tiff_pages(path, "TIFF file") as (tif, pages):
         ny, nx = _frame_shape(path, pages)
         start, stop = check_frame_range(path, frame_range, len(pages))
+        check_decoded_size(path, (stop - start, ny, nx), pages[0].dtype, f"TIFF frames [{start}, {stop})")
         try:
-            frames = tif.asarray(key=range(start, stop))
+            with memory_error_as_file_error(path, f"TIFF frames [{start}, {stop})"):
+                frames = tif.asarray(key=range(start, stop))
         except (tifffile.TiffFileError, ValueError, RuntimeError) as exc:
             raise ImageFileError(path, f"cannot decode TIFF frames [{start}, {stop}) ({exc})") from None
     return frames.reshape(stop - start, ny, nx)
