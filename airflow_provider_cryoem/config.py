@@ -17,8 +17,11 @@ from pydantic import (
     Field,
     ValidationError,
     computed_field,
+    field_validator,
     model_validator,
 )
+
+from .ingest import file_name_problem, glob_problem, name_problem
 
 MICROSCOPE = "Microscope"
 ACQUISITION = "Acquisition"
@@ -26,6 +29,11 @@ SPA = "Single particle analysis"
 TOMOGRAPHY = "Tomography"
 PATHS = "Paths"
 SESSION = "Session"
+
+# Conf fields naming files or folders: each must lie under CRYOEM_DATA_ROOTS (checked when a session opens).
+PATH_FIELDS = ("watch_dir", "processing_dir", "gain_reference_path", "defect_file_path", "initial_model_path")
+# Of those, the files that must exist when the session opens (a missing one would fail every movie).
+INPUT_FILE_FIELDS = ("gain_reference_path", "defect_file_path", "initial_model_path")
 
 # Relion/cryoem-services candidate sizes for the downscaled particle box.
 _SMALL_BOX_CANDIDATES_PX = (64, 96, 128, 160, 192, 256, 288, 300, 320, 360, 384, 400, 420, 450, 480, 512,
@@ -64,13 +72,13 @@ class SessionConfig(BaseModel):
     frame_count: int | None = _field(None, "Frames per movie; read from the movie when not given.", ACQUISITION,
                                      ge=1, le=10_000)
     gain_reference_path: str | None = _field(None, "Gain reference (MRC) multiplied into every frame.",
-                                             ACQUISITION)
+                                             ACQUISITION, max_length=4096)
     gain_rotation: Literal[0, 1, 2, 3] = _field(0, "Rotate the gain reference by this many 90° turns "
                                                    "counter-clockwise (MotionCor2 -RotGain).", ACQUISITION)
     gain_flip: Literal[0, 1, 2] = _field(0, "Flip the gain after rotating: 0 none, 1 upside down, 2 left-right "
                                             "(MotionCor2 -FlipGain).", ACQUISITION)
     defect_file_path: str | None = _field(None, "Defect map (MRC, non-zero = bad pixel) or defect list text file.",
-                                          ACQUISITION)
+                                          ACQUISITION, max_length=4096)
     eer_grouping: int = _field(20, "EER frames summed into one fraction.", ACQUISITION, ge=1, le=1000)
     movie_glob: str = _field("*.tiff", "Glob of movie files inside the watched folder (e.g. '*.tiff', '*.mrc').",
                              ACQUISITION, min_length=1, max_length=255)
@@ -110,6 +118,30 @@ class SessionConfig(BaseModel):
                             PATHS, max_length=4096)
     processing_dir: str = _field("", "Folder for the Relion project and results; default "
                                      "<watch_dir>/../processing.", PATHS, max_length=4096)
+
+    @field_validator("movie_glob")
+    @classmethod
+    def _glob_inside_folder(cls, value: str) -> str:
+        problem = glob_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("end_marker")
+    @classmethod
+    def _marker_is_a_file_name(cls, value: str) -> str:
+        problem = file_name_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator(*PATH_FIELDS)
+    @classmethod
+    def _path_without_whitespace(cls, value: str | None) -> str | None:
+        if value and (any(ch.isspace() for ch in value) or name_problem(value) is not None):
+            raise ValueError("must not contain whitespace or control characters (STAR files and program "
+                             "command lines cannot hold them)")
+        return value
 
     @model_validator(mode="after")
     def _box_fits_particle(self) -> "SessionConfig":
@@ -213,3 +245,27 @@ def check_under_roots(path: str | Path, field: str, roots: list[Path] | None = N
         raise ConfigError(f"{field}: {resolved} is outside the allowed data roots "
                           f"{[str(r) for r in roots]} (set CRYOEM_DATA_ROOTS)")
     return resolved
+
+
+def check_input_files(config: SessionConfig, roots: list[Path] | None = None) -> SessionConfig:
+    """The config with its gain, defect and initial-model paths resolved, each checked to lie under the
+    data roots and to be a readable file now, so a wrong path fails the session at once by its field
+    name instead of failing every movie (or the 3D stage hours later)."""
+    resolved: dict[str, str] = {}
+    for field in INPUT_FILE_FIELDS:
+        value = getattr(config, field)
+        if not value:
+            continue
+        path = check_under_roots(value, field, roots)
+        if not path.is_file():
+            raise ConfigError(f"{field}: {path} is not an existing file")
+        if not os.access(path, os.R_OK):
+            raise ConfigError(f"{field}: {path} cannot be read by the worker")
+        resolved[field] = str(path)
+    return config.model_copy(update=resolved)
+
+
+def stage_config(params: dict[str, Any]) -> SessionConfig:
+    """The session config a stage runs with: validated, its input files re-checked and resolved (a stage
+    never reads a path the session's opening did not accept, even if a link changed since)."""
+    return check_input_files(parse_session_config(dict(params)))

@@ -35,9 +35,13 @@ def test_metadata_sidecar_marks_a_fresh_movie_complete(tmp_path):
     assert [m.relative_path for m in scan.complete] == ["b.tiff"]
 
 
-def test_empty_file_is_never_complete(tmp_path):
+def test_empty_file_is_complete_once_settled_so_it_fails_by_name_instead_of_holding_the_session(tmp_path):
     _movie(tmp_path / "empty.tiff", size=0, age_s=100)
-    assert scan_folder(tmp_path, "*.tiff", "END", 2.0).incomplete[0].relative_path == "empty.tiff"
+    _movie(tmp_path / "new_empty.tiff", size=0, age_s=0)
+    (tmp_path / "new_empty.xml").write_text("<MicroscopeImage/>")  # a sidecar never completes an empty file
+    scan = scan_folder(tmp_path, "*.tiff", "END", 2.0)
+    assert [m.relative_path for m in scan.complete] == ["empty.tiff"]
+    assert [m.relative_path for m in scan.incomplete] == ["new_empty.tiff"]
 
 
 def test_movies_in_subfolders_are_found_with_relative_paths(tmp_path):

@@ -23,6 +23,8 @@ from airflow_provider_cryoem.results import (
     sqlite_engine,
 )
 
+from airflow_provider_cryoem.results.migrations import LATEST_VERSION
+
 from ._pg import fresh_database, pg_url  # noqa: F401  (pg_url is a fixture)
 
 N_WORKERS = 8
@@ -93,7 +95,8 @@ def run_together(n_workers: int, work: Callable[[int], Any]) -> list[Any]:
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_ensure_schema_run_by_many_processes_at_once_creates_the_schema_once(backend: str, tmp_path: Path):
+def test_ensure_schema_run_by_many_processes_at_once_creates_the_schema_once(backend: str, tmp_path: Path,
+                                                                           request: pytest.FixtureRequest):
     def migrate_all(url: str) -> list[int]:
         engines = [engine_from_url(url) for _ in range(N_WORKERS)]  # one engine each, as separate processes
         try:
@@ -103,16 +106,16 @@ def test_ensure_schema_run_by_many_processes_at_once_creates_the_schema_once(bac
                 engine.dispose()
 
     def check(url: str) -> None:
-        assert migrate_all(url) == [1] * N_WORKERS
+        assert migrate_all(url) == [LATEST_VERSION] * N_WORKERS
         store = ResultsStore(engine_from_url(url))
-        assert store.ensure_schema() == 1
-        assert count_rows(store, schema.schema_version) == 1
+        assert store.ensure_schema() == LATEST_VERSION
+        assert count_rows(store, schema.schema_version) == LATEST_VERSION
         with store.engine.connect() as connection:
             assert set(inspect(connection).get_table_names()) == set(schema.metadata.tables)
         store.engine.dispose()
 
     if backend == "postgresql":
-        with fresh_database() as url:
+        with fresh_database(admin_url=request.getfixturevalue("pg_admin_url")) as url:
             check(url)
     else:
         check(f"sqlite:///{tmp_path / 'fresh.sqlite'}")

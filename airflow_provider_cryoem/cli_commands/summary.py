@@ -23,7 +23,8 @@ URL_ENV = "CRYOEM_RESULTS_URL"
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("summary", help="Summarise a session from the results database.",
                                    description=__doc__)
-    parser.add_argument("session", help="session name")
+    parser.add_argument("session", help="session name (or its id, with --id)")
+    parser.add_argument("--id", action="store_true", help="SESSION is the session id (when names are reused)")
     parser.add_argument("--db", default=os.environ.get(URL_ENV),
                         help=f"database URL, postgresql://user@host/db or sqlite:///path (default ${URL_ENV}; "
                              "else the demo SQLite file, see --processing-dir)")
@@ -38,12 +39,18 @@ def run(args: argparse.Namespace) -> int:
         store = ResultsStore(engine_from_url(url))
         if store.schema_version() == 0:
             raise ResultsError(f"{store.label} holds no results tables")
-        summary = store.session_summary(args.session)
+        summary = store.session_summary(_session_id(args.session) if args.id else args.session)
     except (ResultsError, ValueError, ArgumentError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary.model_dump(mode="json")) if args.json else format_summary(summary))
     return 0
+
+
+def _session_id(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"--id: session id must be a whole number, got {text!r}")
+    return int(text)
 
 
 def _existing_demo_database(processing_dir: str | None) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 
-from ..config import parse_session_config
+from ..config import stage_config
 from ..recipes.stages import STAGES
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class CryoemStageOperator(BaseOperator):
 
         names = [item["movie"] for item in self.movies]
         context["movie_label"] = names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1})"
-        config = parse_session_config(dict(context["params"]))
+        config = stage_config(context["params"])
         params = STAGES[self.stage].params_model.model_validate(self.stage_params)
         outcomes = process_batch(self.stage, self.tool, self.runs_on, self.movies, config, params,
                                  self._upstream_results(context), context["run_id"])

@@ -20,8 +20,9 @@ class ToolChoiceError(RuntimeError):
 def _scratch(ctx: MovieContext, job_kind: str) -> Path:
     """A private output folder per movie inside the Relion job, so a program's own bookkeeping files
     (its run.out, its one-movie STAR files) never overwrite the job's aggregated ones."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(ctx.item["movie"]).stem)
-    return ctx.project.job(job_kind).path / "runs" / stem
+    movie = Path(ctx.item["movie"])
+    folder = Path(*(re.sub(r"[^A-Za-z0-9_.-]+", "_", part) for part in movie.parent.parts))
+    return ctx.project.job(job_kind).path / "runs" / folder / re.sub(r"[^A-Za-z0-9_.-]+", "_", movie.stem)
 
 
 def _movies_link(ctx: MovieContext) -> str:

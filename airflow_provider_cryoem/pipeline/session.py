@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import check_under_roots, parse_session_config
+from ..config import ConfigError, SessionConfig, check_input_files, check_under_roots, parse_session_config
 from ..downstream.class_selection import SELECT_ALIAS
 from ..downstream.particle_batches import BATCH_ALIAS
-from ..ingest import scan_folder, split_into_batches
+from ..ingest import split_into_batches
 from ..relion_project import SPA_PREPROCESSING, OpticsGroup, RelionJob, RelionProject
 from .stores import relion_project, results_store
-from .watch import WatchSettings
+from .watch import WatchSettings, report_rejected, scan_session_folder
 
 RESULTS_CONN_ENV = "CRYOEM_RESULTS_CONN_ID"
 # A reprocess run of date D takes every session folder named D_<anything> (D as YYYYMMDD).
@@ -30,9 +30,8 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def _open_one(config_params: dict[str, Any], watch_dir: Path, processing: Path, recipe_name: str, run_id: str,
+def _open_one(config: SessionConfig, watch_dir: Path, processing: Path, recipe_name: str, run_id: str,
               reprocess: bool, stable_for_s: float, relion_dialect: str) -> dict[str, Any]:
-    config = parse_session_config({**config_params, "watch_dir": str(watch_dir), "processing_dir": str(processing)})
     processing.mkdir(parents=True, exist_ok=True)
     conn_id = results_conn_id()
     store = results_store(conn_id, str(processing))
@@ -42,37 +41,56 @@ def _open_one(config_params: dict[str, Any], watch_dir: Path, processing: Path, 
     watch = WatchSettings(session_id=session_id, watch_dir=str(watch_dir), movie_glob=config.movie_glob,
                           end_marker=config.end_marker, stable_for_s=stable_for_s,
                           idle_timeout_s=config.idle_timeout_s, max_movies=config.max_movies,
-                          results_conn_id=conn_id, processing_path=str(processing), opened_at_s=time.time())
+                          results_conn_id=conn_id, processing_path=str(processing), opened_at_s=time.time(),
+                          processing_job_id=job_id)
     return {"session_id": session_id, "session_name": config.session_name, "processing_job_id": job_id,
             "watch_dir": str(watch_dir), "processing_path": str(processing), "relion_dir": str(relion_dir),
             "relion_dialect": relion_dialect,
             "results_conn_id": conn_id, "watch": watch.model_dump()}
 
 
+def _session_folders(config: SessionConfig, reprocess: bool, logical_date: dt.datetime | None,
+                     sessions_root: str | None) -> list[tuple[Path, Path]]:
+    """(watched folder, processing folder) of each session the run opens, resolved and under the roots.
+
+    A dated reprocess takes every `<YYYYMMDD>_*` folder of its date, each with a processing folder of its
+    own (inside it, or `<processing_dir>/<folder name>`), so same-named movies of two folders never meet.
+    """
+    if config.watch_dir or not reprocess:
+        folder = check_under_roots(config.watch_dir, "watch_dir")
+        if not folder.is_dir():
+            raise ConfigError(f"watch_dir: {folder} is not an existing folder")
+        default = folder / "processing" if reprocess else folder.parent / "processing"
+        processing = Path(config.processing_dir) if config.processing_dir else default
+        return [(folder, check_under_roots(processing, "processing_dir"))]
+    if not sessions_root or logical_date is None:
+        raise ConfigError("watch_dir: must be set when the recipe has no sessions_root")
+    root = check_under_roots(sessions_root, "sessions_root")
+    pairs = []
+    for candidate in sorted(root.glob(_DATED_SESSION.format(date=logical_date))):
+        folder = check_under_roots(candidate, "sessions_root")  # a link may lead anywhere
+        if not folder.is_dir():
+            continue
+        processing = Path(config.processing_dir) / folder.name if config.processing_dir else folder / "processing"
+        pairs.append((folder, check_under_roots(processing, "processing_dir")))
+    return pairs
+
+
 def open_session(params: dict[str, Any], recipe_name: str, run_id: str, reprocess: bool,
                  logical_date: dt.datetime | None, sessions_root: str | None,
                  stable_for_s: float = 2.0, relion_dialect: str = "relion5") -> dict[str, Any]:
-    """Validate the conf (ConfigError names the field), check paths, register the session(s).
+    """Validate the conf, check every path it names, register the session(s); ConfigError names the field.
 
     A live run has one session, its `watch_dir`. A reprocess run takes `watch_dir` when given, else
-    every dated session folder of its logical date under the recipe's `sessions_root`.
+    every dated session folder of its logical date under the recipe's `sessions_root`. A session is its
+    name and its (resolved) watched folder, so folders that share a name stay apart.
     """
-    config = parse_session_config(dict(params))
-    if config.watch_dir or not reprocess:
-        folders = [check_under_roots(config.watch_dir, "watch_dir")]
-    else:
-        if not sessions_root or logical_date is None:
-            raise ValueError("watch_dir: must be set when the recipe has no sessions_root")
-        root = check_under_roots(sessions_root, "sessions_root")
-        folders = sorted(p for p in root.glob(_DATED_SESSION.format(date=logical_date)) if p.is_dir())
+    config = check_input_files(parse_session_config(dict(params)))
     sessions = []
-    for folder in folders:
-        processing = Path(config.processing_path) if config.processing_dir else folder.parent / "processing"
-        if reprocess and not config.processing_dir:
-            processing = folder / "processing"
-        check_under_roots(processing, "processing_dir")
-        sessions.append(_open_one(params, folder, processing, recipe_name, run_id, reprocess, stable_for_s,
-                                  relion_dialect))
+    for folder, processing in _session_folders(config, reprocess, logical_date, sessions_root):
+        folder_config = config.model_copy(update={"watch_dir": str(folder), "processing_dir": str(processing)})
+        sessions.append(_open_one(folder_config, folder, processing, recipe_name, run_id, reprocess,
+                                  stable_for_s, relion_dialect))
     return {"sessions": sessions, "run_id": run_id}
 
 
@@ -91,7 +109,9 @@ def reprocess_movies(opened: dict[str, Any]) -> dict[str, Any]:
     movies = []
     for index, session in enumerate(opened["sessions"]):
         watch = WatchSettings.model_validate(session["watch"])
-        scan = scan_folder(watch.watch_dir, watch.movie_glob, watch.end_marker, stable_for_s=0.0)
+        scan = scan_session_folder(watch, stable_for_s=0.0)
+        report_rejected(watch, results_store(watch.results_conn_id, watch.processing_path), scan.rejected,
+                        opened["run_id"])
         movies += [{"session": index, "movie": m.relative_path} for m in scan.complete]
     return {"movies": movies, "session_over": True, "reason": "reprocessing a finished session"}
 
@@ -140,7 +160,7 @@ def close_batch(params: dict[str, Any], opened: dict[str, Any] | None,
                                      session["relion_dialect"])
             for job in _live_jobs(project):
                 project.finish_job(job, success=True)
-        summaries[session["session_name"]] = store.session_summary(session["session_name"]).model_dump(mode="json")
+        summaries[session["watch_dir"]] = store.session_summary(session["session_id"]).model_dump(mode="json")
     if found is None:
         return {"session_over": False, "reason": "waiting for movies failed", "summaries": summaries}
     return {"session_over": found["session_over"], "reason": found["reason"], "summaries": summaries}

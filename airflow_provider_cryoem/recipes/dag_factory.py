@@ -107,11 +107,11 @@ def _particle_stage(name: str, spec: StageSpec, recipe: Recipe, session: Any, fo
         @task(task_id=name, trigger_rule=TriggerRule.NONE_FAILED, **retry)
         def select_particles_task(opened: dict[str, Any], found_movies: dict[str, Any],
                                   extracted: list[list[dict[str, Any]]], **context: Any) -> list[dict[str, Any]]:
-            from ..config import parse_session_config
+            from ..config import stage_config
             from ..pipeline.particle_stages import select_particles
 
             outcomes = [outcome for batch in extracted or [] for outcome in batch]
-            return select_particles(parse_session_config(dict(context["params"])), opened, found_movies, outcomes)
+            return select_particles(stage_config(context["params"]), opened, found_movies, outcomes)
 
         return select_particles_task(session, found, upstream.output)
     if name == "class3d":
@@ -119,22 +119,22 @@ def _particle_stage(name: str, spec: StageSpec, recipe: Recipe, session: Any, fo
         @task(task_id=name, trigger_rule=TriggerRule.NONE_FAILED, **retry)
         def class3d_task(opened: dict[str, Any], found_movies: dict[str, Any], _selected: Any,
                          **context: Any) -> list[dict[str, Any]]:
-            from ..config import parse_session_config
+            from ..config import stage_config
             from ..pipeline.map_stages import classify_3d
             from ..recipes.stages import Class3DParams
 
-            return classify_3d(parse_session_config(dict(context["params"])), Class3DParams.model_validate(spec.params),
+            return classify_3d(stage_config(context["params"]), Class3DParams.model_validate(spec.params),
                                runs_on, opened, found_movies, context["run_id"])
 
         return class3d_task(session, found, upstream)
 
     @task(task_id=name, map_index_template=_BATCH_LABEL, **retry)
     def batch_stage_task(item: dict[str, Any], **context: Any) -> dict[str, Any]:
-        from ..config import parse_session_config
+        from ..config import stage_config
         from ..pipeline import map_stages, particle_stages
         from ..recipes import stages
 
-        config = parse_session_config(dict(context["params"]))
+        config = stage_config(context["params"])
         if "batch" in item:
             get_current_context()["batch_label"] = f"batch {item['batch']['number']}"
         elif "class3d" in item:

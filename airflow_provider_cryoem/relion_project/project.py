@@ -79,7 +79,7 @@ class RelionJob:
         """
         source = Path(source)
         relative = source.relative_to(source_root) if source_root is not None else Path(source.name)
-        stem = relative.name.split(".")[0]
+        stem = relative.stem  # only the file type goes: `movie.0001.tif` and `movie.0002.tif` stay apart
         return self.path / "Movies" / relative.parent / f"{stem}{suffix}"
 
     def output_node_name(self) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import Connection, func, inspect, select, text
+from sqlalchemy import Column, Connection, DateTime, Integer, MetaData, String, Table, Text, func, inspect, select, text
 
 from . import schema
 from .errors import ResultsError
@@ -30,13 +30,55 @@ class Migration:
     apply: Callable[[Connection], None]
 
 
+# The session table as version 1 made it: sessions were their name alone.
+_SESSION_V1 = Table(
+    "session", MetaData(),
+    Column("session_id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(255), nullable=False, unique=True),
+    Column("image_directory", schema.PATH, nullable=False),
+    Column("processing_directory", schema.PATH, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("end_time", DateTime(timezone=True)),
+    Column("end_reason", Text),
+)
+
+
 def _create_v1_tables(connection: Connection) -> None:
-    tables = [t for t in schema.metadata.sorted_tables if t is not schema.schema_version]
+    _SESSION_V1.create(connection)
+    tables = [t for t in schema.metadata.sorted_tables if t not in (schema.schema_version, schema.session)]
     schema.metadata.create_all(connection, tables=tables)
+
+
+def _session_identity(connection: Connection) -> None:
+    """A session is (name, watched folder): add `session_key`, drop the uniqueness of `name`."""
+    rows = connection.execute(select(_SESSION_V1)).mappings().all()
+    keyed = [{**row, "session_key": schema.session_key(row["name"], row["image_directory"])} for row in rows]
+    if connection.dialect.name == "sqlite":
+        # SQLite cannot drop a constraint: rebuild the table (the store turns foreign keys off around
+        # migrations, so dropping the old table cascades nowhere), then check the children still match.
+        staging = schema.session.to_metadata(MetaData(), name="session_v2")
+        staging.create(connection)
+        if keyed:
+            connection.execute(staging.insert(), keyed)
+        connection.execute(text("DROP TABLE session"))
+        connection.execute(text("ALTER TABLE session_v2 RENAME TO session"))
+        if connection.execute(text("PRAGMA foreign_key_check")).first() is not None:
+            raise ResultsError("results database: rows point at missing sessions after migration 2")
+        return
+    connection.execute(text("ALTER TABLE session ADD COLUMN session_key VARCHAR(64)"))
+    for row in keyed:
+        connection.execute(schema.session.update().where(schema.session.c.session_id == row["session_id"])
+                           .values(session_key=row["session_key"]))
+    for constraint in inspect(connection).get_unique_constraints("session"):
+        if constraint["column_names"] == ["name"]:
+            connection.execute(text(f'ALTER TABLE session DROP CONSTRAINT "{constraint["name"]}"'))
+    connection.execute(text("ALTER TABLE session ALTER COLUMN session_key SET NOT NULL"))
+    connection.execute(text("ALTER TABLE session ADD CONSTRAINT session_session_key_key UNIQUE (session_key)"))
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ISPyB-shaped cryo-EM result tables and the session_file ingest table", _create_v1_tables),
+    Migration(2, "sessions identified by name and watched folder", _session_identity),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

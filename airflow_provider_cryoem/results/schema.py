@@ -10,6 +10,8 @@ Every result table has a unique natural key, the conflict target of the store's 
 """
 from __future__ import annotations
 
+import hashlib
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -38,6 +40,11 @@ def _fk(name: str, target: str) -> Column:
     return Column(name, Integer, ForeignKey(target, ondelete="CASCADE"), nullable=False, index=True)
 
 
+def session_key(name: str, image_directory: str) -> str:
+    """A session's identity: a digest of its name and watched folder (a fixed-size unique key for any path)."""
+    return hashlib.sha256(f"{name}\n{image_directory}".encode()).hexdigest()
+
+
 schema_version = Table(
     "schema_version", metadata,
     Column("version", Integer, primary_key=True, autoincrement=False),
@@ -45,11 +52,13 @@ schema_version = Table(
     Column("applied_at", DateTime(timezone=True), nullable=False),
 )
 
-# ISPyB DataCollection: one microscope session (SPA or tomography).
+# ISPyB DataCollection: one microscope session (SPA or tomography). A session is its name AND its watched
+# folder (`session_key`, see session_key()): two sessions that reuse a name never share rows.
 session = Table(
     "session", metadata,
     _id("session_id"),
-    Column("name", String(255), nullable=False, unique=True),
+    Column("session_key", String(64), nullable=False, unique=True),
+    Column("name", String(255), nullable=False),
     Column("image_directory", PATH, nullable=False),  # the watched directory
     Column("processing_directory", PATH, nullable=False),
     Column("created", DateTime(timezone=True), nullable=False),

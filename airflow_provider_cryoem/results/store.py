@@ -39,13 +39,20 @@ class ResultsStore:
         self.label = label or engine.url.render_as_string(hide_password=True)
 
     @contextmanager
-    def _transaction(self) -> Iterator[Connection]:
-        """One transaction; a database that cannot be reached becomes ResultsUnavailableError."""
+    def _transaction(self, foreign_keys: bool = True) -> Iterator[Connection]:
+        """One transaction; a database that cannot be reached becomes ResultsUnavailableError.
+
+        `foreign_keys=False` (migrations only) lets SQLite rebuild a parent table without its ON DELETE
+        CASCADE emptying the children; SQLite takes that setting only outside a transaction.
+        """
         try:
             connection = self.engine.connect()
         except DBAPIError as exc:
             raise ResultsUnavailableError(self.label, self._problem(exc)) from exc
+        sqlite = None if foreign_keys or self.engine.dialect.name != "sqlite" else connection.connection.driver_connection
         with connection:
+            if sqlite is not None:
+                sqlite.execute("PRAGMA foreign_keys=OFF")
             try:
                 with connection.begin():
                     yield connection
@@ -53,6 +60,9 @@ class ResultsStore:
                 if exc.connection_invalidated:
                     raise ResultsUnavailableError(self.label, self._problem(exc)) from exc
                 raise
+            finally:
+                if sqlite is not None:
+                    sqlite.execute("PRAGMA foreign_keys=ON")
 
     def _problem(self, exc: DBAPIError) -> str:
         problem = " ".join(str(exc.orig).split())
@@ -62,7 +72,7 @@ class ResultsStore:
     # -- schema ---------------------------------------------------------------------------------------
     def ensure_schema(self) -> int:
         """Create or upgrade the tables; idempotent and safe when several processes call it at once."""
-        with self._transaction() as connection:
+        with self._transaction(foreign_keys=False) as connection:
             return migrations.upgrade(connection)
 
     def schema_version(self) -> int:
@@ -72,13 +82,18 @@ class ResultsStore:
 
     # -- sessions, jobs, files ------------------------------------------------------------------------
     def get_or_create_session(self, name: str, watch_dir: str | PurePath, processing_dir: str | PurePath) -> int:
-        """The id of the session called `name`, created on first use (later calls keep the first dirs)."""
+        """The id of the session `name` watching `watch_dir`, created on first use.
+
+        A session is its name and its watched folder: the runs of one live session find the same id,
+        while another folder that reuses the name (the default `demo`, a dated reprocess) gets its own.
+        """
         table = schema.session
+        key = schema.session_key(name, str(watch_dir))
         with self._transaction() as connection:
             insert_ignoring_conflicts(connection, table, [{
-                "name": name, "image_directory": str(watch_dir), "processing_directory": str(processing_dir),
-                "created": _now()}], key=["name"])
-            return connection.execute(select(table.c.session_id).where(table.c.name == name)).scalar_one()
+                "session_key": key, "name": name, "image_directory": str(watch_dir),
+                "processing_directory": str(processing_dir), "created": _now()}], key=["session_key"])
+            return connection.execute(select(table.c.session_id).where(table.c.session_key == key)).scalar_one()
 
     def start_processing_job(self, session_id: int, recipe: str, stage: str, reprocess: bool, run_id: str,
                              command: str | None = None, log_path: str | PurePath | None = None) -> int:
@@ -281,9 +296,10 @@ class ResultsStore:
                             {"processing_job_id": job_id, **values}, ["processing_job_id", "number_of_particles"])
 
     # -- reading --------------------------------------------------------------------------------------
-    def session_summary(self, session_name: str) -> SessionSummary:
+    def session_summary(self, session: int | str) -> SessionSummary:
+        """Summary of the session with this id, or of the only session with this name."""
         with self._transaction() as connection:
-            return build_summary(connection, session_name)
+            return build_summary(connection, session)
 
     # -- helpers --------------------------------------------------------------------------------------
     def _record_movie_result(self, stage: str, table: Table, fields: Mapping[str, Field], job_id: int,

@@ -40,6 +40,7 @@ class FailureRecord(BaseModel):
 
 
 class SessionSummary(BaseModel):
+    session_id: int
     session: str
     image_directory: str
     processing_directory: str
@@ -60,11 +61,26 @@ class SessionSummary(BaseModel):
     bfactor_a2: float | None = Field(None, description="Rosenthal–Henderson B of the newest B-factor series.")
 
 
-def build_summary(connection: Connection, session_name: str) -> SessionSummary:
-    """Summarise the session called `session_name`; ResultsNotFoundError if there is none."""
-    session = connection.execute(select(schema.session).where(schema.session.c.name == session_name)).first()
-    if session is None:
-        raise ResultsNotFoundError(f"no session named {session_name!r} in the results database")
+def _find_session(connection: Connection, session: int | str) -> Row:
+    """The session row by id, or by name when exactly one session has it (names may be reused)."""
+    table = schema.session
+    if isinstance(session, int):
+        row = connection.execute(select(table).where(table.c.session_id == session)).first()
+        if row is None:
+            raise ResultsNotFoundError(f"no session {session} in the results database")
+        return row
+    rows = connection.execute(select(table).where(table.c.name == session).order_by(table.c.session_id)).all()
+    if not rows:
+        raise ResultsNotFoundError(f"no session named {session!r} in the results database")
+    if len(rows) > 1:
+        choices = ", ".join(f"{row.session_id} ({row.image_directory})" for row in rows)
+        raise ResultsNotFoundError(f"{len(rows)} sessions are named {session!r}; give the session id: {choices}")
+    return rows[0]
+
+
+def build_summary(connection: Connection, session_ref: int | str) -> SessionSummary:
+    """Summarise a session given by id or unique name; ResultsNotFoundError if there is none."""
+    session = _find_session(connection, session_ref)
     sid = session.session_id
     jobs = connection.execute(select(schema.processing_job).where(schema.processing_job.c.session_id == sid)).all()
     motion = _newest_per_movie(connection, schema.motion_correction, sid)
@@ -98,6 +114,7 @@ def build_summary(connection: Connection, session_name: str) -> SessionSummary:
         stages.setdefault(stage, StageCount()).failed = len(movies)
 
     return SessionSummary(
+        session_id=sid,
         session=session.name,
         image_directory=session.image_directory,
         processing_directory=session.processing_directory,

@@ -84,5 +84,5 @@ class NewMoviesSensor(BaseSensorOperator):
         plan = wake_up_plan(settings)
         self.defer(trigger=NewMoviesTrigger(settings.watch_dir, settings.movie_glob, settings.end_marker,
                                             settings.stable_for_s, plan["snapshot"], plan["idle_deadline_s"],
-                                            self.poke_interval),
+                                            self.poke_interval, settings.processing_path),
                    method_name="execute_complete")

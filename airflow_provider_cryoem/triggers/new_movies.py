@@ -20,7 +20,8 @@ class NewMoviesTrigger(BaseTrigger):
     """
 
     def __init__(self, watch_dir: str, movie_glob: str, end_marker: str, stable_for_s: float,
-                 snapshot: dict[str, Any], idle_deadline_s: float, poll_interval_s: float) -> None:
+                 snapshot: dict[str, Any], idle_deadline_s: float, poll_interval_s: float,
+                 skip_dir: str | None = None) -> None:
         super().__init__()
         self.watch_dir = watch_dir
         self.movie_glob = movie_glob
@@ -29,19 +30,20 @@ class NewMoviesTrigger(BaseTrigger):
         self.snapshot = snapshot
         self.idle_deadline_s = idle_deadline_s
         self.poll_interval_s = poll_interval_s
+        self.skip_dir = skip_dir
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__qualname__}", {
             "watch_dir": self.watch_dir, "movie_glob": self.movie_glob, "end_marker": self.end_marker,
             "stable_for_s": self.stable_for_s, "snapshot": self.snapshot, "idle_deadline_s": self.idle_deadline_s,
-            "poll_interval_s": self.poll_interval_s})
+            "poll_interval_s": self.poll_interval_s, "skip_dir": self.skip_dir})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         before = FolderSnapshot(**self.snapshot)
         while True:
             now_s = time.time()
             scan = await asyncio.to_thread(scan_folder, self.watch_dir, self.movie_glob, self.end_marker,
-                                           self.stable_for_s, now_s)
+                                           self.stable_for_s, now_s, self.skip_dir)
             if FolderSnapshot.of(scan) != before:
                 yield TriggerEvent({"status": "changed"})
                 return
