@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from airflow_provider_cryoem.io import read_star
@@ -43,3 +44,17 @@ def loop_block(path: str | Path, block: str, columns: tuple[str, ...]) -> pd.Dat
     if missing:
         raise ImageFileError(path, f"data_{block} lacks column(s) {', '.join(missing)}")
     return table
+
+
+def numeric_column(path: str | Path, table: pd.DataFrame, block: str, column: str) -> np.ndarray:
+    """`column` as float64; a non-numeric value names the file, block, column and row, never the value.
+
+    NaN that the file itself holds stays NaN (as `astype(float)` kept it); only text that is no number fails.
+    """
+    raw = table[column]
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
+    bad = np.flatnonzero(np.isnan(values) & ~raw.isna().to_numpy())
+    if bad.size:
+        raise ImageFileError(path, f"data_{block}: non-numeric _{column} in row {bad[0] + 1} "
+                                   f"({bad.size} of {values.size} rows)")
+    return values

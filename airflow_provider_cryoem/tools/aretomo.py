@@ -52,6 +52,14 @@ def aln_path(inputs: AreTomoInputs) -> Path:
     return Path(inputs.tomogram_path).with_suffix(".aln")
 
 
+def _number(path: Path, line_number: int, text: str) -> float:
+    """A value of the .aln file; a malformed one names the file and line instead of a bare ValueError."""
+    try:
+        return float(text)
+    except ValueError:
+        raise ImageFileError(path, f"line {line_number}: non-numeric value") from None
+
+
 def parse_aln(path: str | Path) -> dict[str, Any]:
     """Per-tilt alignment (tilt axis, shifts in px, refined tilt) and the tilts AreTomo dropped as dark."""
     path = Path(path)
@@ -59,18 +67,18 @@ def parse_aln(path: str | Path) -> dict[str, Any]:
         raise ImageFileError(path, "AreTomo alignment (.aln) file not found")
     dark_tilts_deg: list[float] = []
     tilts: list[dict[str, float]] = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line_number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         dark = _DARK_FRAME.match(line.strip())
         if dark:
-            dark_tilts_deg.append(float(dark.group(3)))
+            dark_tilts_deg.append(_number(path, line_number, dark.group(3)))
         elif line.strip() and not line.lstrip().startswith("#"):
             fields = line.split()
             if len(fields) < len(_ALN_COLUMNS):
                 if tilts:  # local-alignment tables follow the global one
                     break
-                raise ImageFileError(path, f"alignment row with {len(fields)} values, expected "
+                raise ImageFileError(path, f"line {line_number}: alignment row with {len(fields)} values, expected "
                                            f"{len(_ALN_COLUMNS)} ({' '.join(_ALN_COLUMNS)})")
-            row = dict(zip(_ALN_COLUMNS, map(float, fields)))
+            row = dict(zip(_ALN_COLUMNS, (_number(path, line_number, field) for field in fields)))
             if tilts and row["SEC"] <= tilts[-1]["section"]:
                 break
             tilts.append({"section": row["SEC"], "tilt_axis_deg": row["ROT"], "shift_x_px": row["TX"],

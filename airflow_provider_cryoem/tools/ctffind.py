@@ -77,12 +77,12 @@ def command(inputs: CtffindInputs) -> CommandSpec:
 
 def _numeric_rows(path: Path) -> list[list[float]]:
     rows = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line_number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         if line.strip() and not line.lstrip().startswith("#"):
             try:
                 rows.append([float(value) for value in line.split()])
             except ValueError:
-                raise ImageFileError(path, f"non-numeric CTFFIND output line {line.strip()!r}") from None
+                raise ImageFileError(path, f"line {line_number}: non-numeric CTFFIND output") from None
     return rows
 
 

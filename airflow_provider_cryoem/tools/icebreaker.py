@@ -92,26 +92,29 @@ def particles_output_path(inputs: IceBreakerInputs) -> Path:
     return Path(inputs.project_dir) / inputs.job_dir / "particles.star"
 
 
-def _five_figures(values: list[str], source: str | Path) -> dict[str, float]:
+def _five_figures(values: list[str], source: str | Path, line_number: int) -> dict[str, float]:
     try:
         numbers = [float(value) for value in values]
     except ValueError:
-        raise ImageFileError(source, f"non-numeric five-figure summary {values!r}") from None
+        raise ImageFileError(source, f"line {line_number}: non-numeric five-figure summary") from None
     if numbers != sorted(numbers):
-        raise ImageFileError(source, f"five-figure summary not in min ≤ q1 ≤ median ≤ q3 ≤ max order: {values!r}")
+        raise ImageFileError(source, f"line {line_number}: five-figure summary not in min ≤ q1 ≤ median ≤ q3 ≤ max "
+                                     "order")
     return dict(zip(FIVE_FIGURE_KEYS, numbers))
 
 
 def parse_five_figures(log_text: str, source: str | Path = "ib_5fig output") -> dict[str, Any]:
     """The `Results: <path> min q1 median q3 max` line `ib_5fig --single_mic` prints (the last one wins)."""
-    lines = [line.split()[1:] for line in log_text.splitlines() if line.startswith("Results:")]
+    lines = [(number, line.split()[1:]) for number, line in enumerate(log_text.splitlines(), start=1)
+             if line.startswith("Results:")]
     if not lines:
         raise ImageFileError(source, "no 'Results: <micrograph> min q1 median q3 max' line from ib_5fig "
                                      "(IceBreaker skips micrographs containing NaN)")
-    fields = lines[-1]
+    line_number, fields = lines[-1]
     if len(fields) != 1 + len(FIVE_FIGURE_KEYS):
-        raise ImageFileError(source, f"expected a micrograph path and 5 numbers after 'Results:', got {fields!r}")
-    return {**_five_figures(fields[1:], source), "micrograph_path": fields[0]}
+        raise ImageFileError(source, f"line {line_number}: expected a micrograph path and 5 numbers after "
+                                     f"'Results:', got {len(fields)} value(s)")
+    return {**_five_figures(fields[1:], source, line_number), "micrograph_path": fields[0]}
 
 
 def parse_five_figures_csv(path: str | Path) -> dict[str, dict[str, float]]:
@@ -120,15 +123,17 @@ def parse_five_figures_csv(path: str | Path) -> dict[str, dict[str, float]]:
     path = Path(path)
     if not path.is_file():
         raise ImageFileError(path, "IceBreaker five_figs_test.csv not found")
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(line for line in handle if line.strip() and not line.startswith("#")))
-    if not rows or tuple(cell.strip() for cell in rows[0]) != _CSV_COLUMNS:
+    with path.open(newline="", errors="replace") as handle:
+        rows = [(number, row) for number, line in enumerate(handle, start=1)
+                if line.strip() and not line.startswith("#") for row in csv.reader([line])]
+    if not rows or tuple(cell.strip() for cell in rows[0][1]) != _CSV_COLUMNS:
         raise ImageFileError(path, f"expected the header {','.join(_CSV_COLUMNS)}")
     summaries = {}
-    for row in rows[1:]:
+    for line_number, row in rows[1:]:
         if len(row) != len(_CSV_COLUMNS):
-            raise ImageFileError(path, f"row with {len(row)} values, expected {len(_CSV_COLUMNS)}: {row!r}")
-        summaries[PurePath(row[0]).name] = _five_figures(row[1:], path)
+            raise ImageFileError(path, f"line {line_number}: row with {len(row)} values, expected "
+                                       f"{len(_CSV_COLUMNS)}")
+        summaries[PurePath(row[0]).name] = _five_figures(row[1:], path, line_number)
     return summaries
 
 

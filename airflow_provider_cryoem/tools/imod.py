@@ -208,7 +208,7 @@ def _numeric_lines(path: Path, what: str, columns: int) -> list[list[float]]:
         try:
             row = [float(value) for value in line.split()]
         except ValueError:
-            raise ImageFileError(path, f"line {number}: non-numeric {what} entry {line.strip()!r}") from None
+            raise ImageFileError(path, f"line {number}: non-numeric {what} entry") from None
         if len(row) != columns:
             raise ImageFileError(path, f"line {number}: {len(row)} values, expected {columns} per {what} line")
         rows.append(row)

@@ -6,6 +6,7 @@ columns), the shift that aligns a frame, which is minus the specimen displacemen
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from airflow_provider_cryoem.execution.spec import CommandSpec
+from airflow_provider_cryoem.io.errors import ImageFileError
 
 from ._motion import motion_result
 
@@ -72,19 +74,31 @@ def command(inputs: MotionCor2Inputs) -> CommandSpec:
                        gpus=len(inputs.gpu_ids))
 
 
-def parse_shifts(log_text: str) -> np.ndarray:
+def _shift(source: str | Path, line_number: int, x: str, y: str) -> tuple[float, float]:
+    """One frame's (x, y) shift; a malformed value is an error naming the log and line, not a crash."""
+    try:
+        shift = float(x), float(y)
+    except ValueError:
+        raise ImageFileError(source, f"line {line_number}: non-numeric frame shift") from None
+    if not all(math.isfinite(value) for value in shift):
+        raise ImageFileError(source, f"line {line_number}: frame shift is NaN or infinite")
+    return shift
+
+
+def parse_shifts(log_text: str, source: str | Path = "MotionCor2 log") -> np.ndarray:
     """Full-frame shifts from the log: v1.4 '...... Frame (  n) shift: x y' lines or the v1.6 table
     under a '... x Shift ... y Shift' header (ends at a blank line); the first block only (patch
-    alignment prints more blocks later). Returned as specimen displacement (minus the log's values)."""
+    alignment prints more blocks later). Returned as specimen displacement (minus the log's values).
+    A malformed line raises ImageFileError naming `source` and the line number (a cut-off log, say)."""
     rows: list[tuple[float, float]] = []
     in_table = False
-    for line in log_text.splitlines():
+    for line_number, line in enumerate(log_text.splitlines(), start=1):
         stripped = line.strip()
         frame_line = _FRAME_LINE.match(stripped)
         if frame_line:
             if rows and frame_line.group(1) == "1":
                 break
-            rows.append((float(frame_line.group(2)), float(frame_line.group(3))))
+            rows.append(_shift(source, line_number, frame_line.group(2), frame_line.group(3)))
         elif "x Shift" in line and "y Shift" in line:
             if rows:
                 break
@@ -93,10 +107,13 @@ def parse_shifts(log_text: str) -> np.ndarray:
             if not stripped:
                 break
             fields = stripped.split()
-            rows.append((float(fields[1]), float(fields[2])))
+            if len(fields) < 3:
+                raise ImageFileError(source, f"line {line_number}: shift table row has {len(fields)} value(s), "
+                                             "expected frame, x shift and y shift")
+            rows.append(_shift(source, line_number, fields[1], fields[2]))
     if not rows:
-        raise ValueError("no full-frame shifts found in the MotionCor2 log (expected '...... Frame' lines or "
-                         "an 'x Shift  y Shift' table)")
+        raise ImageFileError(source, "no full-frame shifts found in the MotionCor2 log (expected '...... Frame' "
+                                     "lines or an 'x Shift  y Shift' table)")
     return -np.array(rows)
 
 
@@ -106,5 +123,6 @@ def parse_result(log_text: str, inputs: MotionCor2Inputs) -> dict[str, Any]:
     output = Path(inputs.output_path)
     dose_weighted = output.with_name(f"{output.stem}_DW{output.suffix}")
     micrograph = dose_weighted if dose_weighted.exists() else output
-    return motion_result(parse_shifts(log_text), inputs.pixel_size_a,
+    source = f"MotionCor2 output for {inputs.movie_path}"
+    return motion_result(parse_shifts(log_text, source), inputs.pixel_size_a,
                          inputs.dose_per_frame_e_a2, str(micrograph))

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from airflow_provider_cryoem.execution.spec import CommandSpec
 
-from ._relion_star import loop_block, output_for, write_optics_star
+from ._relion_star import loop_block, numeric_column, output_for, write_optics_star
 
 
 class RelionAutopickInputs(BaseModel):
@@ -51,8 +51,9 @@ def coordinates_path(inputs: RelionAutopickInputs, micrograph_path: str) -> Path
 def parse_coordinates(path: str | Path) -> dict[str, Any]:
     """Picks of one micrograph, strongest first (engine keys coordinates_px, figures_of_merit)."""
     table = loop_block(path, "", ("rlnCoordinateX", "rlnCoordinateY", "rlnAutopickFigureOfMerit"))
-    merit = table["rlnAutopickFigureOfMerit"].to_numpy(dtype=float)
+    merit = numeric_column(path, table, "", "rlnAutopickFigureOfMerit")
     order = np.argsort(-merit, kind="stable")
-    coordinates = table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(dtype=float)[order]
+    coordinates = np.column_stack([numeric_column(path, table, "", column)
+                                   for column in ("rlnCoordinateX", "rlnCoordinateY")])[order]
     return {"coordinates_px": coordinates.tolist(), "figures_of_merit": merit[order].tolist(),
             "particle_count": int(order.size), "coordinates_star": str(path)}

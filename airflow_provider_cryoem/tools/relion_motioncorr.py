@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from airflow_provider_cryoem.execution.spec import CommandSpec
 
 from ._motion import motion_result
-from ._relion_star import loop_block, output_for, write_optics_star
+from ._relion_star import loop_block, numeric_column, output_for, write_optics_star
 
 
 class RelionMotionInputs(BaseModel):
@@ -68,9 +69,10 @@ def command(inputs: RelionMotionInputs) -> CommandSpec:
 def parse_result(inputs: RelionMotionInputs) -> dict[str, Any]:
     """Motion result from `<job>/<movie>.star` (block global_shift); micrograph path is absolute."""
     job_dir = Path(inputs.project_dir) / inputs.job_dir
-    shifts = loop_block(output_for(job_dir, inputs.movie_path, ".star"), "global_shift",
-                        ("rlnMicrographShiftX", "rlnMicrographShiftY"))
-    displacement_px = -shifts[["rlnMicrographShiftX", "rlnMicrographShiftY"]].to_numpy(dtype=float)
+    star = output_for(job_dir, inputs.movie_path, ".star")
+    shifts = loop_block(star, "global_shift", ("rlnMicrographShiftX", "rlnMicrographShiftY"))
+    displacement_px = -np.column_stack([numeric_column(star, shifts, "global_shift", column)
+                                        for column in ("rlnMicrographShiftX", "rlnMicrographShiftY")])
     # Relion writes shifts in unbinned movie pixels.
     return motion_result(displacement_px, inputs.pixel_size_a, inputs.dose_per_frame_e_a2,
                          str(output_for(job_dir, inputs.movie_path, ".mrc")))

@@ -43,4 +43,7 @@ def parse_stdout(text: str) -> dict[str, Any]:
     bfactor = _BFACTOR.findall(text)
     if not resolution:
         raise ValueError("relion_postprocess output has no '+ FINAL RESOLUTION:' line")
-    return {"final_resolution_a": float(resolution[-1]), "bfactor_a2": float(bfactor[-1]) if bfactor else None}
+    try:
+        return {"final_resolution_a": float(resolution[-1]), "bfactor_a2": float(bfactor[-1]) if bfactor else None}
+    except ValueError:
+        raise ValueError("relion_postprocess output: the final resolution or B-factor is not a number") from None

@@ -1,16 +1,18 @@
 """Relion particle extraction (relion_preprocess --extract) from picked coordinates."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from airflow_provider_cryoem.execution.spec import CommandSpec
 from airflow_provider_cryoem.io import read_star
 from airflow_provider_cryoem.io.errors import ImageFileError
 
-from ._relion_star import loop_block, write_optics_star
+from ._relion_star import loop_block, numeric_column, write_optics_star
 
 
 class RelionExtractInputs(BaseModel):
@@ -65,12 +67,20 @@ def parse_particles(path: str | Path) -> dict[str, Any]:
     """Count, stacks, final pixel size and box of an extraction's particles.star (engine keys)."""
     particles = loop_block(path, "particles", ("rlnImageName", "rlnCoordinateX", "rlnCoordinateY"))
     optics = read_star(path).get("optics")
-    if optics is None or "rlnImagePixelSize" not in optics or "rlnImageSize" not in optics:
+    if optics is None or optics.empty or "rlnImagePixelSize" not in optics or "rlnImageSize" not in optics:
         raise ImageFileError(path, "data_optics lacks rlnImagePixelSize / rlnImageSize")
-    stacks = sorted({name.split("@", 1)[1] for name in particles["rlnImageName"]})
+    pixel_size_a, box_px = (numeric_column(path, optics, "optics", column)[0]
+                            for column in ("rlnImagePixelSize", "rlnImageSize"))
+    if not (math.isfinite(pixel_size_a) and math.isfinite(box_px)):
+        raise ImageFileError(path, "data_optics: rlnImagePixelSize or rlnImageSize is NaN or infinite")
+    names = particles["rlnImageName"].astype(str)
+    unnamed = np.flatnonzero(~names.str.contains("@", regex=False).to_numpy())
+    if unnamed.size:
+        raise ImageFileError(path, f"data_particles: _rlnImageName in row {unnamed[0] + 1} is not "
+                                   "'<index>@<stack>'")
+    stacks = sorted({name.split("@", 1)[1] for name in names})
     return {"particle_count": len(particles), "star": str(path), "stacks": stacks,
-            "image_pixel_size_a": float(optics["rlnImagePixelSize"].iloc[0]),
-            "box_px": int(optics["rlnImageSize"].iloc[0])}
+            "image_pixel_size_a": float(pixel_size_a), "box_px": int(box_px)}
 
 
 def parse_result(inputs: RelionExtractInputs) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from airflow_provider_cryoem.execution.spec import CommandSpec
 from airflow_provider_cryoem.io import read_star
 from airflow_provider_cryoem.io.errors import ImageFileError
 
-from ._relion_star import loop_block
+from ._relion_star import loop_block, numeric_column
 
 
 class RefineInputs(BaseModel):
@@ -106,10 +106,11 @@ def last_model_star(project_dir: str | Path, job_dir: str) -> Path:
     return iterations[-1]
 
 
-def _column(table: Any, *names: str) -> list[float] | None:
+def _column(path: str | Path, table: Any, *names: str) -> list[float] | None:
+    """The first of the optional model_classes columns `names` that the file has, as floats."""
     for name in names:
         if name in table.columns:
-            return table[name].astype(float).tolist()
+            return numeric_column(path, table, "model_classes", name).tolist()
     return None
 
 
@@ -119,20 +120,22 @@ def parse_model_star(path: str | Path) -> dict[str, Any]:
     if general is None or "rlnCurrentResolution" not in general:
         raise ImageFileError(path, "no data_model_general block with rlnCurrentResolution")
     classes = loop_block(path, "model_classes", ("rlnReferenceImage", "rlnClassDistribution"))
-    rotation = _column(classes, "rlnAccuracyRotations")
-    translation = _column(classes, "rlnAccuracyTranslationsAngst", "rlnAccuracyTranslations")
-    resolution = _column(classes, "rlnEstimatedResolution")
-    completeness = _column(classes, "rlnOverallFourierCompleteness")
+    distribution = numeric_column(path, classes, "model_classes", "rlnClassDistribution")
+    rotation = _column(path, classes, "rlnAccuracyRotations")
+    translation = _column(path, classes, "rlnAccuracyTranslationsAngst", "rlnAccuracyTranslations")
+    resolution = _column(path, classes, "rlnEstimatedResolution")
+    completeness = _column(path, classes, "rlnOverallFourierCompleteness")
     iteration = re.search(r"_it(\d+)_", Path(path).name)
     rows = []
     for index, image in enumerate(classes["rlnReferenceImage"]):
         rows.append({
             "class_number": index + 1, "reference_image": str(image),
-            "class_distribution": float(classes["rlnClassDistribution"].iloc[index]),
+            "class_distribution": float(distribution[index]),
             "rotation_accuracy_deg": rotation[index] if rotation else None,
             "translation_accuracy_a": translation[index] if translation else None,
             "estimated_resolution_a": resolution[index] if resolution else None,
             "fourier_completeness": completeness[index] if completeness else None,
         })
     return {"model_star": str(path), "iteration": int(iteration.group(1)) if iteration else None,
-            "resolution_a": float(general["rlnCurrentResolution"].iloc[0]), "classes": rows}
+            "resolution_a": float(numeric_column(path, general, "model_general", "rlnCurrentResolution")[0]),
+            "classes": rows}
