@@ -5,6 +5,9 @@ averages are what junk classes look like: flat noise, an ice/carbon edge, an off
 """
 from __future__ import annotations
 
+import os
+import time
+
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,8 @@ from airflow_provider_cryoem.engines.class_selection import (
     score_classes,
     selection_quality,
 )
-from airflow_provider_cryoem.pipeline.map_stages import claim, due_3d_size
+from airflow_provider_cryoem.pipeline.job_claims import CLAIM_FILE, claim, claim_is_live, holding
+from airflow_provider_cryoem.pipeline.map_stages import due_3d_size
 from airflow_provider_cryoem.simulate import (
     SpaSimulationSettings,
     make_structure,
@@ -121,3 +125,29 @@ def test_a_3d_round_is_claimed_by_one_run_and_its_retry(tmp_path: Path):
     assert claim(tmp_path, "run_a")
     assert claim(tmp_path, "run_a")  # the retry of the run that claimed it carries on
     assert not claim(tmp_path, "run_b")
+
+
+def test_a_3d_round_whose_run_died_is_taken_over_but_a_done_or_running_one_is_not(tmp_path: Path):
+    assert claim(tmp_path, "run_a")
+    old = time.time() - 3600
+    os.utime(tmp_path / CLAIM_FILE, (old, old))  # run_a was killed an hour ago, mid-round
+    assert not claim_is_live(tmp_path)
+    assert claim(tmp_path, "run_b")
+    assert not claim(tmp_path, "run_a")  # the dead run's late retry does not take it back
+    with holding(tmp_path, interval_s=0.05):
+        os.utime(tmp_path / CLAIM_FILE, (old, old))
+        time.sleep(0.3)  # the holder's heartbeat refreshes the claim while it works
+        assert claim_is_live(tmp_path)
+    os.utime(tmp_path / CLAIM_FILE, (old, old))
+    assert claim_is_live(tmp_path)  # done: never taken over again
+    assert not claim(tmp_path, "run_c")
+
+
+def test_a_round_left_half_done_by_an_error_is_free_once_its_claim_goes_stale(tmp_path: Path):
+    assert claim(tmp_path, "run_a")
+    with pytest.raises(RuntimeError):
+        with holding(tmp_path, interval_s=60):
+            raise RuntimeError("database went away")
+    old = time.time() - 3600
+    os.utime(tmp_path / CLAIM_FILE, (old, old))
+    assert claim(tmp_path, "run_b")

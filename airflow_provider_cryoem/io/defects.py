@@ -25,8 +25,9 @@ def _mask_from_text(path: Path, frame_shape: tuple[int, int]) -> np.ndarray:
         try:
             x, y, w, h = (int(value) for value in fields)
         except ValueError:
-            raise ImageFileError(path, f"line {line_number}: expected four integers 'x y w h', got {line.strip()!r}") \
-                from None
+            # Never the line itself: a wrong path could point at a file of secrets, and errors reach logs.
+            raise ImageFileError(path, f"line {line_number}: expected four integers 'x y w h' "
+                                       f"(got {len(fields)} fields that are not all integers)") from None
         if w < 1 or h < 1 or x < 0 or y < 0 or x >= nx or y >= ny:
             raise ImageFileError(path, f"line {line_number}: rectangle x={x} y={y} w={w} h={h} is empty or outside "
                                        f"the {nx} x {ny} frame")

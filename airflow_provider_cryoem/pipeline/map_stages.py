@@ -8,7 +8,6 @@ runs never classify the same particles twice; a retry of the claiming run carrie
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +41,11 @@ from ..recipes.stages import BFactorParams, Class3DParams, Refine3DParams
 from ..relion_project import NodeType, OpticsGroup, RelionProject
 from .batch_outcome import run_or_skip
 from .external import placement_threads, stage_executor
+from .job_claims import claim, claim_is_live, holding
 from .session import session_item
 from .stores import relion_project, results_store
 
 CLASS3D_MAX_PARTICLES = 200_000
-_CLAIM_FILE = ".claimed_by"
 
 
 def _project(config: SessionConfig, item: dict[str, Any]) -> RelionProject:
@@ -69,22 +68,13 @@ def due_3d_size(total: int, done: list[int], class3d_batch_size: int, session_ov
 
 
 def class3d_sizes_done(project: RelionProject) -> list[int]:
-    """Particle counts of the 3D classifications this project has (their aliases `particles_<N>`)."""
+    """Particle counts of the 3D classifications this project has done or is doing (aliases
+    `particles_<N>` with a live claim); a round whose run died is not counted, so it is due again."""
     folder = project.root / "Class3D"
+    if not folder.is_dir():
+        return []
     return sorted(int(p.name.removeprefix("particles_")) for p in folder.glob("particles_*")
-                  if p.name.removeprefix("particles_").isdigit()) if folder.is_dir() else []
-
-
-def claim(job_path: Path, owner: str) -> bool:
-    """Whether `owner` (a DAG run) does this job: the first to claim it, or its own retry."""
-    marker = job_path / _CLAIM_FILE
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return marker.read_text() == owner
-    with os.fdopen(fd, "w") as handle:
-        handle.write(owner)
-    return True
+                  if p.name.removeprefix("particles_").isdigit() and claim_is_live(p))
 
 
 def classify_3d(config: SessionConfig, params: Class3DParams, runs_on: str | dict[str, Any],
@@ -110,8 +100,17 @@ def _classify_session(config: SessionConfig, params: Class3DParams, runs_on: str
     if size is None:
         return None
     alias = f"particles_{size}"
-    if not claim(project.job("class3d", alias=alias).path, run_id):
+    job_path = project.job("class3d", alias=alias).path
+    if not claim(job_path, run_id):
         return None
+    with holding(job_path):
+        return _classify_claimed(config, params, runs_on, session, project, selected, blocks, size, alias)
+
+
+def _classify_claimed(config: SessionConfig, params: Class3DParams, runs_on: str | dict[str, Any],
+                      session: dict[str, Any], project: RelionProject, selected: Path, blocks: dict[str, Any],
+                      size: int, alias: str) -> dict[str, Any]:
+    """The 3D round this run claimed: its input selection, initial model and Class3D, recorded."""
     inputs = project.job("select", alias=f"class3d_input_{size}")
     particles_star = inputs.path / "particles.star"
     write_star(particles_star, {"optics": blocks["optics"], "particles": blocks["particles"].iloc[:size]})

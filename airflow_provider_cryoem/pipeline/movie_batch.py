@@ -41,8 +41,10 @@ def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: 
                   run_id: str) -> list[dict[str, Any]]:
     """Process every movie of the batch; a bad movie is recorded as failed and the others go on.
 
-    Errors of the movie itself (unreadable file, engine refusing the data: ValueError and subclasses; an
-    external program failing on it: ToolExecutionError) become a failed outcome with its reason. A missing
+    Errors of the movie itself, while processing or recording it (unreadable file, engine refusing the
+    data, a result the store refuses such as an infinite fit resolution: ValueError and subclasses; an
+    external program failing on it or exiting 0 without its output: ToolExecutionError,
+    FileNotFoundError; a movie too large to decode: MemoryError) become a failed outcome with its reason. A missing
     program (ToolChoiceError) or a retryable Slurm failure fails the task. Anything else (database down, out
     of memory) propagates, so the task fails and Airflow retries the batch; writes are idempotent, so the
     retry duplicates nothing.
@@ -65,14 +67,15 @@ def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: 
         started_s = time.perf_counter()
         try:
             result = _run_step(stage, tool, runs_on, context)
-        except (ValueError, ToolExecutionError) as exc:
+            recorder(context, result, store, item["processing_job_id"], movie_id)
+        except (ValueError, ToolExecutionError, FileNotFoundError, MemoryError) as exc:
             if getattr(exc, "retryable", False):
                 raise  # e.g. a Slurm node failure: let Airflow retry the batch
-            store.record_failure(item["processing_job_id"], movie_id, RESULT_STAGE_NAMES[stage], str(exc))
+            reason = "out of memory on this movie" if isinstance(exc, MemoryError) else str(exc)
+            store.record_failure(item["processing_job_id"], movie_id, RESULT_STAGE_NAMES[stage], reason)
             outcomes.append({"movie": item["movie"], "session_id": item["session_id"], "status": "failed",
-                             "error": str(exc)})
+                             "error": reason})
             continue
-        recorder(context, result, store, item["processing_job_id"], movie_id)
         outcomes.append({"movie": item["movie"], "session_id": item["session_id"], "status": "ok",
                          "compute_s": round(time.perf_counter() - started_s, 3),
                          "result": {k: v for k, v in result.items() if k not in _KEPT_OUT_OF_XCOM}})

@@ -20,16 +20,32 @@ def _keys_path(path: Path) -> Path:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Replace `path` whole or not at all (a full disk leaves the old file and no temporary behind)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _append(path: Path, text: str) -> None:
-    """One O_APPEND write, so the chunk lands whole at the end of the file."""
+    """Append `text` whole or not at all: a short write (full disk, quota) is retried for the rest, and a
+    write that fails part-way is cut back off, so no truncated row is ever left. Callers hold the lock."""
+    data = memoryview(text.encode())
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, text.encode())
+        size_before = os.fstat(fd).st_size
+        try:
+            while data:
+                written = os.write(fd, data)
+                if written == 0:
+                    raise OSError(f"{path}: no progress writing {len(data)} bytes")
+                data = data[written:]
+        except BaseException:
+            os.ftruncate(fd, size_before)
+            raise
     finally:
         os.close(fd)
 

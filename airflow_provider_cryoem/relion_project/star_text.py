@@ -82,7 +82,7 @@ def parse_star(text: str) -> dict[str, StarBlock]:
             block = blocks.setdefault(line[5:], StarBlock())
             in_loop = False
         elif block is None:
-            raise ValueError(f"line {number}: content before the first data_ block: {raw!r}")
+            raise ValueError(f"line {number}: content before the first data_ block")
         elif line.startswith("loop_"):
             in_loop = True
         elif line.startswith("_"):
@@ -91,13 +91,13 @@ def parse_star(text: str) -> dict[str, StarBlock]:
                 block.columns.append(tokens[0][1:])
             else:
                 if len(tokens) < 2:
-                    raise ValueError(f"line {number}: label without value: {raw!r}")
+                    raise ValueError(f"line {number}: label without value")
                 block.pairs[tokens[0][1:]] = tokens[1]
         elif in_loop:
             row = _tokens(line)
             if len(row) != len(block.columns):
-                raise ValueError(f"line {number}: {len(row)} values for {len(block.columns)} columns: {raw!r}")
+                raise ValueError(f"line {number}: {len(row)} values for {len(block.columns)} columns")
             block.rows.append(row)
         else:
-            raise ValueError(f"line {number}: unexpected content: {raw!r}")
+            raise ValueError(f"line {number}: unexpected content")
     return blocks
