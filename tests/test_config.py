@@ -24,8 +24,10 @@ def test_box_sizes_are_derived_from_diameter_and_pixel_size():
 def test_downscaled_box_grows_until_its_pixel_is_finer_than_3_75_angstrom():
     config = SessionConfig(particle_diameter_a=400, pixel_size_a=1.0)
     assert config.extraction_box_px == 480
-    assert 480 * 1.0 / config.downscaled_box_px < 3.75
-    assert 480 * 1.0 / 96 >= 3.75  # the smaller candidate would have been too coarse
+    # 480 px over 64, 96 and 128 px gives 7.5, 5.0 and exactly 3.75 Å pixels (not below): 160 px (3.0 Å) is taken.
+    assert config.downscaled_box_px == 160
+    # A slightly smaller particle (box 478 px) puts 128 px just below the bound (3.73 Å), so it is taken.
+    assert SessionConfig(particle_diameter_a=398, pixel_size_a=1.0).downscaled_box_px == 128
 
 
 def test_user_box_size_overrides_the_derived_one():

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePath
 
-import numpy as np
 import pytest
 import starfile
 
@@ -70,9 +69,14 @@ def test_relion_project_lists_every_good_micrograph_and_their_particles(session)
     n_good = len(session["truth"].movies)
     mics = starfile.read(relion / "CtfFind/job003/micrographs_ctf.star", always_dict=True)["micrographs"]
     assert len(mics) == n_good
-    truth_defocus = sorted((m.defocus_u_a + m.defocus_v_a) / 2 for m in session["truth"].movies)
-    fitted = sorted((mics["rlnDefocusU"] + mics["rlnDefocusV"]) / 2)
-    assert np.allclose(fitted, truth_defocus, rtol=0.03)
+    # Mean defocus of each micrograph against its own movie's planted value, within 1 %.
+    # Measured (seed 11): -0.87 %, +0.33 %, -0.34 %.
+    truth = {PurePath(m.movie_name).stem: m.defocus_mean_a for m in session["truth"].movies}
+    fitted = {PurePath(name).stem: (u + v) / 2
+              for name, u, v in zip(mics["rlnMicrographName"], mics["rlnDefocusU"], mics["rlnDefocusV"])}
+    assert fitted.keys() == truth.keys()
+    for name, defocus_a in fitted.items():
+        assert defocus_a == pytest.approx(truth[name], rel=0.01), name
     particles = starfile.read(relion / "Extract/job005/particles.star", always_dict=True)["particles"]
     assert len(particles) >= 0.7 * SETTINGS.particles_per_micrograph * n_good
     pipeline = (relion / "default_pipeline.star").read_text()
