@@ -226,3 +226,42 @@ def test_a_full_disk_never_leaves_a_truncated_star_row(tmp_path: Path, monkeypat
                           "b.mrc", [["b.mrc", 2.0]])  # the retry after space was freed
     rows = [line.split() for line in star.read_text().splitlines()[4:]]
     assert [row[0] for row in rows] == ["a.mrc", "b.mrc"] and np.isclose(float(rows[1][1]), 2.0)
+
+
+def test_a_result_the_store_refuses_fails_only_that_movie_and_reaches_no_star_file(roots: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch):
+    """CTFFIND reports an infinite fit resolution for an empty micrograph: that movie is failed with the
+    reason, the other one is recorded, and micrographs_ctf.star lists only the recorded one."""
+    from airflow_provider_cryoem.pipeline import movie_batch
+    from airflow_provider_cryoem.pipeline.session import plan_batches
+    from airflow_provider_cryoem.pipeline.stages import BUILTIN_RUNNERS
+    from airflow_provider_cryoem.recipes.stages import CtfParams, MotionCorrectionParams
+    from airflow_provider_cryoem.simulate import GAIN_REFERENCE_NAME, SpaSimulationSettings, write_spa_session
+
+    settings = SpaSimulationSettings(n_movies=2, image_size_px=256, n_frames=6, particle_diameter_a=80,
+                                     particles_per_micrograph=4, seed=2)
+    watch = roots / "visit" / "raw"
+    truth = write_spa_session(settings, watch)
+    conf = {"watch_dir": str(watch), "pixel_size_a": settings.pixel_size_a, "particle_diameter_a": 80,
+            "gain_reference_path": str(watch / GAIN_REFERENCE_NAME)}
+    opened = _open(conf)
+    movies = [m.movie_name for m in truth.movies]
+    [items] = plan_batches(opened, {"movies": movies}, max_per_task=10, parallel_tasks=1)
+    config = parse_session_config(conf)
+    motion = movie_batch.process_batch("motioncorr", "builtin", "local", items, config, MotionCorrectionParams(),
+                                       {}, "run_1")
+    real_ctf = BUILTIN_RUNNERS["ctf"]
+
+    def empty_first_micrograph(ctx):
+        result = real_ctf(ctx)
+        return {**result, "fit_resolution_a": float("inf")} if ctx.item["movie"] == movies[0] else result
+
+    monkeypatch.setitem(BUILTIN_RUNNERS, "ctf", empty_first_micrograph)
+    outcomes = movie_batch.process_batch("ctf", "builtin", "local", items, config, CtfParams(),
+                                         {"motioncorr": {o["movie"]: o for o in motion}}, "run_1")
+    assert [o["status"] for o in outcomes] == ["failed", "ok"]
+    assert "fit_resolution_a" in outcomes[0]["error"]
+    star = next(Path(items[0]["relion_dir"]).glob("CtfFind/job*/micrographs_ctf.star")).read_text()
+    assert Path(movies[1]).stem in star and Path(movies[0]).stem not in star
+    summary = results_store(None, items[0]["processing_path"]).session_summary(items[0]["session_id"])
+    assert (summary.stages["ctf"].succeeded, summary.stages["ctf"].failed) == (1, 1)
