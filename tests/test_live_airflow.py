@@ -42,8 +42,11 @@ SETTINGS = SpaSimulationSettings(n_movies=16, image_size_px=384, n_frames=8, par
 MOVIE_INTERVAL_S = 3.0
 LATENCY_REQUIREMENT_S = 15.0
 # Movies whose wait overlaps the crash wait for the restarted components (orphaned task instances are
-# reset after the 15 s health-check threshold); the requirement is judged on the others.
+# reset after the 15 s health-check threshold). The requirement is judged on every movie of the session,
+# crash included, and again on the movies the crash did not touch.
 RECOVERY_S = 30.0
+# Fewest movies a latency median is judged on (the session has SETTINGS.n_movies = 16).
+MIN_MOVIES_FOR_LATENCY = 10
 
 
 def _motion_rows(results: Any) -> list[dict[str, Any]]:
@@ -161,6 +164,7 @@ def test_scheduler_and_triggerer_crash_happened_mid_session(live):
 
 def test_movie_to_motion_correction_latency_median_within_requirement(live):
     starts = {r.movie: r.start_s for r in live["motioncorr"] if r.status == "ok"}
+    assert sorted(starts) == _movie_names(live) == sorted(live["landed_s"]), "every movie needs a latency"
     latencies = {movie: starts[movie] - landed for movie, landed in live["landed_s"].items()}
     print("\nmovie complete (XML mtime) -> motioncorr task start, s:")
     for movie, latency_s in sorted(latencies.items()):
@@ -173,5 +177,7 @@ def test_movie_to_motion_correction_latency_median_within_requirement(live):
     print(f"  unaffected by the crash ({len(normal)} movies): median {statistics.median(normal):.1f} s, "
           f"max {max(normal):.1f} s")
     assert all(value > 0 for value in latencies.values())
-    assert len(normal) >= 3
+    assert len(latencies) == SETTINGS.n_movies >= MIN_MOVIES_FOR_LATENCY
+    assert statistics.median(latencies.values()) <= LATENCY_REQUIREMENT_S
+    assert len(normal) >= 3  # few by design (most movies land within RECOVERY_S of the crash): a check, not the verdict
     assert statistics.median(normal) <= LATENCY_REQUIREMENT_S
