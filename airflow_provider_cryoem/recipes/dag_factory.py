@@ -169,6 +169,9 @@ def build_dag(recipe: Recipe) -> DAG:
         render_template_as_native_obj=True,
         tags=["cryoem", recipe.mode],
         doc_md=recipe.description,
+        # found through the DAG file's globals (build_dags), so a recipe whose DAG fails to build or validate
+        # is not also picked up half-built by Airflow's auto-registration of `with dag:` blocks
+        auto_register=False,
     )
     with dag:
         session, found, batches = _session_tasks(recipe, live)
@@ -232,7 +235,12 @@ def build_dag(recipe: Recipe) -> DAG:
 
 
 def build_dags(recipes_dir: str | Path) -> dict[str, DAG]:
-    """Every recipe of `recipes_dir` as a DAG; broken recipes are gathered into one RecipeErrorsDag."""
+    """Every recipe of `recipes_dir` as a DAG; broken recipes are gathered into one RecipeErrorsDag.
+
+    Whatever goes wrong with one file, even an error no validator foresaw while building or validating its
+    DAG, is that file's error: an exception escaping here would fail the whole DAG file and hide every
+    recipe's DAG, and Airflow keeps one import error per DAG file, so a second failing DAG would hide these.
+    """
     dags: dict[str, DAG] = {}
     errors: list[str] = []
     for path in sorted(Path(recipes_dir).glob("*.yaml")):
@@ -240,9 +248,13 @@ def build_dags(recipes_dir: str | Path) -> dict[str, DAG]:
             recipe = load_recipe(path)
             if recipe.name in dags:
                 raise RecipeError(f"{path.name}: name: DAG id {recipe.name!r} is used by another recipe")
-            dags[recipe.name] = build_dag(recipe)
+            dag = build_dag(recipe)
+            dag.validate()  # what Airflow checks when bagging (a bad cron schedule), so it joins the recipe errors
+            dags[recipe.name] = dag
         except RecipeError as exc:
             errors.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - any failure of one recipe must stay that recipe's
+            errors.append(f"{path.name}: cannot build a DAG from this recipe ({type(exc).__name__}: {exc})")
     if errors:
         dags["cryoem_recipe_errors"] = RecipeErrorsDag(errors)
     return dags

@@ -145,15 +145,36 @@ def stage_definition(name: str) -> StageDefinition:
     return STAGES[name]
 
 
+def _yaml_position(exc: yaml.YAMLError) -> str:
+    """Where PyYAML failed, as line and column; its message is not used since it quotes the offending line."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate one recipe file; RecipeError names the file and the failing field."""
+    """Read and validate one recipe file; RecipeError names the file and the failing field.
+
+    Every way a file can be unusable (unreadable, not UTF-8, not YAML, not a mapping, invalid fields) is a
+    RecipeError, so that one bad file becomes its own error and never stops the other recipes loading.
+    Messages name the file, position and field, never the file's text.
+    """
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise RecipeError(f"{path.name}: cannot read recipe ({exc})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path.name}: cannot read recipe: not UTF-8 text (invalid byte at offset {exc.start})") \
+            from None
+    except OSError as exc:
+        raise RecipeError(f"{path.name}: cannot read recipe ({exc.strerror or type(exc).__name__})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path.name}: cannot read recipe: not valid YAML ({type(exc).__name__}"
+                          f"{_yaml_position(exc)})") from None
+    except RecursionError:
+        raise RecipeError(f"{path.name}: cannot read recipe: YAML nested too deeply") from None
     if not isinstance(data, dict):
-        raise RecipeError(f"{path.name}: a recipe must be a mapping of fields")
+        raise RecipeError(f"{path.name}: a recipe must be a mapping of fields, not {type(data).__name__}")
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
