@@ -25,6 +25,51 @@ _KILL_GRACE_S = 5.0
 _PROGRESS_BAR_MARK = '~~(,_,">'
 
 
+# What a program run here inherits from the worker: what shells, Relion, MPI, CUDA, thread pools and
+# environment modules need, and nothing of Airflow's (AIRFLOW_CONN_*, the metadata database URL, Fernet key).
+_INHERITED_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "HOSTNAME", "TERM", "TZ", "LANG", "LANGUAGE",
+    "TMPDIR", "TMP", "TEMP", "LD_LIBRARY_PATH", "LIBRARY_PATH", "PYTHONUNBUFFERED", "PYTHONIOENCODING",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "MODULEPATH", "MODULESHOME", "LOADEDMODULES", "VIRTUAL_ENV",
+    "GOTO_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+})
+_INHERITED_PREFIXES = (
+    "LC_", "XDG_",
+    "OMP_", "MKL_", "OPENBLAS_", "KMP_", "NUMEXPR_",  # thread pools
+    "CUDA_", "NVIDIA_",  # CUDA_VISIBLE_DEVICES and the toolkit's location
+    "OMPI_", "OPAL_", "PMIX_", "PRTE_", "PMI_", "I_MPI_", "HYDRA_", "MV2_", "UCX_", "FI_", "SLURM_",  # MPI, srun
+    "RELION_", "IMOD_", "CONDA_", "LMOD_", "CRYOEM_",
+)
+# Dropped even where a name or prefix above (or a site's own list) allows it, like every AIRFLOW* name:
+# names containing a secret word, or with a secret-looking part between underscores (CRYOEM_RESULTS_URL
+# can hold a database password).
+_SECRET_WORDS = ("PASSWORD", "PASSWD", "SECRET", "TOKEN", "CREDENTIAL", "PRIVATE")
+_SECRET_PARTS = frozenset({"KEY", "CONN", "AUTH", "COOKIE", "URL", "URI", "DSN"})
+EXTRA_ALLOWED_ENV = "CRYOEM_TOOL_ENV_ALLOW"
+
+
+def _allowed(name: str, extra: tuple[str, ...]) -> bool:
+    """Whether the worker's variable `name` may reach a program; `extra` adds site names or `PREFIX*`."""
+    upper = name.upper()
+    if upper.startswith("AIRFLOW") or any(word in upper for word in _SECRET_WORDS) \
+            or not _SECRET_PARTS.isdisjoint(upper.split("_")):
+        return False
+    if name in _INHERITED_NAMES or name.startswith(_INHERITED_PREFIXES):
+        return True
+    return any(name.startswith(item[:-1]) if item.endswith("*") else name == item for item in extra)
+
+
+def child_environment(spec: CommandSpec) -> dict[str, str]:
+    """The worker's environment cut down to the allow-list above, plus `spec.env` (which is passed as given).
+
+    Sites add what their programs need (a licence server, say) with CRYOEM_TOOL_ENV_ALLOW, comma-separated
+    names or `PREFIX*` patterns; names that look secret are still dropped, so those belong in `spec.env`.
+    """
+    extra = tuple(item.strip() for item in os.environ.get(EXTRA_ALLOWED_ENV, "").split(",") if item.strip())
+    inherited = {name: value for name, value in os.environ.items() if _allowed(name, extra)}
+    return {**inherited, **spec.env}
+
+
 def _resolve_program(spec: CommandSpec, env: dict[str, str]) -> str:
     search_path = env.get("PATH", os.defpath)
     found = shutil.which(spec.program, path=search_path)
@@ -67,7 +112,7 @@ def _stop(process: subprocess.Popen[str]) -> None:
 
 def run_local(spec: CommandSpec, log_callback: Callable[[str], None] | None = None) -> CommandResult:
     """Run `spec` here; raise ToolNotFoundError, ToolTimeoutError or ToolExecutionError on failure."""
-    env = {**os.environ, **spec.env}
+    env = child_environment(spec)
     executable = _resolve_program(spec, env)
     if spec.cwd is not None and not Path(spec.cwd).is_dir():
         raise ToolExecutionError(spec.program, f"working directory {spec.cwd} does not exist")

@@ -27,7 +27,6 @@ from airflow_provider_cryoem.execution.slurm import (
     parse_job_status,
     parse_submitted_job_id,
     reattachable_job,
-    render_batch_script,
     status_command,
     submit_command,
     tail_command,
@@ -56,7 +55,8 @@ class SlurmCommandError(RuntimeError):
 
 
 class SlurmHook(SSHHook):
-    """SSHHook plus the Slurm client commands; credentials are never logged (only the commands are)."""
+    """SSHHook plus the Slurm client commands; credentials are never logged (only the commands are, except the
+    submission line and batch script)."""
 
     default_conn_name = DEFAULT_CONN_ID
     hook_name = "Slurm (over SSH)"
@@ -80,13 +80,25 @@ class SlurmHook(SSHHook):
                 f"{type(exc).__name__}: {exc}") from None
 
     def run_remote(self, command: str, timeout_s: float = _COMMAND_TIMEOUT_S) -> tuple[int, str, str]:
-        """Run one shell line on the login node: (exit status, stdout, stderr)."""
+        """Run one shell line on the login node: (exit status, stdout, stderr); SSHHook logs the line at INFO."""
         status, stdout, stderr = self.exec_ssh_client_command(self._client(), command, get_pty=False,
                                                               environment=None, timeout=timeout_s)
         return status, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")
 
-    def _checked(self, command: str, what: str) -> str:
-        status, stdout, stderr = self.run_remote(command)
+    def _run_unlogged(self, command: str, timeout_s: float = _COMMAND_TIMEOUT_S) -> tuple[int, str, str]:
+        """run_remote for the submission line, which carries the whole batch script (the site's set-up lines,
+        the job's environment) base64-coded: SSHHook would log it at INFO, so paramiko is called directly."""
+        _, stdout, stderr = self._client().exec_command(command, timeout=timeout_s)
+        try:
+            out, err = stdout.read(), stderr.read()
+        except TimeoutError:
+            raise SlurmCommandError(f"no answer from {self.remote_host} within {timeout_s:g} s "
+                                    f"(connection {self.ssh_conn_id!r})") from None
+        return stdout.channel.recv_exit_status(), out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+    def _checked(self, command: str, what: str, log_command: bool = True) -> str:
+        run = self.run_remote if log_command else self._run_unlogged
+        status, stdout, stderr = run(command)
         if status != 0:
             raise SlurmCommandError(f"{what} failed with status {status} on {self.remote_host} "
                                     f"(connection {self.ssh_conn_id!r}): {stderr.strip() or stdout.strip()}")
@@ -116,9 +128,13 @@ class SlurmHook(SSHHook):
         if existing is not None:
             self.log.info("re-attaching to Slurm job %s (%s) instead of submitting again", existing, name)
             return self.job(existing, name, reattached=True)
-        self.log.info("batch script of %s:\n%s", name, render_batch_script(spec, self.settings))
-        job_id = parse_submitted_job_id(self._checked(submit_command(spec, self.settings, name), "sbatch"))
-        self.log.info("submitted %s as Slurm job %s (%s)", spec.program, job_id, name)
+        # Neither the script nor the line that uploads it is logged: the set-up lines and the job's environment
+        # may hold site credentials. The script stays on the cluster for whoever needs to read it.
+        script_path, _, _ = job_paths(self.settings, name)
+        job_id = parse_submitted_job_id(self._checked(submit_command(spec, self.settings, name), "sbatch",
+                                                      log_command=False))
+        self.log.info("submitted %s as Slurm job %s (%s, batch script %s on %s)", spec.program, job_id, name,
+                      script_path, self.remote_host)
         return self.job(job_id, name)
 
     def status(self, job_id: int) -> SlurmJobStatus:
