@@ -265,3 +265,35 @@ def test_a_result_the_store_refuses_fails_only_that_movie_and_reaches_no_star_fi
     assert Path(movies[1]).stem in star and Path(movies[0]).stem not in star
     summary = results_store(None, items[0]["processing_path"]).session_summary(items[0]["session_id"])
     assert (summary.stages["ctf"].succeeded, summary.stages["ctf"].failed) == (1, 1)
+
+
+def test_a_program_that_exits_0_without_its_micrograph_fails_only_that_movie(roots: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch):
+    """As MotionCor2 does on some GPU errors: the run 'succeeds' and the sum is not there."""
+    from airflow_provider_cryoem.pipeline import movie_batch
+    from airflow_provider_cryoem.pipeline.session import plan_batches
+    from airflow_provider_cryoem.pipeline.stages import BUILTIN_RUNNERS
+    from airflow_provider_cryoem.recipes.stages import MotionCorrectionParams
+    from airflow_provider_cryoem.simulate import GAIN_REFERENCE_NAME, SpaSimulationSettings, write_spa_session
+
+    settings = SpaSimulationSettings(n_movies=2, image_size_px=256, n_frames=6, particle_diameter_a=80,
+                                     particles_per_micrograph=4, seed=3)
+    watch = roots / "visit" / "raw"
+    truth = write_spa_session(settings, watch)
+    conf = {"watch_dir": str(watch), "pixel_size_a": settings.pixel_size_a, "particle_diameter_a": 80,
+            "gain_reference_path": str(watch / GAIN_REFERENCE_NAME)}
+    movies = [m.movie_name for m in truth.movies]
+    [items] = plan_batches(_open(conf), {"movies": movies}, max_per_task=10, parallel_tasks=1)
+    real_motion = BUILTIN_RUNNERS["motioncorr"]
+
+    def sum_vanishes_for_the_first(ctx):
+        result = real_motion(ctx)
+        if ctx.item["movie"] == movies[0]:
+            Path(result["micrograph"]).unlink()
+        return result
+
+    monkeypatch.setitem(BUILTIN_RUNNERS, "motioncorr", sum_vanishes_for_the_first)
+    outcomes = movie_batch.process_batch("motioncorr", "builtin", "local", items, parse_session_config(conf),
+                                         MotionCorrectionParams(), {}, "run_1")
+    assert [o["status"] for o in outcomes] == ["failed", "ok"]
+    assert "does not exist" in outcomes[0]["error"] and Path(movies[0]).stem in outcomes[0]["error"]
