@@ -1,4 +1,5 @@
-"""Test-wide set-up: a private AIRFLOW_HOME so tests never touch a user's Airflow installation."""
+"""Test-wide set-up: a private AIRFLOW_HOME so tests never touch a user's Airflow installation, and the
+PostgreSQL server of the run (`pg_admin_url`, tests/_pg.py)."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_cryoem.devtools.dags_test import dags_test_env
+
+from ._pg import pg_admin_url  # noqa: F401  (fixture: every PG-needing test, whichever module)
 
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="cryoem-airflow-home-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")

@@ -2,7 +2,8 @@
 
 Metadata and results live in fresh PostgreSQL databases; the simulator writes movies into the watched
 folder as a microscope would; the scheduler and the triggerer are killed (SIGKILL, process groups) and
-restarted in mid-session. PostgreSQL must be reachable: an unreachable server is an error, not a skip.
+restarted in mid-session. PostgreSQL comes from `pg_admin_url` (tests/_pg.py): the configured server, or a
+private cluster for the run when nothing listens there.
 """
 from __future__ import annotations
 
@@ -67,16 +68,17 @@ def _claims(results: Any) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def live(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str) -> dict[str, Any]:
     """One live session, start to end marker, with a scheduler + triggerer crash once two movies are taken."""
     root = tmp_path_factory.mktemp("live")
     watch_dir, processing_dir = root / "session" / "raw", root / "session" / "processing"
     started = time.monotonic()
-    with fresh_postgres_database("cryoem_it_meta") as metadata_url, \
-            fresh_postgres_database("cryoem_it_results") as results_url:
+    with fresh_postgres_database("cryoem_it_meta", pg_admin_url) as metadata_url, \
+            fresh_postgres_database("cryoem_it_results", pg_admin_url) as results_url:
         results = create_engine(results_url)
+        results_conn = make_url(results_url).set(drivername="postgres").render_as_string(hide_password=False)
         env = {"CRYOEM_RESULTS_CONN_ID": "cryoem_results",
-               "AIRFLOW_CONN_CRYOEM_RESULTS": f"postgres://postgres@127.0.0.1:5432/{make_url(results_url).database}",
+               "AIRFLOW_CONN_CRYOEM_RESULTS": results_conn,
                "CRYOEM_DATA_ROOTS": str(root)}
         with AirflowStack(root / "airflow_home", metadata_url, extra_env=env) as stack:
             try:
