@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     computed_field,
     field_validator,
     model_validator,
@@ -119,18 +120,10 @@ class SessionConfig(BaseModel):
     processing_dir: str = _field("", "Folder for the Relion project and results; default "
                                      "<watch_dir>/../processing.", PATHS, max_length=4096)
 
-    @field_validator("movie_glob")
+    @field_validator("movie_glob", "end_marker")
     @classmethod
-    def _glob_inside_folder(cls, value: str) -> str:
-        problem = glob_problem(value)
-        if problem is not None:
-            raise ValueError(problem)
-        return value
-
-    @field_validator("end_marker")
-    @classmethod
-    def _marker_is_a_file_name(cls, value: str) -> str:
-        problem = file_name_problem(value)
+    def _inside_watched_folder(cls, value: str, info: ValidationInfo) -> str:
+        problem = (glob_problem if info.field_name == "movie_glob" else file_name_problem)(value)
         if problem is not None:
             raise ValueError(problem)
         return value

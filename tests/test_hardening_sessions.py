@@ -228,25 +228,31 @@ def test_a_full_disk_never_leaves_a_truncated_star_row(tmp_path: Path, monkeypat
     assert [row[0] for row in rows] == ["a.mrc", "b.mrc"] and np.isclose(float(rows[1][1]), 2.0)
 
 
+def _simulated_batch(roots: Path, seed: int) -> tuple[list[dict], dict, list[str]]:
+    """Two small simulated movies in the session folder, opened as one micro-batch: (items, conf, movies)."""
+    from airflow_provider_cryoem.pipeline.session import plan_batches
+    from airflow_provider_cryoem.simulate import GAIN_REFERENCE_NAME, SpaSimulationSettings, write_spa_session
+
+    settings = SpaSimulationSettings(n_movies=2, image_size_px=256, n_frames=6, particle_diameter_a=80,
+                                     particles_per_micrograph=4, seed=seed)
+    watch = roots / "visit" / "raw"
+    truth = write_spa_session(settings, watch)
+    conf = {"watch_dir": str(watch), "pixel_size_a": settings.pixel_size_a, "particle_diameter_a": 80,
+            "gain_reference_path": str(watch / GAIN_REFERENCE_NAME)}
+    movies = [m.movie_name for m in truth.movies]
+    [items] = plan_batches(_open(conf), {"movies": movies}, max_per_task=10, parallel_tasks=1)
+    return items, conf, movies
+
+
 def test_a_result_the_store_refuses_fails_only_that_movie_and_reaches_no_star_file(roots: Path,
                                                                                   monkeypatch: pytest.MonkeyPatch):
     """CTFFIND reports an infinite fit resolution for an empty micrograph: that movie is failed with the
     reason, the other one is recorded, and micrographs_ctf.star lists only the recorded one."""
     from airflow_provider_cryoem.pipeline import movie_batch
-    from airflow_provider_cryoem.pipeline.session import plan_batches
     from airflow_provider_cryoem.pipeline.stages import BUILTIN_RUNNERS
     from airflow_provider_cryoem.recipes.stages import CtfParams, MotionCorrectionParams
-    from airflow_provider_cryoem.simulate import GAIN_REFERENCE_NAME, SpaSimulationSettings, write_spa_session
 
-    settings = SpaSimulationSettings(n_movies=2, image_size_px=256, n_frames=6, particle_diameter_a=80,
-                                     particles_per_micrograph=4, seed=2)
-    watch = roots / "visit" / "raw"
-    truth = write_spa_session(settings, watch)
-    conf = {"watch_dir": str(watch), "pixel_size_a": settings.pixel_size_a, "particle_diameter_a": 80,
-            "gain_reference_path": str(watch / GAIN_REFERENCE_NAME)}
-    opened = _open(conf)
-    movies = [m.movie_name for m in truth.movies]
-    [items] = plan_batches(opened, {"movies": movies}, max_per_task=10, parallel_tasks=1)
+    items, conf, movies = _simulated_batch(roots, seed=2)
     config = parse_session_config(conf)
     motion = movie_batch.process_batch("motioncorr", "builtin", "local", items, config, MotionCorrectionParams(),
                                        {}, "run_1")
@@ -271,19 +277,10 @@ def test_a_program_that_exits_0_without_its_micrograph_fails_only_that_movie(roo
                                                                             monkeypatch: pytest.MonkeyPatch):
     """As MotionCor2 does on some GPU errors: the run 'succeeds' and the sum is not there."""
     from airflow_provider_cryoem.pipeline import movie_batch
-    from airflow_provider_cryoem.pipeline.session import plan_batches
     from airflow_provider_cryoem.pipeline.stages import BUILTIN_RUNNERS
     from airflow_provider_cryoem.recipes.stages import MotionCorrectionParams
-    from airflow_provider_cryoem.simulate import GAIN_REFERENCE_NAME, SpaSimulationSettings, write_spa_session
 
-    settings = SpaSimulationSettings(n_movies=2, image_size_px=256, n_frames=6, particle_diameter_a=80,
-                                     particles_per_micrograph=4, seed=3)
-    watch = roots / "visit" / "raw"
-    truth = write_spa_session(settings, watch)
-    conf = {"watch_dir": str(watch), "pixel_size_a": settings.pixel_size_a, "particle_diameter_a": 80,
-            "gain_reference_path": str(watch / GAIN_REFERENCE_NAME)}
-    movies = [m.movie_name for m in truth.movies]
-    [items] = plan_batches(_open(conf), {"movies": movies}, max_per_task=10, parallel_tasks=1)
+    items, conf, movies = _simulated_batch(roots, seed=3)
     real_motion = BUILTIN_RUNNERS["motioncorr"]
 
     def sum_vanishes_for_the_first(ctx):

@@ -16,6 +16,7 @@ from airflow_provider_cryoem.results import (
     ResultsUnavailableError,
     engine_from_url,
 )
+from airflow_provider_cryoem.results.migrations import LATEST_VERSION
 
 from ._pg import pg_url  # noqa: F401  (fixture)
 
@@ -59,7 +60,7 @@ def test_hook_without_a_connection_uses_sqlite_in_the_processing_dir(monkeypatch
     store = ResultsHook(None, processing_dir=tmp_path / "processing").get_store()
     store.get_or_create_session("demo", "/data/demo", str(tmp_path / "processing"))
     assert (tmp_path / "processing" / "results.sqlite").is_file()
-    assert store.schema_version() == 1
+    assert store.schema_version() == LATEST_VERSION
 
 
 def test_hook_sqlite_location_can_be_set_by_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
