@@ -32,7 +32,7 @@ from airflow_provider_cryoem.devtools.local_airflow import (
     fresh_postgres_database,
     wait_until,
 )
-from airflow_provider_cryoem.simulate import SpaSimulationSettings
+from airflow_provider_cryoem.simulate import SpaSimulationSettings, prepare_session_folder
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +84,9 @@ def live(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str) -> dict[st
             try:
                 stack.unpause(DAG_ID)
                 stack.wait_for_dag(DAG_ID)
-                # As at the microscope: the session is started, then the first movie comes.
+                # As at the microscope: the session is started on its folder and gain reference, then the
+                # first movie comes.
+                prepare_session_folder(SETTINGS, watch_dir)
                 triggered_s = time.time()
                 trigger(stack, DAG_ID, session_conf(SETTINGS, SESSION, watch_dir, processing_dir, idle_timeout_s=60))
                 wait_until(lambda: stack.query("SELECT 1 FROM task_instance WHERE dag_id = :d AND "

@@ -12,6 +12,7 @@ from .session import (
     END_MARKER_NAME,
     GAIN_REFERENCE_NAME,
     GROUND_TRUTH_NAME,
+    prepare_session_folder,
     run_live_session,
     write_spa_session,
 )
@@ -29,6 +30,7 @@ from .truth import (
 __all__ = [
     "END_MARKER_NAME", "GAIN_REFERENCE_NAME", "GROUND_TRUTH_NAME", "CarbonEdgeTruth", "LocalMotionTruth",
     "MovieTruth", "ParticleTruth", "SessionTruth", "SimulatedMovie", "SpaSimulationSettings", "StructureTruth",
-    "euler_matrix", "gain_as_written", "make_structure", "orient_gain", "render_volume", "run_live_session",
+    "euler_matrix", "gain_as_written", "make_structure", "orient_gain", "prepare_session_folder", "render_volume",
+    "run_live_session",
     "simulate_movie", "write_spa_session",
 ]

@@ -58,10 +58,16 @@ def run_live_session(settings: SpaSimulationSettings, watch_dir: str | Path, int
     return truth
 
 
+def prepare_session_folder(settings: SpaSimulationSettings, out_dir: Path) -> Path:
+    """The session folder with its gain reference, as the microscope software leaves it before the first
+    movie (a session is started on a folder and gain that exist); returns the gain's path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return write_gain_reference(out_dir / GAIN_REFERENCE_NAME, gain_reference(settings), settings.pixel_size_a)
+
+
 def _write_session(settings: SpaSimulationSettings, out_dir: Path,
                    write_movie: Callable[[Path, bytes], object]) -> SessionTruth:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_gain_reference(out_dir / GAIN_REFERENCE_NAME, gain_reference(settings), settings.pixel_size_a)
+    prepare_session_folder(settings, out_dir)
     truth = SessionTruth(settings=settings, structure=make_structure(settings),
                          gain_reference_name=GAIN_REFERENCE_NAME, movies=[])
     for index in range(settings.n_movies):
