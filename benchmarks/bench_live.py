@@ -176,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: list[Outcome] = []
     started = time.monotonic()
     with fresh_postgres_database("bench_meta") as metadata_url, fresh_postgres_database("bench_results") as results_url:
+        results_conn = make_url(results_url).set(drivername="postgres").render_as_string(hide_password=False)
         env = {"CRYOEM_RESULTS_CONN_ID": "cryoem_results", "CRYOEM_RECIPES_DIR": str(recipes_dir),
-               "AIRFLOW_CONN_CRYOEM_RESULTS": f"postgres://postgres@127.0.0.1:5432/{make_url(results_url).database}",
+               "AIRFLOW_CONN_CRYOEM_RESULTS": results_conn,
                "CRYOEM_DATA_ROOTS": str(root)}
         with AirflowStack(root / "airflow_home", metadata_url, extra_env=env, parallelism=args.parallelism,
                           min_file_process_interval_s=60) as stack:
