@@ -113,6 +113,10 @@ class SessionConfig(BaseModel):
     thickness_nm: float = _field(150.0, "Expected sample thickness (nm) for reconstruction depth.", TOMOGRAPHY,
                                  gt=0, le=2000)
     tomogram_binning: int = _field(4, "Binning of the reconstructed tomogram.", TOMOGRAPHY, ge=1, le=32)
+    dose_per_tilt_e_a2: float | None = _field(None, "Electron dose per tilt (e⁻/Å²); default: dose per frame × "
+                                                    "the tilt movie's frames.", TOMOGRAPHY, gt=0, le=100)
+    tilt_series_idle_s: float = _field(300.0, "A tilt series with no new tilt for this long is complete, even "
+                                              "if its mdoc lists more.", TOMOGRAPHY, gt=0, le=7 * 24 * 3600)
 
     # Paths
     watch_dir: str = _field("", "Folder the microscope writes movies into (must be under an allowed root).",

@@ -36,7 +36,7 @@ def session_item(tmp_path: Path) -> dict:
     job_id = store.start_processing_job(session_id, "spa_live", "preprocessing", False, "run_1")
     return {"session_id": session_id, "session_name": "broken", "processing_job_id": job_id,
             "watch_dir": str(tmp_path / "raw"), "processing_path": str(processing),
-            "relion_dir": str(processing / "relion"), "relion_dialect": "relion5", "results_conn_id": None}
+            "relion_dir": str(processing / "relion"), "relion_dialect": "relion5", "experiment": "spa", "results_conn_id": None}
 
 
 @pytest.fixture

@@ -28,7 +28,9 @@ def _write(tmp_path: Path, name: str, body: str) -> Path:
 def test_shipped_recipes_are_valid(path):
     recipe = load_recipe(path)
     order = recipe.stage_order()
-    assert order.index("motioncorr") < order.index("ctf") < order.index("extract")
+    last = "extract" if recipe.experiment == "spa" else "tomogram"
+    assert order.index("motioncorr") < order.index("ctf") < order.index(last)
+    assert recipe.experiment == ("tomography" if path.name.startswith("tomo_") else "spa")
 
 
 def test_unknown_tool_names_the_file_stage_and_choices(tmp_path):

@@ -31,14 +31,16 @@ def _motioncorr(ctx: MovieContext, result: dict[str, Any], store: ResultsStore, 
         plot = micrograph.with_name(f"{micrograph.stem}_drift.png")
         result["drift_plot"] = str(drift_plot(result["shifts_px"], plot))
     store.record_motion_correction(job_id, movie_id, result)  # first: it refuses values a STAR row would keep
-    ctx.project.add_movie(ctx.movie_path)
-    ctx.project.add_motion_corrected(result["micrograph"], result["total_motion_a"], result["early_motion_a"],
-                                     result["late_motion_a"])
+    if ctx.item["experiment"] == "spa":  # a tilt's rows go into its series' STAR files when the series is taken
+        ctx.project.add_movie(ctx.movie_path)
+        ctx.project.add_motion_corrected(result["micrograph"], result["total_motion_a"], result["early_motion_a"],
+                                         result["late_motion_a"])
 
 
 def _ctf(ctx: MovieContext, result: dict[str, Any], store: ResultsStore, job_id: int, movie_id: int) -> None:
     store.record_ctf(job_id, movie_id, result)  # first: a fit with no finite resolution must not reach the STAR
-    ctx.project.add_ctf(ctx.upstream["motioncorr"]["micrograph"], ctf_values(result), result["diagnostic_image"])
+    if ctx.item["experiment"] == "spa":
+        ctx.project.add_ctf(ctx.upstream["motioncorr"]["micrograph"], ctf_values(result), result["diagnostic_image"])
 
 
 def _pick(ctx: MovieContext, result: dict[str, Any], store: ResultsStore, job_id: int, movie_id: int) -> None:

@@ -31,7 +31,7 @@ def _safe_name(text: str) -> str:
 
 
 def _open_one(config: SessionConfig, watch_dir: Path, processing: Path, recipe_name: str, run_id: str,
-              reprocess: bool, stable_for_s: float, relion_dialect: str) -> dict[str, Any]:
+              reprocess: bool, stable_for_s: float, relion_dialect: str, experiment: str) -> dict[str, Any]:
     processing.mkdir(parents=True, exist_ok=True)
     conn_id = results_conn_id()
     store = results_store(conn_id, str(processing))
@@ -45,7 +45,7 @@ def _open_one(config: SessionConfig, watch_dir: Path, processing: Path, recipe_n
                           processing_job_id=job_id)
     return {"session_id": session_id, "session_name": config.session_name, "processing_job_id": job_id,
             "watch_dir": str(watch_dir), "processing_path": str(processing), "relion_dir": str(relion_dir),
-            "relion_dialect": relion_dialect,
+            "relion_dialect": relion_dialect, "experiment": experiment,
             "results_conn_id": conn_id, "watch": watch.model_dump()}
 
 
@@ -78,7 +78,8 @@ def _session_folders(config: SessionConfig, reprocess: bool, logical_date: dt.da
 
 def open_session(params: dict[str, Any], recipe_name: str, run_id: str, reprocess: bool,
                  logical_date: dt.datetime | None, sessions_root: str | None,
-                 stable_for_s: float = 2.0, relion_dialect: str = "relion5") -> dict[str, Any]:
+                 stable_for_s: float = 2.0, relion_dialect: str = "relion5",
+                 experiment: str = "spa") -> dict[str, Any]:
     """Validate the conf, check every path it names, register the session(s); ConfigError names the field.
 
     A live run has one session, its `watch_dir`. A reprocess run takes `watch_dir` when given, else
@@ -90,13 +91,13 @@ def open_session(params: dict[str, Any], recipe_name: str, run_id: str, reproces
     for folder, processing in _session_folders(config, reprocess, logical_date, sessions_root):
         folder_config = config.model_copy(update={"watch_dir": str(folder), "processing_dir": str(processing)})
         sessions.append(_open_one(folder_config, folder, processing, recipe_name, run_id, reprocess,
-                                  stable_for_s, relion_dialect))
+                                  stable_for_s, relion_dialect, experiment))
     return {"sessions": sessions, "run_id": run_id}
 
 
 # What a task needs to know of its session to write results: the part of open_session's output it carries.
 SESSION_KEYS = ("session_id", "session_name", "processing_job_id", "watch_dir", "processing_path", "relion_dir",
-                "relion_dialect", "results_conn_id")
+                "relion_dialect", "experiment", "results_conn_id")
 
 
 def session_item(session: dict[str, Any], **fields: Any) -> dict[str, Any]:

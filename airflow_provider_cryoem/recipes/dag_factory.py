@@ -57,6 +57,7 @@ def _session_tasks(recipe: Recipe, live: bool) -> tuple[Any, Any, Any]:
             recipe_name=recipe.name,
             stable_for_s=recipe.batching.stable_for_s,
             relion_dialect=recipe.relion_dialect,
+            experiment=recipe.experiment,
             max_movies_per_task=recipe.batching.max_movies_per_task,
             parallel_tasks=recipe.batching.parallel_tasks,
             poke_interval=recipe.batching.poll_interval_s,
@@ -77,7 +78,8 @@ def _session_tasks(recipe: Recipe, live: bool) -> tuple[Any, Any, Any]:
 
         return open_session(context["params"], recipe.name, context["run_id"], reprocess=True,
                             logical_date=context.get("logical_date"), sessions_root=recipe.sessions_root,
-                            stable_for_s=recipe.batching.stable_for_s, relion_dialect=recipe.relion_dialect)
+                            stable_for_s=recipe.batching.stable_for_s, relion_dialect=recipe.relion_dialect,
+                            experiment=recipe.experiment)
 
     @task(task_id="list_movies")
     def list_movies_task(opened: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +130,18 @@ def _particle_stage(name: str, spec: StageSpec, recipe: Recipe, session: Any, fo
 
         return class3d_task(session, found, upstream)
 
+    if name == "tilt_series":
+        # Runs whether or not this run processed a tilt: a series may complete by time or at the session's end.
+        @task(task_id=name, trigger_rule=TriggerRule.NONE_FAILED, **retry)
+        def tilt_series_task(opened: dict[str, Any], found_movies: dict[str, Any], _processed: Any,
+                             **context: Any) -> list[dict[str, Any]]:
+            from ..config import stage_config
+            from ..pipeline.tomo_series import take_complete_series
+
+            return take_complete_series(stage_config(context["params"]), opened, found_movies, context["run_id"])
+
+        return tilt_series_task(session, found, upstream.output)
+
     @task(task_id=name, map_index_template=_BATCH_LABEL, **retry)
     def batch_stage_task(item: dict[str, Any], **context: Any) -> dict[str, Any]:
         from ..config import stage_config
@@ -139,6 +153,13 @@ def _particle_stage(name: str, spec: StageSpec, recipe: Recipe, session: Any, fo
             get_current_context()["batch_label"] = f"batch {item['batch']['number']}"
         elif "class3d" in item:
             get_current_context()["batch_label"] = f"{item['class3d']['particles_per_batch']} particles"
+        elif "tilt_series" in item:
+            get_current_context()["batch_label"] = item["tilt_series"]["name"]
+        if name == "tomogram":
+            from ..pipeline import tomo_series
+
+            return tomo_series.make_tomogram(config, stages.TomogramParams.model_validate(spec.params), spec.tool,
+                                             runs_on, item)
         if name == "class2d":
             return particle_stages.classify_batch(config, stages.Class2DParams.model_validate(spec.params), runs_on,
                                                   item)

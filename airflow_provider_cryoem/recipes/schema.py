@@ -112,7 +112,8 @@ class Recipe(BaseModel):
                                  f"placement needs an external program (tool), or route the task to a worker "
                                  f"queue on the cluster")
             if definition.scope != "movie" and len(spec.after) != 1:
-                raise ValueError(f"stages.{name}.after: a particle-batch stage follows exactly one stage")
+                raise ValueError(f"stages.{name}.after: a particle-batch or tilt-series stage follows exactly "
+                                 f"one stage")
             if definition.scope == "movie" and any(STAGES[a].scope != "movie" for a in spec.after if a in STAGES):
                 raise ValueError(f"stages.{name}.after: a per-movie stage cannot wait for particle-batch stages")
         if self.mode == "reprocess" and not self.schedule:
@@ -122,6 +123,12 @@ class Recipe(BaseModel):
         except graphlib.CycleError as exc:
             raise ValueError(f"stages: dependency cycle {' -> '.join(exc.args[1])}") from None
         return self
+
+    @property
+    def experiment(self) -> Literal["spa", "tomography"]:
+        """Tomography when the recipe gathers tilt series; its per-tilt stages then write Relion 5's
+        tilt-series files instead of single-particle micrograph lists."""
+        return "tomography" if "tilt_series" in self.stages else "spa"
 
     def ancestors(self, stage: str) -> list[str]:
         """Every stage whose results `stage` can use: its `after` stages and theirs, recursively."""

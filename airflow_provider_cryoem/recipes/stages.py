@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -107,12 +108,27 @@ class BFactorParams(_StageParams):
     min_particles: int = Field(100, ge=10, le=10_000_000, description="Smaller subsets are left out.")
 
 
+class TiltSeriesParams(_StageParams):
+    """When the tilt series of the session are complete is decided from the session's settings
+    (`tilt_series_idle_s`) and the mdoc files; nothing to set here."""
+
+
+class TomogramParams(_StageParams):
+    alignment_binning: int = Field(4, ge=1, le=32, description="Binning of the tilts for alignment.")
+    tilt_axis_search_deg: float = Field(6.0, ge=0, le=45, description="Search ± this around the nominal axis.")
+    method: Literal["wbp", "sirt_like"] = Field("sirt_like", description=(
+        "Weighted back-projection, or its filter shaped like a few SIRT iterations (less streaking)."))
+    sirt_like_iterations: int = Field(10, ge=1, le=100)
+    ctf_correction: bool = Field(True, description="Phase-flip each tilt with its CTF before back-projection.")
+
+
 @dataclass(frozen=True)
 class StageDefinition:
     """What the pipeline knows about one stage.
 
     `scope` "movie" stages are mapped over micro-batches of movies; "particles" stages work on batches of
-    particles (filled across movies and runs), mapped over the batches that became ready in this run.
+    particles (filled across movies and runs), mapped over the batches that became ready in this run;
+    "series" stages work on whole tilt series, mapped over the series that became complete in this run.
     """
 
     name: str
@@ -140,5 +156,8 @@ STAGES: dict[str, StageDefinition] = {
                         scope="particles"),
         StageDefinition("refine3d", frozenset({"relion"}), Refine3DParams, needs=("class3d",), scope="particles"),
         StageDefinition("bfactor", frozenset({"relion"}), BFactorParams, needs=("refine3d",), scope="particles"),
+        StageDefinition("tilt_series", frozenset({"builtin"}), TiltSeriesParams, needs=("ctf",), scope="series"),
+        StageDefinition("tomogram", frozenset({"builtin", "aretomo2", "imod"}), TomogramParams,
+                        needs=("tilt_series",), scope="series"),
     )
 }

@@ -23,12 +23,13 @@ class NewMoviesSensor(BaseSensorOperator):
     """
 
     def __init__(self, *, recipe_name: str, stable_for_s: float, relion_dialect: str, max_movies_per_task: int,
-                 parallel_tasks: int, deferrable: bool = True, **kwargs: Any) -> None:
+                 parallel_tasks: int, deferrable: bool = True, experiment: str = "spa", **kwargs: Any) -> None:
         kwargs.setdefault("poke_interval", 2.0)
         super().__init__(**kwargs)
         self.recipe_name = recipe_name
         self.stable_for_s = stable_for_s
         self.relion_dialect = relion_dialect
+        self.experiment = experiment
         self.max_movies_per_task = max_movies_per_task
         self.parallel_tasks = parallel_tasks
         self.deferrable = deferrable
@@ -45,7 +46,7 @@ class NewMoviesSensor(BaseSensorOperator):
             try:
                 opened = open_session(context["params"], self.recipe_name, context["run_id"], reprocess=False,
                                       logical_date=None, sessions_root=None, stable_for_s=self.stable_for_s,
-                                      relion_dialect=self.relion_dialect)
+                                      relion_dialect=self.relion_dialect, experiment=self.experiment)
             except ConfigError as exc:
                 raise AirflowFailException(str(exc)) from None  # no retry can fix a bad conf
             ti.xcom_push(key="opened", value=opened)
