@@ -4,6 +4,7 @@ from .eer import read_eer, write_eer
 from .errors import ImageFileError
 from .gain import apply_gain, load_gain, orient_gain
 from .image import read_image_2d
+from .mdoc import MdocSeries, MdocTilt, read_mdoc
 from .movie import MOVIE_SUFFIXES, check_frames_finite, movie_shape, read_movie
 from .mrc import read_mrc, read_mrc_pixel_size_a, read_mrc_shape, write_mrc
 from .star import read_star, write_star
