@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 import scipy.fft
-from scipy.ndimage import affine_transform
+from scipy.ndimage import affine_transform, uniform_filter
 
 ProjectionFilter = Literal["ramp", "sirt"]
 
@@ -44,26 +44,66 @@ def _tilt_radians(tilt_angles_deg: Sequence[float]) -> np.ndarray:
     return radians
 
 
-def transform_image(image: np.ndarray, rotation_deg: float = 0.0, shift_px: Sequence[float] = (0.0, 0.0),
+def transform_image(image: np.ndarray, rotation_deg: float = 0.0, shift_px: Sequence[float] = (0.0, 0.0), *,
+                    binning: int = 1, stretch_x: float = 1.0, output_shape: tuple[int, int] | None = None,
                     order: int = _IMAGE_SPLINE_ORDER, fill: float | None = None) -> np.ndarray:
-    """Rotate `image` counter-clockwise by `rotation_deg` about its centre, then move it by `shift_px` = (dx, dy).
+    """Rotate `image` counter-clockwise by `rotation_deg` about its centre, move it by `shift_px` = (dx, dy),
+    then shrink it by `binning` (block average) and stretch it along x by `stretch_x`, in one resampling.
 
-    One resampling for both, so a recorded image is interpolated only once. Pixels that come from outside
-    the image get `fill` (default: the image mean, which keeps a ramp filter from ringing on the edge).
+    A point at `p` (from the centre, input pixels) lands at `diag(stretch_x, 1) (R p + shift) / binning`
+    from the output centre, so the centre stays the centre whatever the sizes. Pixels from outside the
+    image get `fill` (default: the image mean, which keeps a ramp filter from ringing on the edge).
+    Output is `output_shape`, default the input shape divided by `binning`.
     """
     data = np.asarray(image, dtype=np.float32)
-    dx, dy = float(shift_px[0]), float(shift_px[1])
-    if rotation_deg == 0.0 and dx == 0.0 and dy == 0.0:
-        return data.copy()
+    if binning < 1:
+        raise ValueError(f"binning must be at least 1, got {binning}")
+    cval = float(data.mean()) if fill is None else fill
+    if binning > 1:
+        # A box of `binning` pixels sampled at the block centre is the block average; an even box is centred
+        # half a pixel before its index, which the sampling offset below puts back.
+        data = uniform_filter(data, size=binning, mode="constant", cval=cval)
+    shape = output_shape or (data.shape[0] // binning, data.shape[1] // binning)
     alpha = np.deg2rad(rotation_deg)
     cos_a, sin_a = np.cos(alpha), np.sin(alpha)
-    # Output pixel (row y, column x) samples the input at R(-α)·(p - c - d) + c, in [row, column] order.
-    matrix = np.array([[cos_a, -sin_a], [sin_a, cos_a]])
-    centre = np.array([_centre(data.shape[0]), _centre(data.shape[1])])
-    offset = centre - matrix @ (centre + np.array([dy, dx]))
-    cval = float(data.mean()) if fill is None else fill
-    return affine_transform(data, matrix, offset=offset, order=order, mode="constant", cval=cval,
-                            prefilter=order > 1).astype(np.float32, copy=False)
+    # Input position (row, column) for output q: R(-α)·(binning·diag(1/stretch_x, 1)·q - shift) + centre.
+    inverse_rotation = np.array([[cos_a, -sin_a], [sin_a, cos_a]])  # R(-α) in [row, column] order
+    matrix = inverse_rotation @ np.diag([float(binning), binning / stretch_x])
+    centre_in = np.array([_centre(image.shape[0]), _centre(image.shape[1])]) + (0.5 if binning % 2 == 0 else 0.0)
+    centre_out = np.array([_centre(shape[0]), _centre(shape[1])])
+    offset = centre_in - matrix @ centre_out - inverse_rotation @ np.array([float(shift_px[1]), float(shift_px[0])])
+    return affine_transform(data, matrix, offset=offset, output_shape=shape, order=order, mode="constant",
+                            cval=cval, prefilter=order > 1).astype(np.float32, copy=False)
+
+
+def _add_rows_at(out: np.ndarray, rows: np.ndarray, position: np.ndarray) -> None:
+    """`out[k] += rows` sampled at fractional row `position[k]` (linear), where that lies inside `rows`.
+
+    `rows` carries a zero row at each end, so samples up to one row outside read towards 0. Whole rows
+    are gathered (x-major layout), several times faster than gathering columns; `position` is monotonic,
+    so the rows inside form one slice.
+    """
+    inside = np.flatnonzero((position > 0.0) & (position < rows.shape[0] - 1))
+    if inside.size == 0:
+        return
+    first, last = int(inside[0]), int(inside[-1]) + 1
+    sample = position[first:last]
+    low_row = np.floor(sample).astype(np.intp)
+    weight = (sample - low_row).astype(np.float32)[:, None]
+    low = rows[low_row]
+    high = rows[low_row + 1]
+    high -= low
+    high *= weight
+    high += low
+    out[first:last] += high
+
+
+def _x_major_padded(images: np.ndarray) -> np.ndarray:
+    """`(n, ny, nx)` → `(n, nx + 2, ny)`: rows are x, with a zero row before and after."""
+    n, ny, nx = images.shape
+    padded = np.zeros((n, nx + 2, ny), dtype=np.float32)
+    padded[:, 1:-1, :] = images.transpose(0, 2, 1)
+    return padded
 
 
 def project_volume(volume: np.ndarray, tilt_angles_deg: Sequence[float], tilt_axis_deg: float = 0.0) -> np.ndarray:
@@ -81,36 +121,31 @@ def project_volume(volume: np.ndarray, tilt_angles_deg: Sequence[float], tilt_ax
     radians = _tilt_radians(tilt_angles_deg)
     x_out = np.arange(nx, dtype=np.float64) - _centre(nx)
     z_rel = np.arange(nz, dtype=np.float64) - _centre(nz)
-    projections = np.zeros((radians.size, ny, nx), dtype=np.float32)
-    padded = np.zeros((ny, nx + 2), dtype=np.float32)  # one zero column each side: out-of-range samples read 0
+    slices = _x_major_padded(data)
+    projections = np.empty((radians.size, ny, nx), dtype=np.float32)
+    total = np.empty((nx, ny), dtype=np.float32)
     for index, theta in enumerate(radians):
         cos_t, sin_t = np.cos(theta), np.sin(theta)
-        total = projections[index]
+        total[:] = 0.0
         for z in range(nz):
-            x_in = (x_out - z_rel[z] * sin_t) / cos_t + _centre(nx)
-            inside = (x_in > -1.0) & (x_in < nx)
-            if not inside.any():
-                continue
-            padded[:, 1:-1] = data[z]
-            columns = np.flatnonzero(inside)
-            position = x_in[columns] + 1.0
-            left = np.floor(position).astype(np.intp)
-            weight_right = (position - left).astype(np.float32)
-            total[:, columns] += padded[:, left] * (1.0 - weight_right) + padded[:, left + 1] * weight_right
-        total /= np.float32(cos_t)
+            _add_rows_at(total, slices[z], (x_out - z_rel[z] * sin_t) / cos_t + _centre(nx) + 1.0)
+        projections[index] = total.T / np.float32(cos_t)
         if tilt_axis_deg != 0.0:
-            projections[index] = transform_image(total, tilt_axis_deg, order=1, fill=0.0)
+            projections[index] = transform_image(projections[index], tilt_axis_deg, order=1, fill=0.0)
     return projections
 
 
-def to_axis_frame(image: np.ndarray, tilt_axis_deg: float, shift_px: Sequence[float] = (0.0, 0.0)) -> np.ndarray:
-    """Undo a recorded image's shift and in-plane rotation, so its tilt axis runs along y (one resampling)."""
-    data = np.asarray(image, dtype=np.float32)
+def to_axis_frame(image: np.ndarray, tilt_axis_deg: float, shift_px: Sequence[float] = (0.0, 0.0), *,
+                  binning: int = 1, stretch_x: float = 1.0, output_shape: tuple[int, int] | None = None,
+                  order: int = _IMAGE_SPLINE_ORDER) -> np.ndarray:
+    """Undo a recorded image's shift and in-plane rotation so its tilt axis runs along y (one resampling),
+    optionally binned and stretched perpendicular to the axis (see `transform_image`)."""
     alpha = np.deg2rad(tilt_axis_deg)
     dx, dy = float(shift_px[0]), float(shift_px[1])
     # Rotating by -α after moving by -d equals moving by -R(-α)·d after rotating.
     back = (-(np.cos(alpha) * dx + np.sin(alpha) * dy), -(-np.sin(alpha) * dx + np.cos(alpha) * dy))
-    return transform_image(data, -tilt_axis_deg, back)
+    return transform_image(image, -tilt_axis_deg, back, binning=binning, stretch_x=stretch_x,
+                           output_shape=output_shape, order=order)
 
 
 def tilt_weights(tilt_angles_deg: Sequence[float]) -> np.ndarray:
@@ -185,24 +220,17 @@ def backproject(projections: np.ndarray, tilt_angles_deg: Sequence[float], thick
         raise ValueError(f"{data.shape[0]} projections but {radians.size} tilt angles")
     if thickness_px < 1:
         raise ValueError(f"thickness_px must be at least 1, got {thickness_px}")
-    tilt_weight = np.ones(radians.size) if weights is None else np.asarray(weights, dtype=np.float64)
+    tilt_weight = np.ones(radians.size) if weights is None else np.asarray(weights, dtype=np.float32)
     _, ny, nx = data.shape
     x_rel = np.arange(nx, dtype=np.float64) - _centre(nx)
     z_rel = np.arange(thickness_px, dtype=np.float64) - _centre(thickness_px)
-    volume = np.zeros((thickness_px, ny, nx), dtype=np.float32)
-    padded = np.zeros((ny, nx + 2), dtype=np.float32)
-    for projection, theta, weight in zip(data, radians, tilt_weight):
-        padded[:, 1:-1] = projection * np.float32(weight)
+    rows = _x_major_padded(data * tilt_weight[:, None, None])
+    volume = np.zeros((thickness_px, nx, ny), dtype=np.float32)
+    for image, theta in zip(rows, radians):
         cos_t, sin_t = np.cos(theta), np.sin(theta)
         for z in range(thickness_px):
-            position = x_rel * cos_t + z_rel[z] * sin_t + _centre(nx) + 1.0
-            columns = np.flatnonzero((position > 0.0) & (position < nx + 1.0))
-            if columns.size == 0:
-                continue
-            left = np.floor(position[columns]).astype(np.intp)
-            weight_right = (position[columns] - left).astype(np.float32)
-            volume[z][:, columns] += padded[:, left] * (1.0 - weight_right) + padded[:, left + 1] * weight_right
-    return volume
+            _add_rows_at(volume[z], image, x_rel * cos_t + z_rel[z] * sin_t + _centre(nx) + 1.0)
+    return np.ascontiguousarray(volume.transpose(0, 2, 1))
 
 
 def filtered_backprojection(projections: np.ndarray, tilt_angles_deg: Sequence[float], thickness_px: int,
