@@ -7,6 +7,8 @@ write lock that `BEGIN IMMEDIATE` takes (see engine.py). The second caller then 
 
 Migration 1 creates the tables as schema.py defines them. When a table changes, freeze its v1 shape
 into migration 1 and add migration 2 that alters it, so old databases and new ones end up the same.
+A migration that adds tables names them (`_V1_TABLES`, `_V3_TABLES`), so a new table is created once, by
+its own migration, whatever version a database starts from.
 """
 from __future__ import annotations
 
@@ -43,10 +45,27 @@ _SESSION_V1 = Table(
 )
 
 
+# The tables migration 1 created besides `session` (its v1 shape above) and `schema_version`.
+_V1_TABLES = (
+    "processing_job", "session_file", "movie", "processing_failure", "motion_correction", "ctf",
+    "particle_picker", "relative_ice_thickness", "particle_classification_group", "particle_classification",
+    "cryoem_initial_model", "refinement", "bfactor_fit",
+)
+# Tomography: tilt series, their tilts, tomograms and per-tilt alignments (ISPyB Tomogram, TiltImageAlignment).
+_V3_TABLES = ("tilt_series", "tilt", "tomogram", "tilt_image_alignment")
+
+
+def _create_tables(connection: Connection, names: tuple[str, ...]) -> None:
+    schema.metadata.create_all(connection, tables=[schema.metadata.tables[name] for name in names])
+
+
 def _create_v1_tables(connection: Connection) -> None:
     _SESSION_V1.create(connection)
-    tables = [t for t in schema.metadata.sorted_tables if t not in (schema.schema_version, schema.session)]
-    schema.metadata.create_all(connection, tables=tables)
+    _create_tables(connection, _V1_TABLES)
+
+
+def _tomography_tables(connection: Connection) -> None:
+    _create_tables(connection, _V3_TABLES)
 
 
 def _session_identity(connection: Connection) -> None:
@@ -79,6 +98,7 @@ def _session_identity(connection: Connection) -> None:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ISPyB-shaped cryo-EM result tables and the session_file ingest table", _create_v1_tables),
     Migration(2, "sessions identified by name and watched folder", _session_identity),
+    Migration(3, "tomography: tilt series, tilts, tomograms and tilt image alignments", _tomography_tables),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

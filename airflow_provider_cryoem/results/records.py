@@ -100,6 +100,34 @@ BFACTOR_FIT = {
     "resolution_a": Field("resolution_a"),
     "particle_batch_size": _opt("particle_batch_size"),
 }
+TOMOGRAM = {
+    "volume_file": Field("volume"),
+    "stack_file": _opt("stack"),
+    "size_x_px": _opt("size_x_px"),
+    "size_y_px": _opt("size_y_px"),
+    "size_z_px": _opt("size_z_px"),
+    "pixel_size_a": Field("pixel_size_a"),
+    "tilt_axis_deg": _opt("tilt_axis_deg"),
+    "tilt_angle_offset_deg": _opt("tilt_angle_offset_deg"),
+    "residual_error_mean_px": _opt("mean_residual_px"),
+    "residual_error_sd_px": _opt("residual_sd_px"),
+    "central_slice_image": _opt("central_slice"),
+    "projection_xy_image": _opt("projection_xy"),
+    "projection_xz_image": _opt("projection_xz"),
+    "tilt_series_movie": _opt("movie"),
+    "alignment_plot": _opt("alignment_plot"),
+}
+# Shifts as tools/aretomo.parse_aln names them; an excluded tilt may leave the alignment values out.
+TILT_IMAGE_ALIGNMENT = {
+    "movie_id": Field("movie_id"),
+    "refined_tilt_angle_deg": _opt("refined_tilt_angle_deg"),
+    "refined_tilt_axis_deg": _opt("tilt_axis_deg"),
+    "shift_x_px": _opt("shift_x_px"),
+    "shift_y_px": _opt("shift_y_px"),
+    "residual_error_px": _opt("residual_px"),
+    "excluded": _opt("excluded", False),
+    "exclusion_reason": _opt("exclusion_reason"),
+}
 
 
 def as_mapping(result: ResultLike) -> Mapping[str, Any]:

@@ -248,3 +248,80 @@ bfactor_fit = Table(
     Column("particle_batch_size", Integer),
     UniqueConstraint("processing_job_id", "number_of_particles"),
 )
+
+# --- Tomography (migration 3) -------------------------------------------------------------------------
+# ISPyB keeps a tilt series as a DataCollection whose tilts are Movies; here the session stays the
+# DataCollection and `tilt_series` groups its movies. Per-tilt motion correction and CTF stay in the
+# motion_correction / ctf tables (keyed by movie); `tilt` says which series a movie belongs to.
+
+# One tilt series of a session, named as its mdoc / movies name it (TS_01, Position_1_2). It is collected
+# until one run flips `status` to complete (store.complete_tilt_series): the series is aligned once.
+tilt_series = Table(
+    "tilt_series", metadata,
+    _id("tilt_series_id"),
+    _fk("session_id", "session.session_id"),
+    Column("name", String(255), nullable=False),
+    Column("mdoc_full_path", PATH),
+    Column("tilt_axis_nominal_deg", Float),  # from the mdoc: CCW from the image y axis
+    Column("expected_tilts", Integer),  # None: not known in advance
+    Column("status", String(16), nullable=False),  # collecting | complete
+    Column("completed_reason", Text),
+    Column("completed_at", DateTime(timezone=True)),
+    Column("created", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("session_id", "name"),
+)
+
+# A movie's place in its tilt series (the mdoc section it was collected as).
+tilt = Table(
+    "tilt", metadata,
+    _id("tilt_id"),
+    _fk("tilt_series_id", "tilt_series.tilt_series_id"),
+    Column("movie_id", Integer, ForeignKey("movie.movie_id", ondelete="CASCADE"), nullable=False, unique=True),
+    Column("z_value", Integer, nullable=False),  # mdoc [ZValue = N]
+    Column("tilt_angle_deg", Float, nullable=False),  # nominal stage tilt
+    Column("acquisition_order", Integer, nullable=False),  # 1, 2, ... in collection order
+    Column("pre_exposure_e_a2", Float),  # dose accumulated before this tilt (Relion rlnMicrographPreExposure)
+    Column("excluded", Boolean, nullable=False),
+    Column("exclusion_reason", Text),
+    Column("late", Boolean, nullable=False),  # arrived after its series was complete: not in its tomogram
+)
+
+# ISPyB Tomogram: one reconstruction of a tilt series by one processing job.
+tomogram = Table(
+    "tomogram", metadata,
+    _id("tomogram_id"),
+    _fk("processing_job_id", "processing_job.processing_job_id"),
+    _fk("tilt_series_id", "tilt_series.tilt_series_id"),
+    Column("volume_file", PATH, nullable=False),
+    Column("stack_file", PATH),  # the aligned tilt stack
+    Column("size_x_px", Integer),
+    Column("size_y_px", Integer),
+    Column("size_z_px", Integer),
+    Column("pixel_size_a", Float, nullable=False),  # ISPyB pixelSpacing: of the volume (binned)
+    Column("tilt_axis_deg", Float),  # refined
+    Column("tilt_angle_offset_deg", Float),
+    Column("residual_error_mean_px", Float),
+    Column("residual_error_sd_px", Float),
+    Column("central_slice_image", PATH),
+    Column("projection_xy_image", PATH),
+    Column("projection_xz_image", PATH),
+    Column("tilt_series_movie", PATH),  # ISPyB tomogramMovie: animation through the tilts / slices
+    Column("alignment_plot", PATH),  # ISPyB xyShiftPlot
+    UniqueConstraint("processing_job_id", "tilt_series_id"),
+)
+
+# ISPyB TiltImageAlignment: where one tilt sits in one tomogram's alignment.
+tilt_image_alignment = Table(
+    "tilt_image_alignment", metadata,
+    _id("tilt_image_alignment_id"),
+    _fk("tomogram_id", "tomogram.tomogram_id"),
+    _fk("movie_id", "movie.movie_id"),
+    Column("refined_tilt_angle_deg", Float),  # None for a tilt left out of the alignment
+    Column("refined_tilt_axis_deg", Float),
+    Column("shift_x_px", Float),
+    Column("shift_y_px", Float),
+    Column("residual_error_px", Float),
+    Column("excluded", Boolean, nullable=False),
+    Column("exclusion_reason", Text),
+    UniqueConstraint("tomogram_id", "movie_id"),
+)

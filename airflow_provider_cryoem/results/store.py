@@ -18,10 +18,11 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from . import migrations, records, schema
 from .errors import ResultsInputError, ResultsNotFoundError, ResultsUnavailableError
 from .records import Field, ResultLike
-from .summary import SessionSummary, build_summary
+from .summary import SessionSummary, TiltSeriesRecord, build_summary, tilt_series_records
 from .upsert import insert_ignoring_conflicts, upsert
 
 JOB_STATUSES = ("success", "failed")
+SERIES_COLLECTING, SERIES_COMPLETE = "collecting", "complete"
 CLASSIFICATION_TYPES = ("2D", "3D")
 _CLAIM_CHUNK = 500  # rows per INSERT: well under SQLite's bound-parameter limit
 
@@ -295,6 +296,111 @@ class ResultsStore:
         return self._upsert(f"bfactor fit of processing job {job_id}", schema.bfactor_fit,
                             {"processing_job_id": job_id, **values}, ["processing_job_id", "number_of_particles"])
 
+    # -- tomography -----------------------------------------------------------------------------------
+    def get_or_create_tilt_series(self, session_id: int, name: str, mdoc_path: str | PurePath | None,
+                                  tilt_axis_nominal_deg: float | None, expected_tilts: int | None = None) -> int:
+        """The id of the session's tilt series `name`, created (collecting) on first use.
+
+        Values given (not None) update an existing series, so a series first seen through a movie gets its
+        mdoc path and tilt axis when the mdoc is read.
+        """
+        if not name or any(ch.isspace() for ch in name):
+            raise ResultsInputError("tilt series", "name", f"{name!r} is empty or has whitespace")
+        if expected_tilts is not None and expected_tilts < 1:
+            raise ResultsInputError("tilt series", "expected_tilts", f"{expected_tilts} is not a positive count")
+        known = {"mdoc_full_path": None if mdoc_path is None else str(mdoc_path),
+                 "tilt_axis_nominal_deg": None if tilt_axis_nominal_deg is None else float(tilt_axis_nominal_deg),
+                 "expected_tilts": expected_tilts}
+        table = schema.tilt_series
+        where = (table.c.session_id == session_id, table.c.name == name)
+        with self._writing(f"tilt series {name} of session {session_id}") as connection:
+            insert_ignoring_conflicts(connection, table, [{
+                "session_id": session_id, "name": name, **known, "status": SERIES_COLLECTING, "created": _now()}],
+                key=["session_id", "name"])
+            given = {column: value for column, value in known.items() if value is not None}
+            if given:
+                connection.execute(table.update().where(*where).values(given))
+            return connection.execute(select(table.c.tilt_series_id).where(*where)).scalar_one()
+
+    def add_tilt(self, tilt_series_id: int, movie_id: int, z_value: int, tilt_angle_deg: float,
+                 acquisition_order: int, pre_exposure_e_a2: float | None) -> int:
+        """Record `movie_id` as a tilt of the series; returns the tilt's id. A retry updates the same row.
+
+        A tilt first recorded after its series was completed is stored late (it is not in the series'
+        tomogram); a tilt recorded before keeps late = False through retries.
+        """
+        return self._put_tilt(tilt_series_id, movie_id, z_value, tilt_angle_deg, acquisition_order,
+                              pre_exposure_e_a2, late=None)
+
+    def record_late_tilt(self, tilt_series_id: int, movie_id: int, z_value: int, tilt_angle_deg: float,
+                         acquisition_order: int, pre_exposure_e_a2: float | None) -> int:
+        """Record the tilt as late whatever its series' state: the caller knows it missed the alignment."""
+        return self._put_tilt(tilt_series_id, movie_id, z_value, tilt_angle_deg, acquisition_order,
+                              pre_exposure_e_a2, late=True)
+
+    def mark_tilt_excluded(self, movie_id: int, reason: str, excluded: bool = True) -> None:
+        """Leave the tilt of `movie_id` out of its series (or take it back with excluded=False)."""
+        table = schema.tilt
+        with self._transaction() as connection:
+            updated = connection.execute(table.update().where(table.c.movie_id == movie_id).values(
+                excluded=excluded, exclusion_reason=reason if excluded else None))
+            if updated.rowcount == 0:
+                raise ResultsNotFoundError(f"movie {movie_id} is not a tilt of any tilt series")
+
+    def complete_tilt_series(self, tilt_series_id: int, reason: str) -> bool:
+        """Flip the series from collecting to complete; True only for the one caller that flipped it.
+
+        One conditional UPDATE: however many runs race, the database lets exactly one of them change the
+        row, so the series is aligned once. False when it was complete already.
+        """
+        table = schema.tilt_series
+        with self._transaction() as connection:
+            flipped = connection.execute(table.update().where(
+                table.c.tilt_series_id == tilt_series_id, table.c.status == SERIES_COLLECTING).values(
+                status=SERIES_COMPLETE, completed_reason=reason, completed_at=_now())).rowcount
+            if flipped == 0 and connection.execute(select(table.c.tilt_series_id).where(
+                    table.c.tilt_series_id == tilt_series_id)).first() is None:
+                raise ResultsNotFoundError(f"no tilt series {tilt_series_id}")
+            return flipped == 1
+
+    def tilt_series_of_session(self, session_id: int) -> list[TiltSeriesRecord]:
+        """Every tilt series of the session by name, each with its tilts in acquisition order."""
+        with self._transaction() as connection:
+            return tilt_series_records(connection, session_id)
+
+    def record_tomogram(self, job_id: int, tilt_series_id: int, result: ResultLike,
+                        alignments: Iterable[ResultLike]) -> int:
+        """A series' tomogram from job `job_id` and its per-tilt alignments, replacing an earlier try's.
+
+        Each alignment names its tilt by `movie_id`, which must be a tilt of the series; a tilt that is
+        not excluded needs its refined angle and shifts.
+        """
+        values = records.row_values("tomogram", schema.tomogram, result, records.TOMOGRAM)
+        per_tilt = [records.row_values("tilt image alignment", schema.tilt_image_alignment, one,
+                                       records.TILT_IMAGE_ALIGNMENT) for one in alignments]
+        for one in per_tilt:
+            missing = [column for column in ("refined_tilt_angle_deg", "shift_x_px", "shift_y_px")
+                       if one[column] is None]
+            if missing and not one["excluded"]:
+                raise ResultsInputError("tilt image alignment", missing[0],
+                                        f"missing for movie {one['movie_id']}, which is not excluded")
+        table, tilt = schema.tilt_image_alignment, schema.tilt
+        with self._writing(f"tomogram of processing job {job_id}, tilt series {tilt_series_id}") as connection:
+            members = set(connection.execute(select(tilt.c.movie_id)
+                                             .where(tilt.c.tilt_series_id == tilt_series_id)).scalars())
+            strangers = sorted({one["movie_id"] for one in per_tilt} - members)
+            if strangers:
+                raise ResultsInputError("tilt image alignment", "movie_id",
+                                        f"movies {strangers} are not tilts of tilt series {tilt_series_id}")
+            tomogram_id = upsert(connection, schema.tomogram,
+                                 {"processing_job_id": job_id, "tilt_series_id": tilt_series_id, **values},
+                                 ["processing_job_id", "tilt_series_id"])
+            for one in per_tilt:
+                upsert(connection, table, {"tomogram_id": tomogram_id, **one}, ["tomogram_id", "movie_id"])
+            connection.execute(table.delete().where(
+                table.c.tomogram_id == tomogram_id, table.c.movie_id.not_in([one["movie_id"] for one in per_tilt])))
+            return tomogram_id
+
     # -- reading --------------------------------------------------------------------------------------
     def session_summary(self, session: int | str) -> SessionSummary:
         """Summary of the session with this id, or of the only session with this name."""
@@ -302,6 +408,27 @@ class ResultsStore:
             return build_summary(connection, session)
 
     # -- helpers --------------------------------------------------------------------------------------
+    def _put_tilt(self, tilt_series_id: int, movie_id: int, z_value: int, tilt_angle_deg: float,
+                  acquisition_order: int, pre_exposure_e_a2: float | None, late: bool | None) -> int:
+        """Insert or update the tilt of `movie_id`; `late=None`: late if new and its series is complete."""
+        values = {"tilt_series_id": tilt_series_id, "z_value": int(z_value), "tilt_angle_deg": float(tilt_angle_deg),
+                  "acquisition_order": int(acquisition_order),
+                  "pre_exposure_e_a2": None if pre_exposure_e_a2 is None else float(pre_exposure_e_a2)}
+        series, tilt = schema.tilt_series, schema.tilt
+        with self._writing(f"tilt of tilt series {tilt_series_id}, movie {movie_id}") as connection:
+            # FOR SHARE: complete_tilt_series waits for this transaction, so a tilt is either in the series
+            # the aligner reads or stored late, never lost between the two (SQLite writers are serial anyway).
+            status = connection.execute(select(series.c.status).where(series.c.tilt_series_id == tilt_series_id)
+                                        .with_for_update(read=True)).scalar()
+            if status is None:
+                raise ResultsNotFoundError(f"no tilt series {tilt_series_id}")
+            insert_ignoring_conflicts(connection, tilt, [{
+                "movie_id": movie_id, **values, "excluded": False, "exclusion_reason": None,
+                "late": status == SERIES_COMPLETE if late is None else late}], key=["movie_id"])
+            connection.execute(tilt.update().where(tilt.c.movie_id == movie_id).values(
+                values if late is None else {**values, "late": late}))
+            return connection.execute(select(tilt.c.tilt_id).where(tilt.c.movie_id == movie_id)).scalar_one()
+
     def _record_movie_result(self, stage: str, table: Table, fields: Mapping[str, Field], job_id: int,
                              movie_id: int, result: ResultLike) -> int:
         values = records.row_values(stage, table, result, fields)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, Row, Table, func, select
@@ -39,6 +40,47 @@ class FailureRecord(BaseModel):
     reprocess: bool
 
 
+class TomographyCounts(BaseModel):
+    """Tilt series by state, and the tilts left out of (excluded) or too late for (late) their tomogram."""
+
+    series_collecting: int = 0
+    series_complete: int = 0
+    series_reconstructed: int = 0  # series with at least one tomogram
+    tilts: int = 0
+    excluded_tilts: int = 0  # marked excluded, or excluded by the newest alignment of their series
+    late_tilts: int = 0
+    late_tilt_movies: list[str] = Field(default_factory=list)
+
+
+class TiltRecord(BaseModel):
+    """One tilt of a series: its movie and where it was collected."""
+
+    tilt_id: int
+    movie_id: int
+    movie: str  # the movie's path, relative to the watched folder
+    z_value: int
+    tilt_angle_deg: float
+    acquisition_order: int
+    pre_exposure_e_a2: float | None
+    excluded: bool
+    exclusion_reason: str | None
+    late: bool
+
+
+class TiltSeriesRecord(BaseModel):
+    """A tilt series of a session with its tilts in acquisition order."""
+
+    tilt_series_id: int
+    name: str
+    mdoc_full_path: str | None
+    tilt_axis_nominal_deg: float | None
+    expected_tilts: int | None
+    status: str  # collecting | complete
+    completed_reason: str | None
+    completed_at: datetime | None
+    tilts: list[TiltRecord]
+
+
 class SessionSummary(BaseModel):
     session_id: int
     session: str
@@ -59,6 +101,7 @@ class SessionSummary(BaseModel):
     best_resolution_a: float | None
     best_map_path: str | None = None
     bfactor_a2: float | None = Field(None, description="Rosenthal–Henderson B of the newest B-factor series.")
+    tomography: TomographyCounts = Field(default_factory=TomographyCounts)
 
 
 def _find_session(connection: Connection, session: int | str) -> Row:
@@ -135,6 +178,58 @@ def build_summary(connection: Connection, session_ref: int | str) -> SessionSumm
         best_resolution_a=min((r.estimated_resolution_a for r in refinements), default=None),
         best_map_path=min(refinements, key=lambda r: r.estimated_resolution_a).map_full_path if refinements else None,
         bfactor_a2=_newest_bfactor(bfactor_points),
+        tomography=_tomography_counts(connection, sid),
+    )
+
+
+def tilt_series_records(connection: Connection, session_id: int) -> list[TiltSeriesRecord]:
+    """The session's tilt series by name, each with its tilts in acquisition order."""
+    series_table, tilt, movie = schema.tilt_series, schema.tilt, schema.movie
+    tilts: dict[int, list[TiltRecord]] = {}
+    rows = connection.execute(
+        select(tilt, movie.c.movie_full_path).join(movie, tilt.c.movie_id == movie.c.movie_id)
+        .join(series_table).where(series_table.c.session_id == session_id)
+        .order_by(tilt.c.acquisition_order, tilt.c.z_value, tilt.c.tilt_id)).all()
+    for row in rows:
+        tilts.setdefault(row.tilt_series_id, []).append(TiltRecord(
+            tilt_id=row.tilt_id, movie_id=row.movie_id, movie=row.movie_full_path, z_value=row.z_value,
+            tilt_angle_deg=row.tilt_angle_deg, acquisition_order=row.acquisition_order,
+            pre_exposure_e_a2=row.pre_exposure_e_a2, excluded=row.excluded, exclusion_reason=row.exclusion_reason,
+            late=row.late))
+    series = connection.execute(select(series_table).where(series_table.c.session_id == session_id)
+                                .order_by(series_table.c.name)).all()
+    return [TiltSeriesRecord(
+        tilt_series_id=row.tilt_series_id, name=row.name, mdoc_full_path=row.mdoc_full_path,
+        tilt_axis_nominal_deg=row.tilt_axis_nominal_deg, expected_tilts=row.expected_tilts, status=row.status,
+        completed_reason=row.completed_reason, completed_at=row.completed_at,
+        tilts=tilts.get(row.tilt_series_id, [])) for row in series]
+
+
+def _tomography_counts(connection: Connection, session_id: int) -> TomographyCounts:
+    series = tilt_series_records(connection, session_id)
+    if not series:
+        return TomographyCounts()
+    tomogram, series_table = schema.tomogram, schema.tilt_series
+    newest: dict[int, tuple[int, int]] = {}  # series -> (job id, tomogram id) of its newest tomogram
+    for row in connection.execute(select(tomogram.c.tomogram_id, tomogram.c.tilt_series_id,
+                                         tomogram.c.processing_job_id).join(series_table)
+                                  .where(series_table.c.session_id == session_id)):
+        if row.tilt_series_id not in newest or row.processing_job_id > newest[row.tilt_series_id][0]:
+            newest[row.tilt_series_id] = (row.processing_job_id, row.tomogram_id)
+    alignment = schema.tilt_image_alignment
+    left_out = set(connection.execute(select(alignment.c.movie_id).where(
+        alignment.c.tomogram_id.in_([tomogram_id for _, tomogram_id in newest.values()]),
+        alignment.c.excluded.is_(True))).scalars()) if newest else set()
+    tilts = [one for record in series for one in record.tilts]
+    late = [one.movie for one in tilts if one.late]
+    return TomographyCounts(
+        series_collecting=sum(1 for record in series if record.status == "collecting"),
+        series_complete=sum(1 for record in series if record.status == "complete"),
+        series_reconstructed=sum(1 for record in series if record.tilt_series_id in newest),
+        tilts=len(tilts),
+        excluded_tilts=sum(1 for one in tilts if one.excluded or one.movie_id in left_out),
+        late_tilts=len(late),
+        late_tilt_movies=sorted(late),
     )
 
 
