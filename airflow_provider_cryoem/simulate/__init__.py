@@ -3,7 +3,8 @@
 Modules, one step of image formation each, so a tilt-series simulator can reuse them:
 structure (particle, orientations, 3D map) → specimen (placement, ice, carbon, phase) → optics (CTF,
 envelope, dose damage) → motion (drift, local warp) → detector (gain, counts) → movie (one movie)
-→ files / session (what lands on disk, at once or live).
+→ files / session (what lands on disk, at once or live). Tilt series: tomo_settings → tomo_phantom (the
+volume) → engines.tomo_projection → tomo_image (one tilt) → tilt_series (series, mdoc, live), with tomo_truth.
 """
 from ..io.gain import orient_gain
 from .detector import gain_as_written
@@ -18,6 +19,9 @@ from .session import (
 )
 from .settings import SpaSimulationSettings
 from .structure import euler_matrix, make_structure, render_volume
+from .tilt_series import SimulatedTilt, TiltSeriesSimulation, run_live_tomo_session, write_tomo_session
+from .tomo_settings import TomoSimulationSettings
+from .tomo_truth import TiltSeriesTruth, TiltTruth, TomoObjectTruth, TomoSessionTruth
 from .truth import (
     CarbonEdgeTruth,
     LocalMotionTruth,
@@ -33,4 +37,6 @@ __all__ = [
     "euler_matrix", "gain_as_written", "make_structure", "orient_gain", "prepare_session_folder", "render_volume",
     "run_live_session",
     "simulate_movie", "write_spa_session",
+    "SimulatedTilt", "TiltSeriesSimulation", "TiltSeriesTruth", "TiltTruth", "TomoObjectTruth", "TomoSessionTruth",
+    "TomoSimulationSettings", "run_live_tomo_session", "write_tomo_session",
 ]

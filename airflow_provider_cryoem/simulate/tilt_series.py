@@ -21,11 +21,11 @@ import numpy as np
 
 from ..engines.tomo_projection import project_volume
 from ..io.mrc import write_mrc
-from .detector import counts_dtype, gain_reference
-from .files import movie_bytes, write_atomically, write_gain_reference
+from .detector import counts_dtype
+from .files import movie_bytes, write_atomically
 from .motion import global_shifts_px, local_motion, max_displacement_px
 from .movie import _canvas_margin_px
-from .session import END_MARKER_NAME, GAIN_REFERENCE_NAME, GROUND_TRUTH_NAME
+from .session import END_MARKER_NAME, GAIN_REFERENCE_NAME, GROUND_TRUTH_NAME, prepare_session_folder
 from .settings import SpaSimulationSettings
 from .specimen import ICE_INELASTIC_MFP_A
 from .structure import make_structure
@@ -164,9 +164,8 @@ def run_live_tomo_session(settings: TomoSimulationSettings, watch_dir: str | Pat
 def _write_session(settings: TomoSimulationSettings, out_dir: Path, write_movie: Callable[[Path, bytes], object],
                    before_tilt: Callable[[], None]) -> TomoSessionTruth:
     """Gain first, then per series: the phantom, then each tilt's movie followed by the mdoc and the truth."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     spa = settings.as_spa_settings()
-    write_gain_reference(out_dir / GAIN_REFERENCE_NAME, gain_reference(spa), settings.pixel_size_a)
+    prepare_session_folder(spa, out_dir)
     structure = make_structure(spa)
     session = TomoSessionTruth(settings=settings, structure=structure, gain_reference_name=GAIN_REFERENCE_NAME,
                                series=[])

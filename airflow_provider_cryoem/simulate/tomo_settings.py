@@ -8,16 +8,25 @@ The pixel size is the detector's (real tilt movies are recorded at 1.5-2.7 Å/px
 from __future__ import annotations
 
 import math
+from copy import copy
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .settings import SpaSimulationSettings
 
 
+def _spa_field(name: str) -> Any:
+    """The SPA simulator's definition of a setting both share (default, bounds, description), written once."""
+    return copy(SpaSimulationSettings.model_fields[name])
+
+
 class TomoSimulationSettings(BaseModel):
-    """Every knob of the tilt-series simulator; the same settings and seed always give the same files."""
+    """Every knob of the tilt-series simulator; the same settings and seed always give the same files.
+
+    Optics, motion, detector and file-format settings are the SPA simulator's (`_spa_field`).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -26,7 +35,7 @@ class TomoSimulationSettings(BaseModel):
     naming: Literal["serialem", "tomo5"] = Field(
         "serialem", description="File names as SerialEM writes them (TS_01.mdoc, TS_01_001_0.0.tif) or as "
                                 "Tomo5 does (Position_1.mdoc, Position_1_001_0.00_<date>_<time>_fractions.tiff).")
-    movie_format: Literal["tiff", "mrc"] = Field("tiff", description="Movie file format.")
+    movie_format: Literal["tiff", "mrc"] = _spa_field("movie_format")
 
     image_size_px: int = Field(256, ge=128, le=8192, description="Width = height of each frame (px).")
     n_frames: int = Field(4, ge=1, le=1000, description="Frames per tilt movie.")
@@ -44,9 +53,9 @@ class TomoSimulationSettings(BaseModel):
     tilt_axis_deg: float = Field(85.0, ge=-180, le=180,
                                  description="Tilt axis in the image, CCW from the y axis (SerialEM / IMOD).")
 
-    voltage_kv: float = Field(300.0, ge=60, le=400, description="Accelerating voltage (kV).")
-    cs_mm: float = Field(2.7, ge=0, le=10, description="Spherical aberration (mm).")
-    amplitude_contrast: float = Field(0.1, ge=0, le=0.5, description="Amplitude contrast fraction.")
+    voltage_kv: float = _spa_field("voltage_kv")
+    cs_mm: float = _spa_field("cs_mm")
+    amplitude_contrast: float = _spa_field("amplitude_contrast")
     defocus_um: float = Field(4.0, gt=0, le=20, description="Nominal (target) underfocus (µm).")
     focus_error_um: float = Field(0.1, ge=0, le=5, description="RMS error of the focus at each tilt (µm).")
     area_offset_um: float = Field(0.5, ge=0, le=20,
@@ -58,9 +67,8 @@ class TomoSimulationSettings(BaseModel):
     defocus_node_step_a: float = Field(100.0, gt=0, le=10_000,
                                        description="Spacing of the defocus values the CTF is computed at; each "
                                                    "pixel interpolates between the two nearest (Å).")
-    envelope_bfactor_a2: float = Field(40.0, ge=0, le=1000, description="Coherence envelope exp(-B k²/4) (Å²).")
-    radiation_damage: bool = Field(True, description="Fade high frequencies with the dose accumulated over the "
-                                                     "series (Grant & Grigorieff 2015).")
+    envelope_bfactor_a2: float = _spa_field("envelope_bfactor_a2")
+    radiation_damage: bool = _spa_field("radiation_damage")
 
     thickness_nm: float = Field(150.0, gt=5, le=2000, description="Specimen (ice slab) thickness (nm).")
     ice_texture_rad: float = Field(0.22, ge=0, le=5,
@@ -74,21 +82,21 @@ class TomoSimulationSettings(BaseModel):
     n_particles: int = Field(4, ge=0, le=100_000, description="Macromolecules per 0° field of view.")
     inside_fraction: float = Field(0.3, ge=0, le=1, description="Share of macromolecules placed inside vesicles.")
     particle_diameter_a: float = Field(200.0, gt=10, le=2000, description="Macromolecule diameter (Å).")
-    n_atoms: int = Field(400, ge=10, le=100_000, description="Gaussian pseudo-atoms per macromolecule.")
+    n_atoms: int = _spa_field("n_atoms")
     n_gold: int = Field(0, ge=0, le=10_000, description="Gold fiducials per 0° field of view (0 = fiducial-free).")
     gold_diameter_a: float = Field(100.0, gt=10, le=1000, description="Gold bead diameter (Å).")
 
     tracking_error_px: float = Field(10.0, ge=0, le=10_000,
                                      description="RMS per-axis image shift of each tilt left by tracking (px).")
-    drift_a_per_frame: float = Field(0.5, ge=0, le=100, description="Drift speed in late frames (Å/frame).")
-    initial_drift_factor: float = Field(3.0, ge=1, le=50, description="How many times faster the first frames move.")
-    local_motion_a: float = Field(0.5, ge=0, le=100, description="Largest local displacement at the last frame (Å).")
+    drift_a_per_frame: float = _spa_field("drift_a_per_frame")
+    initial_drift_factor: float = _spa_field("initial_drift_factor")
+    local_motion_a: float = _spa_field("local_motion_a")
 
-    counting_noise: bool = Field(True, description="Draw Poisson counts; off gives float32 expected counts.")
-    gain_variation: float = Field(0.05, ge=0, le=0.5, description="RMS spread of per-pixel detector sensitivity.")
-    gain_rotation: Literal[0, 1, 2, 3] = Field(0, description="90° CCW turns the written gain needs (-RotGain).")
-    gain_flip: Literal[0, 1, 2] = Field(0, description="Flip the written gain needs after rotating (-FlipGain).")
-    session_start: datetime = Field(datetime(2024, 1, 1, 9, 0, 0), description="Acquisition time of the first tilt.")
+    counting_noise: bool = _spa_field("counting_noise")
+    gain_variation: float = _spa_field("gain_variation")
+    gain_rotation: Literal[0, 1, 2, 3] = _spa_field("gain_rotation")
+    gain_flip: Literal[0, 1, 2] = _spa_field("gain_flip")
+    session_start: datetime = _spa_field("session_start")
     tilt_interval_s: float = Field(30.0, gt=0, le=86_400, description="Time between tilts in the metadata (s).")
 
     @model_validator(mode="after")
