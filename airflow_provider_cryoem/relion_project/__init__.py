@@ -20,6 +20,15 @@ Use:
     job.add_output("run_it025_data.star", NodeType.PARTICLES)
     project.finish_job(job, success=True)
 
+Tomography (Relion 5 only), tilt by tilt and series by series:
+    project.reserve_jobs(tomo_preprocessing("aretomo"))     # Import ... AlignTiltSeries, Tomograms
+    project.add_tilt_movie("TS_01", movie, frame_count, tilt_angle_deg, tilt_axis_deg, pre_exposure, defocus_um)
+    project.add_motion_corrected_tilt("TS_01", movie, micrograph, total_a, early_a, late_a)
+    project.add_tilt_ctf("TS_01", movie, ctf_result, ctf_image_path)
+    project.select_tilts("TS_01", kept_movies)               # once the series is complete
+    project.add_aligned_tilt_series("TS_01", [TiltAlignmentValues(...), ...])
+    project.add_tomogram("TS_01", project.tomogram_path("TS_01"), binning, volume_size_px)
+
 Concurrency and retries: each add_* replaces the rows of its micrograph (a retried task never
 duplicates a row), under an flock on `.relion_lock_cryoem`; the pipeline is rewritten atomically
 while also holding Relion's `.relion_lock`. `dialect` picks Relion 3.1 (integer types and statuses)
@@ -28,7 +37,9 @@ or Relion 5 (type and status labels, node label depth) for default_pipeline.star
 from .job_types import JOB_KINDS, Dialect, JobKind, JobStatus, NodeType
 from .models import CtfValues, OpticsGroup
 from .pipeline import Pipeline, read_pipeline
-from .project import SPA_PREPROCESSING, RelionJob, RelionProject
+from .project import ALIGNER_KINDS, SPA_PREPROCESSING, RelionJob, RelionProject, tomo_preprocessing
+from .tomo_files import TiltAlignmentValues
 
-__all__ = ["JOB_KINDS", "SPA_PREPROCESSING", "CtfValues", "Dialect", "JobKind", "JobStatus", "NodeType",
-           "OpticsGroup", "Pipeline", "RelionJob", "RelionProject", "read_pipeline"]
+__all__ = ["ALIGNER_KINDS", "JOB_KINDS", "SPA_PREPROCESSING", "CtfValues", "Dialect", "JobKind", "JobStatus",
+           "NodeType", "OpticsGroup", "Pipeline", "RelionJob", "RelionProject", "TiltAlignmentValues",
+           "read_pipeline", "tomo_preprocessing"]

@@ -3,7 +3,8 @@
 A new micrograph's rows are appended as plain lines (cheap, as cryoem-services does); a
 micrograph seen before (a retried task) has its rows replaced by rewriting the file atomically.
 Which micrographs are present is kept in a sidecar `.<file>.keys`, written before the rows so that
-a crash between the two only ever leads to the rewrite path. Callers hold the project lock.
+a crash between the two only ever leads to the rewrite path. A table written whole at once (a tilt
+series after alignment) is replaced with `replace_rows`. Callers hold the project lock.
 """
 from __future__ import annotations
 
@@ -111,3 +112,13 @@ def upsert_rows(path: Path, header: str, block: str, columns: Sequence[str], key
     existing_header, lines = _split_header(path, path.read_text())
     kept = [line for line in lines if line.split()[key_index] != key]
     _atomic_write(path, existing_header + "".join(kept) + new_lines)
+
+
+def replace_rows(path: Path, header: str, rows: Sequence[Sequence[Value]]) -> None:
+    """Make `rows` the whole table of `path`, atomically: for tables written at once, never row by row.
+
+    The key sidecar is dropped first, so a later `upsert_rows` on the file rebuilds it from the rows.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _keys_path(path).unlink(missing_ok=True)
+    _atomic_write(path, header + "".join(format_row(row) for row in rows))

@@ -17,7 +17,7 @@ def job_star_text(kind: JobKind, dialect: Dialect, options: dict[str, Value]) ->
     version = STAR_VERSION[dialect]
     header: dict[str, Value] = (
         {"rlnJobType": kind.relion3_type, "rlnJobIsContinue": 0} if dialect == "relion3"
-        else {"rlnJobTypeLabel": kind.relion5_label, "rlnJobIsContinue": 0, "rlnJobIsTomo": 0})
+        else {"rlnJobTypeLabel": kind.relion5_label, "rlnJobIsContinue": 0, "rlnJobIsTomo": int(kind.is_tomo)})
     return (pair_block("job", header, version)
             + loop_block("joboptions_values", ["rlnJobOptionVariable", "rlnJobOptionValue"],
                          sorted(options.items()), version, quote=True))

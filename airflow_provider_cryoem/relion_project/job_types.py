@@ -3,6 +3,14 @@
 Relion 3.1 identifies process types, node types and statuses by integers (`pipeline_jobs.h`,
 `PROC_*`, `NODE_*`); Relion 4/5 by labels (`relion.motioncorr.own`,
 `MicrographGroupMetadata.star.relion.motioncorr`, `Succeeded`). Both are kept here, side by side.
+
+Tomography jobs exist in Relion 5 only. Their folders, process labels and output node labels are Relion
+5.0's `src/pipeline_jobs.h` (PROC_TOMO_*_DIRNAME / _LABELNEW, LABEL_*_TOMOGRAMS) and `pipeline_jobs.cpp`
+(motion correction and CTF keep `relion.motioncorr.own` / `relion.ctffind.ctffind4` and are tomography jobs
+by `rlnJobIsTomo 1` in job.star). Tilt-series alignment is one Relion process, `relion.aligntiltseries`,
+whose method is a job option (do_aretomo2, do_imod_fiducials, do_imod_patchtrack); we label the variant
+as ccpem-pipeliner and cryoem-services do (`relion.aligntiltseries.aretomo`), which Relion reads as
+`relion.aligntiltseries` (get_proc_type drops the deeper label layers).
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ class JobKind:
     node_suffix: str | None = None  # appended to Relion 5 labels of this job's output nodes
     # job.star options Relion needs to accept the job at all (it refuses a CtfFind job naming no program)
     default_options: dict[str, str] = field(default_factory=dict)
+    is_tomo: bool = False  # job.star `rlnJobIsTomo`; tomography jobs need the relion5 dialect
 
     def type_token(self, dialect: Dialect) -> str:
         """The process type as written in default_pipeline.star and job.star."""
@@ -52,6 +61,25 @@ JOB_KINDS: dict[str, JobKind] = {kind.name: kind for kind in (
     JobKind("refine3d", "Refine3D", 10, "relion.refine3d", node_suffix="refine3d"),
     JobKind("maskcreate", "MaskCreate", 12, "relion.maskcreate"),
     JobKind("postprocess", "PostProcess", 15, "relion.postprocess", node_suffix="postprocess"),
+    # Tomography (Relion 5; the integers are Relion 5's PROC_TOMO_* numbers, MotionCorr and CtfFind shared).
+    JobKind("tomo_import", "Import", 50, "relion.importtomo", "Live_tomo_import", "tomo.import", is_tomo=True),
+    JobKind("tomo_motioncorr", "MotionCorr", 1, "relion.motioncorr.own", "Live_tomo_motioncorr",
+            "tomo.motioncorr", {"do_own_motioncor": "Yes"}, is_tomo=True),
+    JobKind("tomo_ctffind", "CtfFind", 2, "relion.ctffind.ctffind4", "Live_tomo_ctffind", "tomo.ctffind",
+            {"use_ctffind4": "Yes"}, is_tomo=True),
+    JobKind("exclude_tilts", "ExcludeTiltImages", 57, "relion.excludetilts", "Live_exclude_tilts",
+            "tomo.excludeimages", is_tomo=True),
+    JobKind("aligntiltseries_aretomo", "AlignTiltSeries", 55, "relion.aligntiltseries.aretomo", "Live_aretomo",
+            "tomo.aligntiltseries", {"do_aretomo2": "Yes", "do_imod_fiducials": "No", "do_imod_patchtrack": "No"},
+            is_tomo=True),
+    JobKind("aligntiltseries_imod_fiducial", "AlignTiltSeries", 55, "relion.aligntiltseries.imod_fiducial",
+            "Live_imod_fiducial", "tomo.aligntiltseries",
+            {"do_aretomo2": "No", "do_imod_fiducials": "Yes", "do_imod_patchtrack": "No"}, is_tomo=True),
+    JobKind("aligntiltseries_imod_patchtrack", "AlignTiltSeries", 55, "relion.aligntiltseries.imod_patchtrack",
+            "Live_imod_patchtrack", "tomo.aligntiltseries",
+            {"do_aretomo2": "No", "do_imod_fiducials": "No", "do_imod_patchtrack": "Yes"}, is_tomo=True),
+    JobKind("tomograms", "Tomograms", 56, "relion.reconstructtomograms", "Live_tomograms", "tomo.reconstruct",
+            is_tomo=True),
 )}
 
 
@@ -78,10 +106,13 @@ class NodeType(IntEnum):
     POSTPROCESS_MAP = 11
     LOGFILE = 13
     POSTPROCESS_STAR = 14
+    TOMOGRAMS = 100  # a tilt-series / tomogram set STAR file: Relion 4/5 only, no Relion 3.1 integer
 
     def token(self, dialect: Dialect, file_name: str, suffix: str | None = None) -> str:
         """Relion 3.1's integer, or Relion 5's `<Kind>.<ext>.relion[.<suffix>]` label."""
         if dialect == "relion3":
+            if self is NodeType.TOMOGRAMS:
+                raise ValueError("Relion 3.1 has no tomography node types; write the project with dialect='relion5'")
             return str(int(self))
         extension = PurePosixPath(file_name).suffix.lstrip(".") or "star"
         parts = [_RELION5_NODE_KIND[self], extension, "relion"]
@@ -103,6 +134,7 @@ _RELION5_NODE_KIND = {
     NodeType.POSTPROCESS_MAP: "DensityMap",
     NodeType.LOGFILE: "LogFile",
     NodeType.POSTPROCESS_STAR: "ProcessData",
+    NodeType.TOMOGRAMS: "TomogramGroupMetadata",  # LABEL_TOMOGRAMS_CPIPE
 }
 # Relion 5 labels that do not depend on the job (e.g. LABEL_POST_POST, LABEL_REFINE3D_HALFMAP).
 _RELION5_FIXED_SUFFIX = {

@@ -1,6 +1,8 @@
 """What the project writer needs to know about the optics and about a micrograph's CTF."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import SessionConfig
@@ -20,6 +22,9 @@ class OpticsGroup(BaseModel):
     amplitude_contrast: float = Field(ge=0, le=1)
     particle_box_px: int | None = Field(None, ge=2)
     particle_pixel_size_a: float | None = Field(None, gt=0)
+    # rlnTomoHand: slope of defocus over the tomogram's z. Relion's import defaults to -1 ("invert defocus
+    # handedness", as EMPIAR-10164 needs); cryoem-services writes -1 too (its `invert_hand`).
+    tomo_hand: Literal[-1, 1] = -1
 
     @classmethod
     def from_session(cls, config: SessionConfig) -> "OpticsGroup":

@@ -11,7 +11,7 @@ from pathlib import Path
 import mrcfile
 
 from ..io import ImageFileError
-from . import data_files
+from . import data_files, tomo_files
 from .aggregate import upsert_rows
 from .data_files import TableSpec
 from .job_dir import alias_target, append_note, mark_exit, point_alias, write_job_files
@@ -20,6 +20,7 @@ from .locking import project_lock, relion_pipeline_lock
 from .models import CtfValues, OpticsGroup
 from .pipeline import NO_ALIAS, Pipeline, Process, read_pipeline
 from .star_text import Value
+from .tomo_files import TiltAlignmentValues
 
 _JOB_DIR = re.compile(r"^job(\d{3,})$")
 GUI_PROJECT_MARKER = ".gui_projectdir"
@@ -27,20 +28,49 @@ RELION3_COORDS_NODE = "coords_suffix_autopick.star"
 COORDINATE_SUFFIX = "_autopick.star"
 
 # The output node each streaming job registers when it is created, and where its inputs come from.
-_CHAIN_OUTPUT: dict[str, tuple[TableSpec, NodeType]] = {
-    "import": (data_files.MOVIES, NodeType.MOVIES),
-    "motioncorr": (data_files.CORRECTED_MICROGRAPHS, NodeType.MICROGRAPHS),
-    "ctffind": (data_files.MICROGRAPHS_CTF, NodeType.MICROGRAPHS),
-    "autopick": (data_files.AUTOPICK, NodeType.COORDINATES),
-    "extract": (data_files.PARTICLES, NodeType.PARTICLES),
+_CHAIN_OUTPUT: dict[str, tuple[str, NodeType]] = {
+    "import": (data_files.MOVIES.file_name, NodeType.MOVIES),
+    "motioncorr": (data_files.CORRECTED_MICROGRAPHS.file_name, NodeType.MICROGRAPHS),
+    "ctffind": (data_files.MICROGRAPHS_CTF.file_name, NodeType.MICROGRAPHS),
+    "autopick": (data_files.AUTOPICK.file_name, NodeType.COORDINATES),
+    "extract": (data_files.PARTICLES.file_name, NodeType.PARTICLES),
+    "tomo_import": (tomo_files.IMPORT.file_name, NodeType.TOMOGRAMS),
+    "tomo_motioncorr": (tomo_files.MOTIONCORR.file_name, NodeType.TOMOGRAMS),
+    "tomo_ctffind": (tomo_files.CTFFIND.file_name, NodeType.TOMOGRAMS),
+    "exclude_tilts": (tomo_files.SELECTED.file_name, NodeType.TOMOGRAMS),
+    "aligntiltseries_aretomo": (tomo_files.ALIGNED.file_name, NodeType.TOMOGRAMS),
+    "aligntiltseries_imod_fiducial": (tomo_files.ALIGNED.file_name, NodeType.TOMOGRAMS),
+    "aligntiltseries_imod_patchtrack": (tomo_files.ALIGNED.file_name, NodeType.TOMOGRAMS),
+    "tomograms": (tomo_files.TOMOGRAMS.file_name, NodeType.TOMOGRAMS),
 }
-# (upstream kind, the job.star option Relion 3.1/5 reads that input from)
-_CHAIN_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "motioncorr": (("import", "input_star_mics"),), "ctffind": (("motioncorr", "input_star_mics"),),
-    "autopick": (("ctffind", "fn_input_autopick"),),
-    "extract": (("ctffind", "star_mics"), ("autopick", "coords_suffix")),
+# Tilt-series alignment, by tool: the job kind of each (one Relion process, the method a job option).
+ALIGNER_KINDS = {"aretomo": "aligntiltseries_aretomo", "imod_fiducial": "aligntiltseries_imod_fiducial",
+                 "imod_patchtrack": "aligntiltseries_imod_patchtrack"}
+# (upstream kinds, first existing wins; the job.star option Relion 3.1/5 reads that input from)
+_CHAIN_INPUTS: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {
+    "motioncorr": ((("import",), "input_star_mics"),), "ctffind": ((("motioncorr",), "input_star_mics"),),
+    "autopick": ((("ctffind",), "fn_input_autopick"),),
+    "extract": ((("ctffind",), "star_mics"), (("autopick",), "coords_suffix")),
+    "tomo_motioncorr": ((("tomo_import",), "input_star_mics"),),
+    "tomo_ctffind": ((("tomo_motioncorr",), "input_star_mics"),),
+    "exclude_tilts": ((("tomo_ctffind",), "in_tiltseries"),),
+    **{kind: ((("exclude_tilts", "tomo_ctffind"), "in_tiltseries"),) for kind in ALIGNER_KINDS.values()},
+    "tomograms": ((tuple(ALIGNER_KINDS.values()), "in_tiltseries"),),
 }
 SPA_PREPROCESSING = ("import", "motioncorr", "ctffind", "autopick", "extract")
+
+
+def tomo_preprocessing(aligner: str = "aretomo") -> tuple[str, ...]:
+    """The Live tomography jobs, in cryoem-services' order: Import/job001 ... ExcludeTiltImages/job004,
+    AlignTiltSeries/job005, Tomograms/job006 in a new project; `aligner` picks the alignment job."""
+    return ("tomo_import", "tomo_motioncorr", "tomo_ctffind", "exclude_tilts", _aligner_kind(aligner), "tomograms")
+
+
+def _aligner_kind(aligner: str) -> str:
+    try:
+        return ALIGNER_KINDS[aligner]
+    except KeyError:
+        raise ValueError(f"unknown tilt-series aligner {aligner!r}; known: {sorted(ALIGNER_KINDS)}") from None
 
 
 def _stack_length(path: str | Path) -> int:
@@ -84,9 +114,9 @@ class RelionJob:
 
     def output_node_name(self) -> str:
         """Project-relative name of the job's main output node (streaming jobs only)."""
-        spec, _ = _CHAIN_OUTPUT[self.kind.name]
-        file_name = RELION3_COORDS_NODE if (self.kind.name == "autopick" and
-                                            self.project.dialect == "relion3") else spec.file_name
+        file_name, _ = _CHAIN_OUTPUT[self.kind.name]
+        if self.kind.name == "autopick" and self.project.dialect == "relion3":
+            file_name = RELION3_COORDS_NODE
         return self.name + file_name
 
     def add_output(self, file: str | Path, node_type: NodeType, label_suffix: str | None = None) -> None:
@@ -207,6 +237,11 @@ class RelionProject:
                 for entry in type_dir.iterdir()
                 if (match := _JOB_DIR.match(entry.name)) and not entry.is_symlink()]
 
+    def _live_job(self, kind: str) -> RelionJob | None:
+        """The Live job of `kind` if it exists (never creates one)."""
+        spec = job_kind(kind)
+        return self._aliased_job(spec, spec.live_alias) if spec.live_alias else None
+
     def _aliased_job(self, spec: JobKind, alias: str) -> RelionJob | None:
         target = alias_target(self.root / spec.directory, alias)
         match = _JOB_DIR.match(target or "")
@@ -234,13 +269,13 @@ class RelionProject:
         output = job.output_node_name()
         self.register_output(pipeline, job, output, node_type)
         input_options: dict[str, Value] = {}
-        for upstream_kind, option in _CHAIN_INPUTS.get(job.kind.name, ()):
-            spec = job_kind(upstream_kind)
-            upstream = self._aliased_job(spec, spec.live_alias or "")
+        for upstream_kinds, option in _CHAIN_INPUTS.get(job.kind.name, ()):
+            upstream = next((found for kind in upstream_kinds if (found := self._live_job(kind)) is not None), None)
             if upstream is None:
                 continue
             node = upstream.output_node_name()
-            pipeline.add_node(node, _CHAIN_OUTPUT[upstream_kind][1].token(self.dialect, node, spec.node_suffix))
+            spec = upstream.kind
+            pipeline.add_node(node, _CHAIN_OUTPUT[spec.name][1].token(self.dialect, node, spec.node_suffix))
             pipeline.add_input_edge(node, job.name)
             input_options[option] = node
         if output.endswith(RELION3_COORDS_NODE) and input_options:
@@ -338,3 +373,132 @@ class RelionProject:
         if self.optics is None:
             raise ValueError("RelionProject needs optics=OpticsGroup(...) to write micrograph or particle rows")
         return self.optics.number
+
+    # ----- tomography (Relion 5): per-tilt rows, then per-series files -------------------------------
+
+    def add_tilt_movie(self, series: str, movie_path: str | Path, frame_count: int, tilt_angle_deg: float,
+                       tilt_axis_deg: float, pre_exposure_e_a2: float, nominal_defocus_um: float) -> None:
+        """List a tilt movie of `series` in the Import job's tilt_series.star and tilt_series/<series>.star.
+
+        Angles are the nominal ones (mdoc TiltAngle, the tilt axis CCW from the image y axis), the
+        pre-exposure the dose received before this tilt (e/Å²), the defocus the nominal underfocus (µm).
+        """
+        name = self._tomo_series(series)
+        job = self.job("tomo_import")
+        values = tomo_files.import_tilt_values(self.relative(movie_path), frame_count, tilt_angle_deg, tilt_axis_deg,
+                                               pre_exposure_e_a2, nominal_defocus_um)
+        with project_lock(self.root):
+            tomo_files.upsert_tilt(job.path, job.name, tomo_files.IMPORT, name, values, self._tomo_optics())
+
+    def add_motion_corrected_tilt(self, series: str, movie_path: str | Path, micrograph_path: str | Path,
+                                  total_motion_a: float, early_motion_a: float, late_motion_a: float) -> None:
+        """Add a tilt's motion-corrected image and its accumulated motion (Å) to corrected_tilt_series.star."""
+        name = self._tomo_series(series)
+        job = self.job("tomo_motioncorr")
+        upstream = self._upstream_dir(job)
+        added: dict[str, Value] = {"rlnMicrographName": self.relative(micrograph_path),
+                                   "rlnAccumMotionTotal": float(total_motion_a),
+                                   "rlnAccumMotionEarly": float(early_motion_a),
+                                   "rlnAccumMotionLate": float(late_motion_a)}
+        with project_lock(self.root):
+            row = tomo_files.upstream_row(upstream, name, self.relative(movie_path))
+            tomo_files.upsert_tilt(job.path, job.name, tomo_files.MOTIONCORR, name, {**row, **added},
+                                   self._tomo_optics())
+
+    def add_tilt_ctf(self, series: str, movie_path: str | Path, ctf: CtfValues, ctf_image_path: str | Path) -> None:
+        """Add a tilt's CTF fit to tilt_series_ctf.star (`ctf_image_path`: its power spectrum, MRC)."""
+        name = self._tomo_series(series)
+        job = self.job("tomo_ctffind")
+        upstream = self._upstream_dir(job)
+        ctf = CtfValues.model_validate(ctf)
+        added = data_files.ctf_row_values(ctf) | {
+            "rlnCtfImage": f"{self.relative(ctf_image_path)}:mrc",
+            "rlnCtfAstigmatism": abs(ctf.defocus_u_a - ctf.defocus_v_a)}
+        with project_lock(self.root):
+            row = tomo_files.upstream_row(upstream, name, self.relative(movie_path))
+            tomo_files.upsert_tilt(job.path, job.name, tomo_files.CTFFIND, name, {**row, **added},
+                                   self._tomo_optics())
+
+    def select_tilts(self, series: str, movie_paths: Sequence[str | Path]) -> None:
+        """Keep these tilts of a complete series (ExcludeTiltImages' selected_tilt_series.star); the
+        others are left out, as Relion's tilt exclusion does. A retry replaces the selection."""
+        name = self._tomo_series(series)
+        job = self.job("exclude_tilts")
+        upstream = self._upstream_dir(job)
+        kept = {self.relative(path) for path in movie_paths}
+        with project_lock(self.root):
+            rows = [row for _, row in self._series_rows(upstream, name, kept)]
+            tomo_files.replace_series(job.path, job.name, tomo_files.SELECTED, name, rows, self._tomo_optics())
+
+    def add_aligned_tilt_series(self, series: str, alignments: Sequence[TiltAlignmentValues],
+                                aligner: str = "aretomo") -> None:
+        """Write the series' aligned tilts (aligned_tilt_series.star); tilts without an alignment are left out."""
+        name = self._tomo_series(series)
+        job = self.job(_aligner_kind(aligner))
+        upstream = self._upstream_dir(job)
+        by_movie = {self.relative(one.movie): one for one in map(TiltAlignmentValues.model_validate, alignments)}
+        with project_lock(self.root):
+            rows = [{**row, "rlnTomoXTilt": by_movie[movie].x_tilt_deg, "rlnTomoYTilt": by_movie[movie].y_tilt_deg,
+                     "rlnTomoZRot": by_movie[movie].z_rot_deg, "rlnTomoXShiftAngst": by_movie[movie].x_shift_a,
+                     "rlnTomoYShiftAngst": by_movie[movie].y_shift_a}
+                    for movie, row in self._series_rows(upstream, name, set(by_movie))]
+            tomo_files.replace_series(job.path, job.name, tomo_files.ALIGNED, name, rows, self._tomo_optics())
+
+    def tomogram_path(self, series: str) -> Path:
+        """Where the Tomograms job keeps the series' tomogram: `Tomograms/jobNNN/tomograms/rec_<series>.mrc`."""
+        return tomo_files.tomogram_file(self.job("tomograms").path, self._tomo_series(series))
+
+    def add_tomogram(self, series: str, tomogram_path: str | Path, binning: float,
+                     volume_size_px: Sequence[int]) -> None:
+        """List the series' tomogram in tomograms.star. `volume_size_px` is the volume's [x, y, z] as written
+        (binned); Relion records the bin-1 size (rlnTomoSizeX: "Width of a bin-1 tomogram in pixels")."""
+        name = self._tomo_series(series)
+        if len(volume_size_px) != 3 or binning <= 0:
+            raise ValueError(f"tomogram of {name}: need [x, y, z] sizes and a positive binning, "
+                             f"got {list(volume_size_px)} and {binning}")
+        job = self.job("tomograms")
+        upstream = self._upstream_dir(job)
+        sizes = [round(int(size) * binning) for size in volume_size_px]
+        extra: dict[str, Value] = {"rlnTomoTomogramBinning": float(binning), "rlnTomoSizeX": sizes[0],
+                                   "rlnTomoSizeY": sizes[1], "rlnTomoSizeZ": sizes[2],
+                                   "rlnTomoReconstructedTomogram": self.relative(tomogram_path)}
+        with project_lock(self.root):
+            rows = list(tomo_files.upstream_rows(upstream, name).values())
+            if not rows:
+                raise ImageFileError(tomo_files.series_file(upstream, name), "missing: align the series first")
+            tomo_files.replace_series(job.path, job.name, tomo_files.TOMOGRAMS, name, rows, self._tomo_optics(),
+                                      extra)
+
+    def _tomo_series(self, series: str) -> str:
+        if self.dialect != "relion5":
+            raise ValueError("Relion 3.1 has no tomography jobs: open the project with dialect='relion5'")
+        return tomo_files.check_series_name(series)
+
+    def _tomo_optics(self) -> OpticsGroup:
+        if self.optics is None:
+            raise ValueError("RelionProject needs optics=OpticsGroup(...) to write tilt series")
+        return self.optics
+
+    def _upstream_dir(self, job: RelionJob) -> Path:
+        """The folder of the job `job` reads from: its input edge in the pipeline, else the Live upstream job."""
+        for node, process in self.read_pipeline().input_edges:
+            if process == job.name:
+                return self.absolute(node).parent
+        for upstream_kinds, _ in _CHAIN_INPUTS.get(job.kind.name, ()):
+            for kind in upstream_kinds:
+                upstream = self._live_job(kind)
+                if upstream is not None:
+                    return upstream.path
+        raise ValueError(f"{job.name} has no input job: reserve the tomography jobs first "
+                         f"(reserve_jobs(tomo_preprocessing()))")
+
+    @staticmethod
+    def _series_rows(upstream: Path, name: str, movies: set[str]) -> list[tuple[str, dict[str, str]]]:
+        """(movie, row) of `movies` in the upstream file's (acquisition) order; a movie the upstream job has
+        not written is an error naming the file."""
+        rows = tomo_files.upstream_rows(upstream, name)
+        unknown = sorted(movies - set(rows))
+        if unknown:
+            raise ImageFileError(tomo_files.series_file(upstream, name), f"has no rows for {unknown}")
+        return [(movie, row) for movie, row in rows.items() if movie in movies]
+
