@@ -46,14 +46,26 @@ def loop_block(path: str | Path, block: str, columns: tuple[str, ...]) -> pd.Dat
     return table
 
 
+def _as_float(value: object) -> float:
+    """Python's reading of a number, which takes Relion's `-nan` and `inf` for empty classes (pandas does not)."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _is_nan_text(value: object) -> bool:
+    return isinstance(value, str) and value.strip().lower().lstrip("+-") == "nan"
+
+
 def numeric_column(path: str | Path, table: pd.DataFrame, block: str, column: str) -> np.ndarray:
     """`column` as float64; a non-numeric value names the file, block, column and row, never the value.
 
     NaN that the file itself holds stays NaN (as `astype(float)` kept it); only text that is no number fails.
     """
     raw = table[column]
-    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
-    bad = np.flatnonzero(np.isnan(values) & ~raw.isna().to_numpy())
+    values = np.array([_as_float(value) for value in raw], dtype=float)
+    bad = np.flatnonzero(np.isnan(values) & ~raw.isna().to_numpy() & ~raw.map(_is_nan_text).to_numpy(dtype=bool))
     if bad.size:
         raise ImageFileError(path, f"data_{block}: non-numeric _{column} in row {bad[0] + 1} "
                                    f"({bad.size} of {values.size} rows)")
