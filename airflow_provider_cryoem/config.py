@@ -115,6 +115,8 @@ class SessionConfig(BaseModel):
     tomogram_binning: int = _field(4, "Binning of the reconstructed tomogram.", TOMOGRAPHY, ge=1, le=32)
     dose_per_tilt_e_a2: float | None = _field(None, "Electron dose per tilt (e⁻/Å²); default: dose per frame × "
                                                     "the tilt movie's frames.", TOMOGRAPHY, gt=0, le=100)
+    tilt_range_deg: float = _field(60.0, "Tilts go from −this to +this: a series whose mdoc reaches both ends "
+                                         "is complete at once (else when idle).", TOMOGRAPHY, gt=0, le=90)
     tilt_series_idle_s: float = _field(300.0, "A tilt series with no new tilt for this long is complete, even "
                                               "if its mdoc lists more.", TOMOGRAPHY, gt=0, le=7 * 24 * 3600)
 

@@ -54,7 +54,7 @@ def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: 
     outcomes: list[dict[str, Any]] = []
     for item in movies:
         store = results_store(item["results_conn_id"], item["processing_path"])
-        project = relion_project(item["relion_dir"], optics, item["relion_dialect"])
+        project = relion_project(item["relion_dir"], optics, item["relion_dialect"], item["experiment"])
         movie_id = store.register_movie(item["session_id"], item["movie"])
         missing = _missing_inputs(item, upstream)
         if missing:

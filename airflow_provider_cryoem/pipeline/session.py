@@ -12,7 +12,7 @@ from ..config import ConfigError, SessionConfig, check_input_files, check_under_
 from ..downstream.class_selection import SELECT_ALIAS
 from ..downstream.particle_batches import BATCH_ALIAS
 from ..ingest import split_into_batches
-from ..relion_project import SPA_PREPROCESSING, OpticsGroup, RelionJob, RelionProject
+from ..relion_project import JOB_KINDS, SPA_PREPROCESSING, TOMO_TILT_JOBS, OpticsGroup, RelionJob, RelionProject
 from .stores import relion_project, results_store
 from .watch import WatchSettings, report_rejected, scan_session_folder
 
@@ -129,8 +129,13 @@ def plan_batches(opened: dict[str, Any], found: dict[str, Any], max_per_task: in
     return split_into_batches(items, max_per_task, parallel_tasks)
 
 
-def _live_jobs(project: RelionProject) -> list[RelionJob]:
-    """The streaming jobs a live session keeps open: preprocessing, and the particle Select jobs if made."""
+def _live_jobs(project: RelionProject, experiment: str) -> list[RelionJob]:
+    """The streaming jobs a live session keeps open: preprocessing (per tilt and per series for tomography),
+    and the particle Select jobs if made."""
+    if experiment == "tomography":
+        return [project.job(kind) for kind in TOMO_TILT_JOBS] + [
+            job for kind in JOB_KINDS if kind.startswith(("exclude_tilts", "aligntiltseries_", "tomograms"))
+            if (job := project.existing_job(kind)) is not None]
     jobs = [project.job(kind) for kind in SPA_PREPROCESSING]
     for kind, alias in (("select", BATCH_ALIAS), ("class_selection", SELECT_ALIAS)):
         if (project.root / "Select" / alias).exists():
@@ -158,8 +163,8 @@ def close_batch(params: dict[str, Any], opened: dict[str, Any] | None,
         if found["session_over"]:
             store.end_session(session["session_id"], found["reason"])
             project = relion_project(session["relion_dir"], OpticsGroup.from_session(config),
-                                     session["relion_dialect"])
-            for job in _live_jobs(project):
+                                     session["relion_dialect"], session["experiment"])
+            for job in _live_jobs(project, session["experiment"]):
                 project.finish_job(job, success=True)
         summaries[session["watch_dir"]] = store.session_summary(session["session_id"]).model_dump(mode="json")
     if found is None:

@@ -18,6 +18,10 @@ from ..engines.picking import PickingInputs, run_picking
 from ..relion_project import RelionProject
 
 
+# A tilt's per-movie outputs go to the tomography jobs of the same programs.
+_TOMO_TWINS = {"motioncorr": "tomo_motioncorr", "ctffind": "tomo_ctffind"}
+
+
 @dataclass(frozen=True)
 class MovieContext:
     """What one stage needs to process one movie."""
@@ -33,8 +37,10 @@ class MovieContext:
         return Path(self.item["watch_dir"]) / self.item["movie"]
 
     def output(self, job_kind: str, suffix: str) -> Path:
-        """Where a stage writes its file for this movie in the Relion job `job_kind`, mirroring the movie's
-        sub-folders below the watched folder (as cryoem-services does)."""
+        """Where a stage writes its file for this movie in the Relion job `job_kind` (its tomography twin for
+        a tilt), mirroring the movie's sub-folders below the watched folder (as cryoem-services does)."""
+        if self.item["experiment"] == "tomography":
+            job_kind = _TOMO_TWINS.get(job_kind, job_kind)
         return self.project.job(job_kind).file_for(self.movie_path, suffix, source_root=self.item["watch_dir"])
 
 

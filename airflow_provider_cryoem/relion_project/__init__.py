@@ -37,9 +37,9 @@ or Relion 5 (type and status labels, node label depth) for default_pipeline.star
 from .job_types import JOB_KINDS, Dialect, JobKind, JobStatus, NodeType
 from .models import CtfValues, OpticsGroup
 from .pipeline import Pipeline, read_pipeline
-from .project import ALIGNER_KINDS, SPA_PREPROCESSING, RelionJob, RelionProject, tomo_preprocessing
+from .project import ALIGNER_KINDS, SPA_PREPROCESSING, TOMO_TILT_JOBS, RelionJob, RelionProject, tomo_preprocessing
 from .tomo_files import TiltAlignmentValues
 
 __all__ = ["ALIGNER_KINDS", "JOB_KINDS", "SPA_PREPROCESSING", "CtfValues", "Dialect", "JobKind", "JobStatus",
            "NodeType", "OpticsGroup", "Pipeline", "RelionJob", "RelionProject", "TiltAlignmentValues",
-           "read_pipeline", "tomo_preprocessing"]
+           "TOMO_TILT_JOBS", "read_pipeline", "tomo_preprocessing"]

@@ -78,6 +78,10 @@ JOB_KINDS: dict[str, JobKind] = {kind.name: kind for kind in (
     JobKind("aligntiltseries_imod_patchtrack", "AlignTiltSeries", 55, "relion.aligntiltseries.imod_patchtrack",
             "Live_imod_patchtrack", "tomo.aligntiltseries",
             {"do_aretomo2": "No", "do_imod_fiducials": "No", "do_imod_patchtrack": "Yes"}, is_tomo=True),
+    # Our built-in aligner: Relion's own process label, no external program chosen.
+    JobKind("aligntiltseries_builtin", "AlignTiltSeries", 55, "relion.aligntiltseries", "Live_builtin_align",
+            "tomo.aligntiltseries", {"do_aretomo2": "No", "do_imod_fiducials": "No", "do_imod_patchtrack": "No"},
+            is_tomo=True),
     JobKind("tomograms", "Tomograms", 56, "relion.reconstructtomograms", "Live_tomograms", "tomo.reconstruct",
             is_tomo=True),
 )}

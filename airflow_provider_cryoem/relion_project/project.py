@@ -45,7 +45,9 @@ _CHAIN_OUTPUT: dict[str, tuple[str, NodeType]] = {
 }
 # Tilt-series alignment, by tool: the job kind of each (one Relion process, the method a job option).
 ALIGNER_KINDS = {"aretomo": "aligntiltseries_aretomo", "imod_fiducial": "aligntiltseries_imod_fiducial",
-                 "imod_patchtrack": "aligntiltseries_imod_patchtrack"}
+                 "imod_patchtrack": "aligntiltseries_imod_patchtrack", "builtin": "aligntiltseries_builtin"}
+# The per-tilt jobs of a live tomography session, numbered first (Import/job001 ... CtfFind/job003).
+TOMO_TILT_JOBS = ("tomo_import", "tomo_motioncorr", "tomo_ctffind")
 # (upstream kinds, first existing wins; the job.star option Relion 3.1/5 reads that input from)
 _CHAIN_INPUTS: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {
     "motioncorr": ((("import",), "input_star_mics"),), "ctffind": ((("motioncorr",), "input_star_mics"),),
@@ -183,6 +185,11 @@ class RelionProject:
                 if existing is not None:
                     return existing
             return self._create_job(pipeline, spec, alias, options or {}, command)
+
+    def existing_job(self, kind: str) -> RelionJob | None:
+        """The kind's Live job if the project has it already (never creates one)."""
+        spec = job_kind(kind)
+        return self._aliased_job(spec, spec.live_alias) if spec.live_alias else None
 
     def reserve_jobs(self, kinds: Sequence[str] = SPA_PREPROCESSING) -> list[RelionJob]:
         """Create the Live jobs of `kinds` together, numbered consecutively in this order.

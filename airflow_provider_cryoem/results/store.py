@@ -19,6 +19,7 @@ from . import migrations, records, schema
 from .errors import ResultsInputError, ResultsNotFoundError, ResultsUnavailableError
 from .records import Field, ResultLike
 from .summary import SessionSummary, TiltSeriesRecord, build_summary, tilt_series_records
+from .tilt_results import TiltMovieResult, tilt_movie_results
 from .upsert import insert_ignoring_conflicts, upsert
 
 JOB_STATUSES = ("success", "failed")
@@ -362,6 +363,12 @@ class ResultsStore:
                     table.c.tilt_series_id == tilt_series_id)).first() is None:
                 raise ResultsNotFoundError(f"no tilt series {tilt_series_id}")
             return flipped == 1
+
+    def tilt_movie_results(self, session_id: int,
+                           processing_job_id: int | None = None) -> dict[str, TiltMovieResult]:
+        """Per movie path: what motion correction and CTF recorded (live jobs, or one reprocess job)."""
+        with self._transaction() as connection:
+            return tilt_movie_results(connection, session_id, processing_job_id)
 
     def tilt_series_of_session(self, session_id: int) -> list[TiltSeriesRecord]:
         """Every tilt series of the session by name, each with its tilts in acquisition order."""
