@@ -98,11 +98,10 @@ def _add_rows_at(out: np.ndarray, rows: np.ndarray, position: np.ndarray) -> Non
     out[first:last] += high
 
 
-def _x_major_padded(images: np.ndarray) -> np.ndarray:
-    """`(n, ny, nx)` → `(n, nx + 2, ny)`: rows are x, with a zero row before and after."""
-    n, ny, nx = images.shape
-    padded = np.zeros((n, nx + 2, ny), dtype=np.float32)
-    padded[:, 1:-1, :] = images.transpose(0, 2, 1)
+def _x_major_padded(image: np.ndarray) -> np.ndarray:
+    """`(ny, nx)` → `(nx + 2, ny)`: rows are x, with a zero row before and after."""
+    padded = np.zeros((image.shape[1] + 2, image.shape[0]), dtype=np.float32)
+    padded[1:-1] = image.T
     return padded
 
 
@@ -112,7 +111,8 @@ def project_volume(volume: np.ndarray, tilt_angles_deg: Sequence[float], tilt_ax
     Ray-driven: for each output column x' and each z-slice the ray crosses the slice at
     `x = (x' - z sin θ) / cos θ`, sampled linearly along x and weighted by the path length 1 / cos θ, so
     mass is conserved while the ray stays inside the volume. The result is rotated in-plane by
-    `tilt_axis_deg` (linear interpolation, outside = 0).
+    `tilt_axis_deg` (linear interpolation, outside = 0). Slice by slice, so memory beyond the volume is
+    the projections and one slice.
     """
     data = np.asarray(volume, dtype=np.float32)
     if data.ndim != 3:
@@ -121,15 +121,14 @@ def project_volume(volume: np.ndarray, tilt_angles_deg: Sequence[float], tilt_ax
     radians = _tilt_radians(tilt_angles_deg)
     x_out = np.arange(nx, dtype=np.float64) - _centre(nx)
     z_rel = np.arange(nz, dtype=np.float64) - _centre(nz)
-    slices = _x_major_padded(data)
+    totals = np.zeros((radians.size, nx, ny), dtype=np.float32)
+    for z in range(nz):
+        rows = _x_major_padded(data[z])
+        for total, theta in zip(totals, radians):
+            _add_rows_at(total, rows, (x_out - z_rel[z] * np.sin(theta)) / np.cos(theta) + _centre(nx) + 1.0)
     projections = np.empty((radians.size, ny, nx), dtype=np.float32)
-    total = np.empty((nx, ny), dtype=np.float32)
     for index, theta in enumerate(radians):
-        cos_t, sin_t = np.cos(theta), np.sin(theta)
-        total[:] = 0.0
-        for z in range(nz):
-            _add_rows_at(total, slices[z], (x_out - z_rel[z] * sin_t) / cos_t + _centre(nx) + 1.0)
-        projections[index] = total.T / np.float32(cos_t)
+        projections[index] = totals[index].T / np.float32(np.cos(theta))
         if tilt_axis_deg != 0.0:
             projections[index] = transform_image(projections[index], tilt_axis_deg, order=1, fill=0.0)
     return projections
@@ -210,7 +209,8 @@ def backproject(projections: np.ndarray, tilt_angles_deg: Sequence[float], thick
 
     Voxel-driven with linear interpolation along x: voxel (x, z) takes `weight · P(x cos θ + z sin θ)`
     (the transpose of `project_volume` up to interpolation). Images must already be in the axis frame
-    (`to_axis_frame`); `weights` default to 1 per tilt.
+    (`to_axis_frame`); `weights` default to 1 per tilt. Section by section, so memory beyond the volume
+    is one copy of the projections.
     """
     data = np.asarray(projections, dtype=np.float32)
     if data.ndim != 3:
@@ -224,13 +224,15 @@ def backproject(projections: np.ndarray, tilt_angles_deg: Sequence[float], thick
     _, ny, nx = data.shape
     x_rel = np.arange(nx, dtype=np.float64) - _centre(nx)
     z_rel = np.arange(thickness_px, dtype=np.float64) - _centre(thickness_px)
-    rows = _x_major_padded(data * tilt_weight[:, None, None])
-    volume = np.zeros((thickness_px, nx, ny), dtype=np.float32)
-    for image, theta in zip(rows, radians):
-        cos_t, sin_t = np.cos(theta), np.sin(theta)
-        for z in range(thickness_px):
-            _add_rows_at(volume[z], image, x_rel * cos_t + z_rel[z] * sin_t + _centre(nx) + 1.0)
-    return np.ascontiguousarray(volume.transpose(0, 2, 1))
+    rows = [_x_major_padded(image * weight) for image, weight in zip(data, tilt_weight)]
+    volume = np.empty((thickness_px, ny, nx), dtype=np.float32)
+    section = np.empty((nx, ny), dtype=np.float32)
+    for z in range(thickness_px):
+        section[:] = 0.0
+        for image, theta in zip(rows, radians):
+            _add_rows_at(section, image, x_rel * np.cos(theta) + z_rel[z] * np.sin(theta) + _centre(nx) + 1.0)
+        volume[z] = section.T
+    return volume
 
 
 def filtered_backprojection(projections: np.ndarray, tilt_angles_deg: Sequence[float], thickness_px: int,

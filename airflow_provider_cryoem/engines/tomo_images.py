@@ -1,0 +1,149 @@
+"""Pictures of one tilt series for the UI and the results store: a montage and a short movie of the tilts,
+the alignment plot, and three views of the tomogram. Pillow only, over the helpers of engines/thumbnails.py
+(contrast stretch, binning, atomic writes, axes ticks), so tilt series look like the rest of the session.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..io._atomic import atomic_path
+from .thumbnails import (
+    _axis_range,
+    _font,
+    _nice_step,
+    _save,
+    _tick_label,
+    bin_to_fit,
+    class_gallery,
+    micrograph_jpeg,
+)
+
+_BACKGROUND = (255, 255, 255)
+_INK = (0, 0, 0)
+_SERIES = {"dx": (31, 119, 180), "dy": (255, 127, 14), "residual": (44, 160, 44)}
+_EXCLUDED = (150, 150, 150)
+
+
+def _by_angle(stack: np.ndarray, tilt_angles_deg: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    images = np.asarray(stack, dtype=np.float32)
+    angles = np.asarray(tilt_angles_deg, dtype=np.float64)
+    if images.ndim != 3 or images.shape[0] != angles.size or angles.size == 0:
+        raise ValueError(f"expected one (ny, nx) image per tilt angle, got stack {images.shape} and "
+                         f"{angles.size} angles")
+    order = np.argsort(angles)
+    return images[order], angles[order]
+
+
+def tilt_series_montage(stack: np.ndarray, tilt_angles_deg: Sequence[float], path: str | Path,
+                        tile_px: int = 128) -> Path:
+    """All tilts in a grid sorted by angle, each binned to `tile_px` and stretched alone, angle under each."""
+    images, angles = _by_angle(stack, tilt_angles_deg)
+    tiles = np.stack([bin_to_fit(image, tile_px)[0] for image in images])
+    return class_gallery(tiles, path, labels=[f"{angle:+.1f}°" for angle in angles], tile_px=tile_px)
+
+
+def tilt_series_movie(stack: np.ndarray, tilt_angles_deg: Sequence[float], path: str | Path,
+                      size_px: int = 256, frame_ms: int = 150) -> Path:
+    """An animated GIF through the tilts from lowest to highest angle, the angle written in a corner.
+
+    One contrast stretch for the whole series (from the middle tilt), so the darkening at high tilt shows.
+    """
+    images, angles = _by_angle(stack, tilt_angles_deg)
+    binned = [bin_to_fit(image, size_px)[0] for image in images]
+    low, high = np.percentile(binned[len(binned) // 2], [1.0, 99.0])
+    font = _font(max(10, size_px // 16))
+    frames = []
+    for image, angle in zip(binned, angles):
+        scaled = np.clip((image - low) * (255.0 / max(high - low, 1e-12)), 0, 255).astype(np.uint8)
+        frame = Image.fromarray(scaled, mode="L")
+        ImageDraw.Draw(frame).text((4, 4), f"{angle:+.1f}°", fill=255, font=font, stroke_width=2, stroke_fill=0)
+        frames.append(frame)
+    with atomic_path(path) as tmp:
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+    return Path(path)
+
+
+def alignment_plot(tilt_angles_deg: Sequence[float], shifts_px: Sequence[Sequence[float]],
+                   residuals_px: Sequence[float | None], path: str | Path, excluded: Sequence[bool] | None = None,
+                   size_px: int = 560) -> Path:
+    """Shift dx, dy and residual of each tilt against its tilt angle (PNG); excluded tilts as grey ticks.
+
+    `shifts_px` are `[dx, dy]` per tilt; a residual of None (not measured) is left out.
+    """
+    angles = np.asarray(tilt_angles_deg, dtype=np.float64)
+    shifts = np.asarray(shifts_px, dtype=np.float64).reshape(-1, 2)
+    residuals = np.array([np.nan if r is None else r for r in residuals_px], dtype=np.float64)
+    if not (angles.size == shifts.shape[0] == residuals.size) or angles.size == 0:
+        raise ValueError(f"{angles.size} angles, {shifts.shape[0]} shifts and {residuals.size} residuals: "
+                         f"need one of each per tilt")
+    skipped = np.zeros(angles.size, bool) if excluded is None else np.asarray(excluded, dtype=bool)
+    used = ~skipped
+    series = {"dx": shifts[:, 0], "dy": shifts[:, 1], "residual": residuals}
+    values = np.concatenate([v[used & np.isfinite(v)] for v in series.values()] + [np.zeros(1)])
+    (x_low, x_high), (y_low, y_high) = _axis_range(angles), _axis_range(values)
+
+    width, height = size_px, round(size_px * 0.7)
+    picture = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(picture)
+    font = _font(max(10, size_px // 45))
+    left, right, top, bottom = width * 0.12, width * 0.97, height * 0.12, height * 0.86
+
+    def to_canvas(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - x_low) / (x_high - x_low) * (right - left),
+                bottom - (y - y_low) / (y_high - y_low) * (bottom - top))
+
+    draw.rectangle((left, top, right, bottom), outline=_INK)
+    x_step, y_step = _nice_step(x_high - x_low), _nice_step(y_high - y_low)
+    for tick in np.arange(math.ceil(x_low / x_step) * x_step, x_high, x_step):
+        cx, _ = to_canvas(tick, y_low)
+        draw.line((cx, bottom, cx, bottom + 5), fill=_INK)
+        draw.text((cx, bottom + 7), _tick_label(tick, x_step), fill=_INK, font=font, anchor="mt")
+    for tick in np.arange(math.ceil(y_low / y_step) * y_step, y_high, y_step):
+        _, cy = to_canvas(x_low, tick)
+        draw.line((left - 5, cy, left, cy), fill=_INK)
+        draw.text((left - 7, cy), _tick_label(tick, y_step), fill=_INK, font=font, anchor="rm")
+    draw.text(((left + right) / 2, height - 4), "tilt angle (°)", fill=_INK, font=font, anchor="md")
+    draw.text((4, top / 2), "px", fill=_INK, font=font, anchor="lm")
+    _, zero = to_canvas(x_low, 0.0)
+    draw.line((left, zero, right, zero), fill=_EXCLUDED)
+    for angle in angles[skipped]:
+        cx, _ = to_canvas(angle, y_low)
+        draw.line((cx, bottom - 12, cx, bottom), fill=_EXCLUDED, width=2)
+
+    marker = max(2, size_px // 200)
+    legend_x = left
+    for name, data in series.items():
+        colour = _SERIES[name]
+        points = [to_canvas(a, v) for a, v, ok in zip(angles, data, used & np.isfinite(data)) if ok]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for cx, cy in points:
+            draw.ellipse((cx - marker, cy - marker, cx + marker, cy + marker), fill=colour)
+        draw.rectangle((legend_x, top / 2 - 4, legend_x + 14, top / 2 + 4), fill=colour)
+        draw.text((legend_x + 18, top / 2), name, fill=_INK, font=font, anchor="lm")
+        legend_x += 18 + draw.textlength(name, font=font) + 16
+    return _save(picture, path)
+
+
+def tomogram_views(tomogram: np.ndarray, xy_path: str | Path, xz_path: str | Path, yz_path: str | Path,
+                   max_size_px: int = 512) -> tuple[Path, Path, Path]:
+    """The central XY slice (averaged over the middle 5 % of the thickness, at least one slice, to tame
+    the noise of a single slice) and the XZ and YZ projections of a `(nz, ny, nx)` tomogram, each
+    contrast-stretched and binned to `max_size_px`; the format follows each path's suffix. Rows are drawn
+    top-down as everywhere in engines/thumbnails.py, so z = 0 (the side away from the beam source) is at
+    the top of the XZ and YZ views."""
+    volume = np.asarray(tomogram, dtype=np.float32)
+    if volume.ndim != 3:
+        raise ValueError(f"expected a (nz, ny, nx) tomogram, got shape {volume.shape}")
+    nz = volume.shape[0]
+    half = max(0, round(0.025 * nz))
+    middle = volume[nz // 2 - half:nz // 2 + half + 1].mean(axis=0)
+    return (micrograph_jpeg(middle, xy_path, max_size_px),
+            micrograph_jpeg(volume.mean(axis=1), xz_path, max_size_px),
+            micrograph_jpeg(volume.mean(axis=2), yz_path, max_size_px))
+
