@@ -156,10 +156,9 @@ def _particle_stage(name: str, spec: StageSpec, recipe: Recipe, session: Any, fo
         elif "tilt_series" in item:
             get_current_context()["batch_label"] = item["tilt_series"]["name"]
         if name == "tomogram":
-            from ..pipeline import tomo_series
+            from ..pipeline.tomograms import make_tomogram
 
-            return tomo_series.make_tomogram(config, stages.TomogramParams.model_validate(spec.params), spec.tool,
-                                             runs_on, item)
+            return make_tomogram(config, stages.TomogramParams.model_validate(spec.params), spec.tool, item)
         if name == "class2d":
             return particle_stages.classify_batch(config, stages.Class2DParams.model_validate(spec.params), runs_on,
                                                   item)

@@ -114,11 +114,14 @@ class TiltSeriesParams(_StageParams):
 
 
 class TomogramParams(_StageParams):
-    alignment_binning: int = Field(4, ge=1, le=32, description="Binning of the tilts for alignment.")
+    alignment_size_px: int = Field(512, ge=64, le=4096, description="Longest side of the working copy the "
+                                                                    "built-in aligner measures shifts on.")
     tilt_axis_search_deg: float = Field(6.0, ge=0, le=45, description="Search ± this around the nominal axis.")
-    method: Literal["wbp", "sirt_like"] = Field("sirt_like", description=(
-        "Weighted back-projection, or its filter shaped like a few SIRT iterations (less streaking)."))
-    sirt_like_iterations: int = Field(10, ge=1, le=100)
+    projection_matching_iterations: int = Field(2, ge=0, le=10)
+    weighting: Literal["ramp", "sirt"] = Field("sirt", description=(
+        "Back-projection weighting: Hamming-windowed ramp, or a filter shaped like a few SIRT iterations "
+        "(less streaking, the usual choice for looking at a tomogram)."))
+    sirt_iterations: int = Field(10, ge=1, le=100)
     ctf_correction: bool = Field(True, description="Phase-flip each tilt with its CTF before back-projection.")
 
 
@@ -157,7 +160,7 @@ STAGES: dict[str, StageDefinition] = {
         StageDefinition("refine3d", frozenset({"relion"}), Refine3DParams, needs=("class3d",), scope="particles"),
         StageDefinition("bfactor", frozenset({"relion"}), BFactorParams, needs=("refine3d",), scope="particles"),
         StageDefinition("tilt_series", frozenset({"builtin"}), TiltSeriesParams, needs=("ctf",), scope="series"),
-        StageDefinition("tomogram", frozenset({"builtin", "aretomo2", "imod"}), TomogramParams,
+        StageDefinition("tomogram", frozenset({"builtin"}), TomogramParams,
                         needs=("tilt_series",), scope="series"),
     )
 }

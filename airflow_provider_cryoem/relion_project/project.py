@@ -41,6 +41,7 @@ _CHAIN_OUTPUT: dict[str, tuple[str, NodeType]] = {
     "aligntiltseries_aretomo": (tomo_files.ALIGNED.file_name, NodeType.TOMOGRAMS),
     "aligntiltseries_imod_fiducial": (tomo_files.ALIGNED.file_name, NodeType.TOMOGRAMS),
     "aligntiltseries_imod_patchtrack": (tomo_files.ALIGNED.file_name, NodeType.TOMOGRAMS),
+    "aligntiltseries_builtin": (tomo_files.ALIGNED.file_name, NodeType.TOMOGRAMS),
     "tomograms": (tomo_files.TOMOGRAMS.file_name, NodeType.TOMOGRAMS),
 }
 # Tilt-series alignment, by tool: the job kind of each (one Relion process, the method a job option).

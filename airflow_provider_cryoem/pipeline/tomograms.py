@@ -1,0 +1,121 @@
+"""The tomogram stage: one complete tilt series in, aligned stack, tomogram, images, rows and Relion 5 files out.
+
+The built-in path aligns (engines/tomo_align) and reconstructs (engines/tomo_reconstruct) on this worker. A
+series that cannot be aligned (too few usable tilts, unreadable images) is recorded as a failed step and
+skipped by run_or_skip, like a particle batch; the session goes on.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import SessionConfig
+from ..engines.tomo_align import TiltAlignmentInputs, TiltAlignmentResult, align_tilt_series
+from ..engines.tomo_images import alignment_plot, tilt_series_montage, tilt_series_movie, tomogram_views
+from ..engines.tomo_reconstruct import TomogramInputs, TomogramResult, reconstruct_tomogram
+from ..io import read_mrc
+from ..relion_project import ALIGNER_KINDS, OpticsGroup, RelionProject, TiltAlignmentValues
+from ..recipes.stages import TomogramParams
+from .batch_outcome import run_or_skip
+from .stages import available_cores
+from .stores import relion_project, results_store
+
+# The aligner each tomogram tool is recorded as in the Relion project (AlignTiltSeries job type).
+ALIGNER_OF_TOOL = {"builtin": "builtin"}
+
+
+def make_tomogram(config: SessionConfig, params: TomogramParams, tool: str, item: dict[str, Any]) -> dict[str, Any]:
+    """Align and reconstruct the item's tilt series, record it; `skipped` with the reason if it fails."""
+    series = item["tilt_series"]
+
+    def work() -> dict[str, Any]:
+        project = relion_project(item["relion_dir"], OpticsGroup.from_session(config), item["relion_dialect"],
+                                 "tomography")
+        alignment = _align(config, params, project, series, ALIGNER_OF_TOOL[tool])
+        tomogram = _reconstruct(config, params, project, series, alignment)
+        images = _images(alignment, tomogram, Path(tomogram.tomogram_path).parent / "images" / series["name"])
+        _record(item, series, alignment, tomogram, images)
+        _write_relion_files(project, item, series, alignment, tomogram, config.motion_corrected_pixel_size_a,
+                            ALIGNER_OF_TOOL[tool])
+        return item | {"tomogram": {"path": tomogram.tomogram_path, "shape": list(tomogram.shape),
+                                    "tilt_axis_deg": alignment.tilt_axis_deg,
+                                    "mean_residual_px": alignment.mean_residual_px}}
+
+    return run_or_skip(item, f"tomogram {series['name']}", work)
+
+
+def _align(config: SessionConfig, params: TomogramParams, project: RelionProject, series: dict[str, Any],
+           aligner: str) -> TiltAlignmentResult:
+    job = project.job(ALIGNER_KINDS[aligner])
+    tilts = series["tilts"]
+    return align_tilt_series(TiltAlignmentInputs(
+        micrograph_paths=[t["micrograph"] for t in tilts], tilt_angles_deg=[t["tilt_angle_deg"] for t in tilts],
+        aligned_stack_path=str(job.path / "stacks" / f"{series['name']}_aligned.mrc"),
+        pixel_size_a=config.motion_corrected_pixel_size_a, tilt_axis_deg=series["tilt_axis_deg"],
+        binning=config.tomogram_binning, tilt_axis_search_deg=params.tilt_axis_search_deg,
+        projection_matching_iterations=params.projection_matching_iterations, thickness_nm=config.thickness_nm,
+        alignment_size_px=params.alignment_size_px, fft_workers=available_cores()))
+
+
+def _reconstruct(config: SessionConfig, params: TomogramParams, project: RelionProject, series: dict[str, Any],
+                 alignment: TiltAlignmentResult) -> TomogramResult:
+    kept = [(tilt, aligned) for tilt, aligned in zip(series["tilts"], alignment.tilts) if not aligned.excluded]
+    kept.sort(key=lambda pair: pair[1].stack_index)
+    defocus = [(tilt["defocus_u_a"] + tilt["defocus_v_a"]) / 2 for tilt, _ in kept]
+    return reconstruct_tomogram(TomogramInputs(
+        aligned_stack_path=alignment.aligned_stack_path, tilt_angles_deg=alignment.aligned_tilt_angles_deg,
+        tomogram_path=str(project.tomogram_path(series["name"])), pixel_size_a=alignment.aligned_pixel_size_a,
+        thickness_nm=config.thickness_nm, weighting=params.weighting, sirt_iterations=params.sirt_iterations,
+        defocus_a=defocus if params.ctf_correction else None, voltage_kv=config.voltage_kv, cs_mm=config.cs_mm,
+        amplitude_contrast=config.amplitude_contrast, fft_workers=available_cores()))
+
+
+def _images(alignment: TiltAlignmentResult, tomogram: TomogramResult, stem: Path) -> dict[str, str]:
+    """What a person looks at: montage and movie of the aligned tilts, the alignment plot, the tomogram's
+    central slice and side projections (keys as the results store names them)."""
+    stack = read_mrc(alignment.aligned_stack_path, mmap=False)
+    angles = alignment.aligned_tilt_angles_deg
+    xy, xz, _yz = tomogram_views(read_mrc(tomogram.tomogram_path, mmap=False), f"{stem}_xy.jpg", f"{stem}_xz.jpg",
+                                f"{stem}_yz.jpg")
+    plot = alignment_plot([t.nominal_tilt_angle_deg for t in alignment.tilts], [t.shift_px for t in alignment.tilts],
+                          [t.residual_px for t in alignment.tilts], f"{stem}_alignment.png",
+                          excluded=[t.excluded for t in alignment.tilts])
+    tilt_series_montage(stack, angles, f"{stem}_montage.jpg")  # written beside the others; ISPyB has no
+    # column for the montage or the YZ view
+    return {"central_slice": str(xy), "projection_xz": str(xz), "alignment_plot": str(plot),
+            "movie": str(tilt_series_movie(stack, angles, f"{stem}_tilts.gif"))}
+
+
+def _record(item: dict[str, Any], series: dict[str, Any], alignment: TiltAlignmentResult, tomogram: TomogramResult,
+            images: dict[str, str]) -> None:
+    nz, ny, nx = tomogram.shape
+    residuals = [t.residual_px for t in alignment.tilts if t.residual_px is not None]
+    mean = alignment.mean_residual_px
+    sd = (sum((r - mean) ** 2 for r in residuals) / len(residuals)) ** 0.5 if residuals and mean is not None else None
+    store = results_store(item["results_conn_id"], item["processing_path"])
+    store.record_tomogram(item["processing_job_id"], series["tilt_series_id"], {
+        "volume": tomogram.tomogram_path, "stack": alignment.aligned_stack_path, "size_x_px": nx, "size_y_px": ny,
+        "size_z_px": nz, "pixel_size_a": tomogram.pixel_size_a, "tilt_axis_deg": alignment.tilt_axis_deg,
+        "mean_residual_px": mean, "residual_sd_px": sd, **images}, [
+        {"movie_id": tilt["movie_id"], "refined_tilt_angle_deg": aligned.refined_tilt_angle_deg,
+         "tilt_axis_deg": alignment.tilt_axis_deg, "shift_x_px": aligned.shift_px[0],
+         "shift_y_px": aligned.shift_px[1], "residual_px": aligned.residual_px, "excluded": aligned.excluded,
+         "exclusion_reason": aligned.exclusion_reason}
+        for tilt, aligned in zip(series["tilts"], alignment.tilts)])
+
+
+def _write_relion_files(project: RelionProject, item: dict[str, Any], series: dict[str, Any],
+                        alignment: TiltAlignmentResult, tomogram: TomogramResult, input_pixel_a: float,
+                        aligner: str) -> None:
+    """aligned_tilt_series.star (Relion's rotations, shifts in Å) and the tomogram in tomograms.star.
+
+    Shifts are in the tilt images' pixels (`input_pixel_a`, the motion-corrected pixel size)."""
+    watch_dir = Path(item["watch_dir"])
+    project.add_aligned_tilt_series(series["name"], [
+        TiltAlignmentValues(movie=str(watch_dir / tilt["movie"]), y_tilt_deg=aligned.refined_tilt_angle_deg,
+                            z_rot_deg=alignment.tilt_axis_deg, x_shift_a=aligned.shift_px[0] * input_pixel_a,
+                            y_shift_a=aligned.shift_px[1] * input_pixel_a)
+        for tilt, aligned in zip(series["tilts"], alignment.tilts) if not aligned.excluded],
+        aligner=aligner)
+    nz, ny, nx = tomogram.shape
+    project.add_tomogram(series["name"], tomogram.tomogram_path, tomogram.pixel_size_a / input_pixel_a, [nx, ny, nz])
