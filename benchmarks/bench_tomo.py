@@ -106,8 +106,9 @@ def run(case: Case) -> dict[str, float]:
         pixel_size_a=pixel_a, thickness_nm=case.thickness_nm, defocus_a=case.defocus_a))
     reconstruct_s = time.perf_counter() - start
     tomo_binning = case.voxel_binning // binning
-    tomogram = full if tomo_binning == 1 else reconstruct_stack(aligned, result.aligned_tilt_angles_deg, TomogramSettings(
-        pixel_size_a=pixel_a, thickness_nm=case.thickness_nm, binning=tomo_binning, defocus_a=case.defocus_a))
+    tomogram = full if tomo_binning == 1 else reconstruct_stack(
+        aligned, result.aligned_tilt_angles_deg, TomogramSettings(pixel_size_a=pixel_a, thickness_nm=case.thickness_nm,
+                                                                  binning=tomo_binning, defocus_a=case.defocus_a))
     shape = np.minimum(tomogram.shape, case.phantom.shape)
     tomogram = _centre_crop(tomogram, shape)
     truth = -_centre_crop(case.phantom, shape)
