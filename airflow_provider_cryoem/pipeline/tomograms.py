@@ -77,9 +77,10 @@ def _images(alignment: TiltAlignmentResult, tomogram: TomogramResult, stem: Path
     angles = alignment.aligned_tilt_angles_deg
     xy, xz, _yz = tomogram_views(read_mrc(tomogram.tomogram_path, mmap=False), f"{stem}_xy.jpg", f"{stem}_xz.jpg",
                                 f"{stem}_yz.jpg")
-    plot = alignment_plot([t.nominal_tilt_angle_deg for t in alignment.tilts], [t.shift_px for t in alignment.tilts],
-                          [t.residual_px for t in alignment.tilts], f"{stem}_alignment.png",
-                          excluded=[t.excluded for t in alignment.tilts])
+    by_angle = sorted(alignment.tilts, key=lambda t: t.nominal_tilt_angle_deg)  # lines join neighbouring tilts
+    plot = alignment_plot([t.nominal_tilt_angle_deg for t in by_angle], [t.shift_px for t in by_angle],
+                          [t.residual_px for t in by_angle], f"{stem}_alignment.png",
+                          excluded=[t.excluded for t in by_angle])
     tilt_series_montage(stack, angles, f"{stem}_montage.jpg")  # written beside the others; ISPyB has no
     # column for the montage or the YZ view
     return {"central_slice": str(xy), "projection_xz": str(xz), "alignment_plot": str(plot),
