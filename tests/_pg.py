@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -28,4 +29,14 @@ def pg_admin_url() -> Iterator[str]:
 def pg_url(pg_admin_url: str) -> Iterator[str]:
     """One fresh database shared by the whole test run."""
     with fresh_database(admin_url=pg_admin_url) as url:
+        yield url
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty results database of each back end: a fresh PostgreSQL database, or a new SQLite file."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'results.sqlite'}"
+        return
+    with fresh_database(admin_url=request.getfixturevalue("pg_admin_url")) as url:
         yield url

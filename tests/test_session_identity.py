@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -10,16 +9,8 @@ from sqlalchemy import select
 from airflow_provider_cryoem.results import ResultsNotFoundError, ResultsStore, engine_from_url, schema
 from airflow_provider_cryoem.results.migrations import LATEST_VERSION, MIGRATIONS
 
-from ._pg import fresh_database
+from ._pg import empty_url  # noqa: F401  (fixture)
 
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'results.sqlite'}"
-        return
-    with fresh_database(admin_url=request.getfixturevalue("pg_admin_url")) as url:
-        yield url
 
 
 def _version_1_database(url: str) -> ResultsStore:

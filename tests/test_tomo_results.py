@@ -6,7 +6,6 @@ dose-symmetric acquisition order.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +22,7 @@ from airflow_provider_cryoem.results.migrations import LATEST_VERSION, MIGRATION
 from airflow_provider_cryoem.simulate.tomo_files import movie_name, series_name
 from airflow_provider_cryoem.simulate.tomo_settings import TomoSimulationSettings
 
-from ._pg import fresh_database, pg_url  # noqa: F401  (pg_url is a fixture)
+from ._pg import empty_url, pg_url  # noqa: F401  (fixtures)
 from .test_results_store import N_WORKERS, backend_url, count_rows, run_together, session_id, store  # noqa: F401
 
 SETTINGS = TomoSimulationSettings(tilt_min_deg=-9, tilt_max_deg=9)  # 7 tilts: 0, 3, -3, -6, 6, 9, -9
@@ -184,14 +183,6 @@ def test_a_tomogram_with_bad_alignments_writes_nothing(store: ResultsStore, sess
     assert count_rows(store, schema.tomogram, processing_job_id=job) == 0
     assert other_series != series_id
 
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'results.sqlite'}"
-        return
-    with fresh_database(admin_url=request.getfixturevalue("pg_admin_url")) as url:
-        yield url
 
 
 def test_a_version_2_database_migrates_to_tomography_keeping_its_rows(empty_url: str):
