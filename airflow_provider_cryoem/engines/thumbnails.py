@@ -6,7 +6,7 @@ coordinates are `[x, y]` in the pixels of the array passed in. The file format f
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +122,30 @@ def _tick_label(value: float, step: float) -> str:
     return f"{value:.{decimals}f}"
 
 
+def plot_frame(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+               box: tuple[float, float, float, float], x_range: tuple[float, float],
+               y_range: tuple[float, float], steps: tuple[float, float]) -> Callable[[float, float], tuple[float, float]]:
+    """Draw a plot's frame in `box` (left, top, right, bottom) with ticks every `steps` and their labels;
+    returns the mapping from data (x, y) to canvas pixels, y growing upwards."""
+    left, top, right, bottom = box
+    (x_low, x_high), (y_low, y_high), (x_step, y_step) = x_range, y_range, steps
+
+    def to_canvas(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - x_low) / (x_high - x_low) * (right - left),
+                bottom - (y - y_low) / (y_high - y_low) * (bottom - top))
+
+    draw.rectangle(box, outline=_INK)
+    for tick in np.arange(math.ceil(x_low / x_step) * x_step, x_high, x_step):
+        cx, _ = to_canvas(tick, y_low)
+        draw.line((cx, bottom, cx, bottom + 5), fill=_INK)
+        draw.text((cx, bottom + 7), _tick_label(tick, x_step), fill=_INK, font=font, anchor="mt")
+    for tick in np.arange(math.ceil(y_low / y_step) * y_step, y_high, y_step):
+        _, cy = to_canvas(x_low, tick)
+        draw.line((left - 5, cy, left, cy), fill=_INK)
+        draw.text((left - 7, cy), _tick_label(tick, y_step), fill=_INK, font=font, anchor="rm")
+    return to_canvas
+
+
 def drift_plot(shifts_px: Sequence[Sequence[float]], path: str | Path, size_px: int = 480,
                unit: str = "px") -> Path:
     """Plot the whole-frame trajectory `[[dx, dy], ...]`: a line through per-frame markers, first frame in red.
@@ -140,20 +164,8 @@ def drift_plot(shifts_px: Sequence[Sequence[float]], path: str | Path, size_px: 
     span = max(x_high - x_low, y_high - y_low)
     x_mid, y_mid = 0.5 * (x_low + x_high), 0.5 * (y_low + y_high)
     x_low, x_high, y_low, y_high = x_mid - span / 2, x_mid + span / 2, y_mid - span / 2, y_mid + span / 2
-
-    def to_canvas(x: float, y: float) -> tuple[float, float]:
-        return (left + (x - x_low) / span * (right - left), bottom - (y - y_low) / span * (bottom - top))
-
-    draw.rectangle((left, top, right, bottom), outline=_INK)
     step = _nice_step(span)
-    for tick in np.arange(math.ceil(x_low / step) * step, x_high, step):
-        cx, _ = to_canvas(tick, y_low)
-        draw.line((cx, bottom, cx, bottom + 5), fill=_INK)
-        draw.text((cx, bottom + 7), _tick_label(tick, step), fill=_INK, font=font, anchor="mt")
-    for tick in np.arange(math.ceil(y_low / step) * step, y_high, step):
-        _, cy = to_canvas(x_low, tick)
-        draw.line((left - 5, cy, left, cy), fill=_INK)
-        draw.text((left - 7, cy), _tick_label(tick, step), fill=_INK, font=font, anchor="rm")
+    to_canvas = plot_frame(draw, font, (left, top, right, bottom), (x_low, x_high), (y_low, y_high), (step, step))
     draw.text(((left + right) / 2, size_px - 4), f"x shift ({unit})", fill=_INK, font=font, anchor="md")
     y_label = Image.new("RGB", (size_px // 2, font.size + 6), _BACKGROUND)
     ImageDraw.Draw(y_label).text((size_px // 4, 2), f"y shift ({unit})", fill=_INK, font=font, anchor="mt")

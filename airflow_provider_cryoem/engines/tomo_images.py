@@ -4,7 +4,6 @@ the alignment plot, and three views of the tomogram. Pillow only, over the helpe
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,18 +12,18 @@ from PIL import Image, ImageDraw
 
 from ..io._atomic import atomic_path
 from .thumbnails import (
+    _BACKGROUND,
+    _INK,
     _axis_range,
     _font,
     _nice_step,
     _save,
-    _tick_label,
     bin_to_fit,
     class_gallery,
     micrograph_jpeg,
+    plot_frame,
 )
 
-_BACKGROUND = (255, 255, 255)
-_INK = (0, 0, 0)
 _SERIES = {"dx": (31, 119, 180), "dy": (255, 127, 14), "residual": (44, 160, 44)}
 _EXCLUDED = (150, 150, 150)
 
@@ -92,21 +91,8 @@ def alignment_plot(tilt_angles_deg: Sequence[float], shifts_px: Sequence[Sequenc
     draw = ImageDraw.Draw(picture)
     font = _font(max(10, size_px // 45))
     left, right, top, bottom = width * 0.12, width * 0.97, height * 0.12, height * 0.86
-
-    def to_canvas(x: float, y: float) -> tuple[float, float]:
-        return (left + (x - x_low) / (x_high - x_low) * (right - left),
-                bottom - (y - y_low) / (y_high - y_low) * (bottom - top))
-
-    draw.rectangle((left, top, right, bottom), outline=_INK)
-    x_step, y_step = _nice_step(x_high - x_low), _nice_step(y_high - y_low)
-    for tick in np.arange(math.ceil(x_low / x_step) * x_step, x_high, x_step):
-        cx, _ = to_canvas(tick, y_low)
-        draw.line((cx, bottom, cx, bottom + 5), fill=_INK)
-        draw.text((cx, bottom + 7), _tick_label(tick, x_step), fill=_INK, font=font, anchor="mt")
-    for tick in np.arange(math.ceil(y_low / y_step) * y_step, y_high, y_step):
-        _, cy = to_canvas(x_low, tick)
-        draw.line((left - 5, cy, left, cy), fill=_INK)
-        draw.text((left - 7, cy), _tick_label(tick, y_step), fill=_INK, font=font, anchor="rm")
+    to_canvas = plot_frame(draw, font, (left, top, right, bottom), (x_low, x_high), (y_low, y_high),
+                           (_nice_step(x_high - x_low), _nice_step(y_high - y_low)))
     draw.text(((left + right) / 2, height - 4), "tilt angle (°)", fill=_INK, font=font, anchor="md")
     draw.text((4, top / 2), "px", fill=_INK, font=font, anchor="lm")
     _, zero = to_canvas(x_low, 0.0)
