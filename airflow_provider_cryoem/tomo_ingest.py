@@ -83,6 +83,7 @@ class PlannedTilt:
 class ExcludedTilt:
     movie: MovieFile
     reason: str
+    angle_deg: float
 
 
 @dataclass(frozen=True)
@@ -288,7 +289,7 @@ def _deduplicate(candidates: list[_Candidate]) -> tuple[list[PlannedTilt], list[
         group.sort(key=lambda c: (c.movie.mtime_s, c.movie.relative_path), reverse=True)
         newest = group[0]
         kept.append(PlannedTilt(newest.movie, newest.angle_deg, newest.tilt_number, newest.mdoc_tilt))
-        excluded.extend(ExcludedTilt(c.movie, DUPLICATE_ANGLE) for c in group[1:])
+        excluded.extend(ExcludedTilt(c.movie, DUPLICATE_ANGLE, c.angle_deg) for c in group[1:])
     kept.sort(key=lambda t: (t.angle_deg, t.movie.relative_path))
     excluded.sort(key=lambda e: e.movie.relative_path)
     return kept, excluded

@@ -19,7 +19,7 @@ from ..io import ImageFileError
 from ..io.mdoc import MdocSeries, read_mdoc
 from ..results import ResultsStore
 from ..results.tilt_results import TiltMovieResult
-from ..tomo_ingest import SeriesDecision, plan_series, tilt_of_movie
+from ..tomo_ingest import SeriesDecision, plan_series
 from ..relion_project import CtfValues, OpticsGroup
 from .session import session_item
 from .stores import relion_project, results_store
@@ -104,6 +104,7 @@ def _tilt_rows(config: SessionConfig, decision: SeriesDecision,
     """The series' tilts in acquisition order with what the results store needs: z value, order and the
     dose received before each (the mdoc's per-tilt dose, else the session's dose per tilt)."""
     planned = [(t.movie, t) for t in decision.tilts] + [(e.movie, None) for e in decision.excluded]
+    duplicate_angles = {e.movie.relative_path: e.angle_deg for e in decision.excluded}
     planned = [(movie, tilt) for movie, tilt in planned if movie.relative_path in results]
 
     def order_key(entry: tuple[MovieFile, Any]) -> tuple[float, float, str]:
@@ -123,17 +124,11 @@ def _tilt_rows(config: SessionConfig, decision: SeriesDecision,
             (f"{result.failed_stage} failed" if result.failed_stage else None)
         rows.append({"movie": movie.relative_path, "movie_id": result.movie_id,
                      "z_value": mdoc_tilt.z_value if mdoc_tilt is not None else order,
-                     "tilt_angle_deg": tilt.angle_deg if tilt is not None else _angle_of(decision, movie),
+                     "tilt_angle_deg": tilt.angle_deg if tilt is not None else duplicate_angles[movie.relative_path],
                      "acquisition_order": order, "pre_exposure_e_a2": pre_exposure if dose is not None else None,
                      "excluded": excluded})
         pre_exposure += dose or 0.0
     return rows
-
-
-def _angle_of(decision: SeriesDecision, movie: MovieFile) -> float:
-    """A duplicate's angle: the angle of the tilt that replaced it."""
-    parsed = tilt_of_movie(movie.relative_path)
-    return parsed.angle_deg if parsed is not None else decision.tilts[0].angle_deg
 
 
 def _take_one(config: SessionConfig, session: dict[str, Any], store: ResultsStore, decision: SeriesDecision,
