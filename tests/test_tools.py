@@ -236,6 +236,6 @@ def test_aretomo_command_carries_tilt_axis_thickness_and_dose():
 def test_aretomo_aln_gives_per_tilt_alignment_and_dark_tilts():
     alignment = aretomo.parse_aln(FIXTURES / "aretomo2_position_1.aln")
     assert [t["tilt_deg"] for t in alignment["tilts"]] == [-45, -30, -15, 0, 15, 30, 45]
-    assert alignment["dark_tilts_deg"] == [-60.0, 60.0]
+    assert alignment["dark_tilts_deg"] == [-60.0, 60.0] and alignment["dark_sections"] == [0, 8]
     assert alignment["tilt_axis_deg"] == pytest.approx(85.312)
     assert (alignment["tilts"][0]["shift_x_px"], alignment["tilts"][0]["shift_y_px"]) == (12.345, -3.21)

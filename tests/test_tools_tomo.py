@@ -131,10 +131,15 @@ def test_align_log_without_solution_names_the_file(tmp_path):
         imod.parse_align_log(tmp_path / "absent.log")
 
 
-def test_xf_and_tlt_give_per_view_shifts_rotation_and_angles(tmp_path):
+def test_xf_and_tlt_give_per_view_specimen_shifts_tilt_axis_and_angles(tmp_path):
     xf = imod.parse_xf(FIXTURES / "imod_4.11_position_1.xf")
-    assert len(xf["shifts_px"]) == 11 and xf["shifts_px"][0] == [12.5, -3.2]
-    assert xf["rotation_deg"][0] == pytest.approx(-0.4, abs=1e-4)
+    assert len(xf["specimen_shifts_px"]) == 11 and xf["translations_px"][0] == [12.5, -3.2]
+    assert xf["tilt_axis_deg"][0] == pytest.approx(85.3, abs=1e-4)  # the log's per-view rotation
+    a11, a12, a21, a22, dx, dy = xf["transforms"][0]
+    sx, sy = xf["specimen_shifts_px"][0]
+    # the content at the specimen shift lands on the aligned image's centre: A·s + D = 0
+    assert (a11 * sx + a12 * sy + dx, a21 * sx + a22 * sy + dy) == (pytest.approx(0, abs=1e-9),
+                                                                      pytest.approx(0, abs=1e-9))
     tilts = imod.parse_tlt(FIXTURES / "imod_4.11_position_1.tlt")
     assert len(tilts) == 11 and tilts[0] == -49.88 and tilts == sorted(tilts)
     bad = tmp_path / "short.xf"
@@ -154,7 +159,8 @@ def test_batchruntomo_result_combines_log_tilts_shifts_and_binned_tomogram(tmp_p
                            ("imod_4.11_position_1.tlt", "Position_1.tlt")]:
         (folder / target).write_text((FIXTURES / source).read_text())
     result = imod.parse_result(inputs)
-    assert result["tilt_angles_deg"][0] == -49.88 and result["shifts_px"][-1] == [-12.5, 4.8]
+    assert result["tilt_angles_deg"][0] == -49.88
+    assert result["shifts_px"] == imod.parse_xf(folder / "Position_1.xf")["specimen_shifts_px"]
     assert (result["pixel_size_a"], result["thickness_px"]) == (pytest.approx(5.4), 300)
 
 

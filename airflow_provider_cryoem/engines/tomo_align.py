@@ -131,7 +131,7 @@ def align_tilt_series(inputs: TiltAlignmentInputs) -> TiltAlignmentResult:
     differs in size from the rest, is excluded with the file's problem as the reason.
     """
     binning = inputs.binning
-    stack, file_problems = _read_tilt_images(inputs.micrograph_paths, binning)
+    stack, file_problems = read_tilt_images(inputs.micrograph_paths, binning)
     settings = TiltAlignmentSettings(**inputs.model_dump(include=set(TiltAlignmentSettings.model_fields)))
     settings = settings.model_copy(update={"pixel_size_a": inputs.pixel_size_a * binning, "binning": 1})
     result, aligned = align_tilt_stack(stack, inputs.tilt_angles_deg, settings)
@@ -148,7 +148,7 @@ def align_tilt_series(inputs: TiltAlignmentInputs) -> TiltAlignmentResult:
                                      "aligned_stack_path": inputs.aligned_stack_path})
 
 
-def _read_tilt_images(paths: Sequence[str], binning: int) -> tuple[np.ndarray, list[str | None]]:
+def read_tilt_images(paths: Sequence[str], binning: int) -> tuple[np.ndarray, list[str | None]]:
     """The tilt images as one binned float32 stack, and each file's problem (None if it read cleanly).
 
     A file that cannot be read or is not a 2D image the size of the first readable one becomes a NaN

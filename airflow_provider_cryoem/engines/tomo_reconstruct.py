@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import scipy.fft
@@ -67,7 +68,7 @@ class TomogramResult(BaseModel):
     pixel_size_a: float
     thickness_px: int
     n_tilts: int
-    weighting: ProjectionFilter
+    weighting: ProjectionFilter | Literal["sart"] = Field(description="'sart': AreTomo2's own reconstruction.")
     ctf_phase_flipped: bool
 
 

@@ -1,8 +1,9 @@
 """The tomogram stage: one complete tilt series in, aligned stack, tomogram, images, rows and Relion 5 files out.
 
-The built-in path aligns (engines/tomo_align) and reconstructs (engines/tomo_reconstruct) on this worker. A
-series that cannot be aligned (too few usable tilts, unreadable images) is recorded as a failed step and
-skipped by run_or_skip, like a particle batch; the session goes on.
+The built-in path aligns (engines/tomo_align) and reconstructs (engines/tomo_reconstruct) on this worker;
+`aretomo2` and `imod` run the program where the recipe places it (pipeline/tomo_external). A series that
+cannot be aligned (too few usable tilts, unreadable images, a program failing) is recorded as a failed step
+and skipped by run_or_skip, like a particle batch; the session goes on.
 """
 from __future__ import annotations
 
@@ -19,24 +20,35 @@ from ..recipes.stages import TomogramParams
 from .batch_outcome import run_or_skip
 from .stages import available_cores
 from .stores import relion_project, results_store
-
-# The aligner each tomogram tool is recorded as in the Relion project (AlignTiltSeries job type).
-ALIGNER_OF_TOOL = {"builtin": "builtin"}
+from .tomo_external import program_tomogram
 
 
-def make_tomogram(config: SessionConfig, params: TomogramParams, tool: str, item: dict[str, Any]) -> dict[str, Any]:
+def aligner_of(tool: str, params: TomogramParams) -> str:
+    """The aligner a tomogram tool is recorded as in the Relion project (AlignTiltSeries job type)."""
+    if tool == "imod":
+        return "imod_patchtrack" if params.imod_alignment == "patch" else "imod_fiducial"
+    return {"builtin": "builtin", "aretomo2": "aretomo"}[tool]
+
+
+def make_tomogram(config: SessionConfig, params: TomogramParams, tool: str, runs_on: str | dict[str, Any],
+                  item: dict[str, Any]) -> dict[str, Any]:
     """Align and reconstruct the item's tilt series, record it; `skipped` with the reason if it fails."""
     series = item["tilt_series"]
+    aligner = aligner_of(tool, params)
 
     def work() -> dict[str, Any]:
         project = relion_project(item["relion_dir"], OpticsGroup.from_session(config), item["relion_dialect"],
                                  "tomography")
-        alignment = _align(config, params, project, series, ALIGNER_OF_TOOL[tool])
-        tomogram = _reconstruct(config, params, project, series, alignment)
+        if tool == "builtin":
+            alignment = _align(config, params, project, series, aligner)
+            tomogram = _reconstruct(config, params, project, series, alignment)
+        else:
+            alignment, tomogram = program_tomogram(config, params, project, series, tool, ALIGNER_KINDS[aligner],
+                                                   runs_on)
         images = _images(alignment, tomogram, Path(tomogram.tomogram_path).parent / "images" / series["name"])
         _record(item, series, alignment, tomogram, images)
         _write_relion_files(project, item, series, alignment, tomogram, config.motion_corrected_pixel_size_a,
-                            ALIGNER_OF_TOOL[tool])
+                            aligner)
         return item | {"tomogram": {"path": tomogram.tomogram_path, "shape": list(tomogram.shape),
                                     "tilt_axis_deg": alignment.tilt_axis_deg,
                                     "mean_residual_px": alignment.mean_residual_px}}

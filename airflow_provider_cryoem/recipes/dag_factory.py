@@ -158,7 +158,7 @@ def _particle_stage(name: str, spec: StageSpec, recipe: Recipe, session: Any, fo
         if name == "tomogram":
             from ..pipeline.tomograms import make_tomogram
 
-            return make_tomogram(config, stages.TomogramParams.model_validate(spec.params), spec.tool, item)
+            return make_tomogram(config, stages.TomogramParams.model_validate(spec.params), spec.tool, runs_on, item)
         if name == "class2d":
             return particle_stages.classify_batch(config, stages.Class2DParams.model_validate(spec.params), runs_on,
                                                   item)

@@ -122,7 +122,11 @@ class TomogramParams(_StageParams):
         "Back-projection weighting: Hamming-windowed ramp, or a filter shaped like a few SIRT iterations "
         "(less streaking, the usual choice for looking at a tomogram)."))
     sirt_iterations: int = Field(10, ge=1, le=100)
-    ctf_correction: bool = Field(True, description="Phase-flip each tilt with its CTF before back-projection.")
+    ctf_correction: bool = Field(True, description="Phase-flip each tilt with its CTF before back-projection "
+                                                   "(built-in only).")
+    imod_alignment: Literal["patch", "fiducials"] = Field("patch", description=(
+        "IMOD (tool: imod): patch tracking (fiducial-free), or gold-bead tracking."))
+    fiducial_diameter_nm: float = Field(10.0, gt=0, le=100, description="Gold bead size (IMOD bead tracking).")
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,7 @@ STAGES: dict[str, StageDefinition] = {
         StageDefinition("refine3d", frozenset({"relion"}), Refine3DParams, needs=("class3d",), scope="particles"),
         StageDefinition("bfactor", frozenset({"relion"}), BFactorParams, needs=("refine3d",), scope="particles"),
         StageDefinition("tilt_series", frozenset({"builtin"}), TiltSeriesParams, needs=("ctf",), scope="series"),
-        StageDefinition("tomogram", frozenset({"builtin"}), TomogramParams,
+        StageDefinition("tomogram", frozenset({"builtin", "aretomo2", "imod"}), TomogramParams,
                         needs=("tilt_series",), scope="series"),
     )
 }

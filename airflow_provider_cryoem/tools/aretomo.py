@@ -1,7 +1,10 @@
 """AreTomo2 (Zheng et al. 2022) tilt-series alignment and reconstruction: command and .aln parser.
 
 Flags as cryoem-services passes them (notes §6). The .aln file lists per tilt: SEC ROT GMAG TX TY
-SMEAN SFIT SCALE BASE TILT, after `# DarkFrame = <index> <sec> <tilt>` lines for removed tilts.
+SMEAN SFIT SCALE BASE TILT, after `# DarkFrame = <index> <sec> <tilt>` lines for removed tilts. As Relion 5
+reads it (AlignTiltseriesRunner::readAreTomoResults): SEC and a dark frame's <sec> are 0-based sections of
+the input stack, TX/TY are pixels of that stack (× pixel size = rlnTomoX/YShiftAngst), ROT is the tilt axis
+(rlnTomoZRot) and TILT the refined tilt angle (rlnTomoYTilt).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ class AreTomoInputs(BaseModel):
     volume_z_px: int = Field(1200, ge=16, description="Thickness of the reconstruction (unbinned px).")
     output_binning: int = Field(4, ge=1)
     dark_tolerance: float = Field(0.7, ge=0, le=1)
+    weighted_back_projection: bool = Field(False, description="-Wbp 1: weighted back-projection, else SART.")
     gpu_ids: list[int] = Field(default_factory=lambda: [0])
     program: str = "AreTomo2"
 
@@ -44,6 +48,8 @@ def command(inputs: AreTomoInputs) -> CommandSpec:
             "-Kv", f"{inputs.voltage_kv:g}", "-Cs", f"{inputs.cs_mm:g}", "-AmpContrast", f"{inputs.amplitude_contrast:g}",
             "-FmDose", f"{inputs.dose_per_tilt_e_a2:g}", "-DarkTol", f"{inputs.dark_tolerance:g}", "-OutImod", "1",
             "-Gpu", *[str(gpu) for gpu in inputs.gpu_ids]]
+    if inputs.weighted_back_projection:
+        args += ["-Wbp", "1"]
     return CommandSpec(program=inputs.program, args=args, cwd=str(Path(inputs.tomogram_path).parent),
                        gpus=len(inputs.gpu_ids))
 
@@ -66,10 +72,12 @@ def parse_aln(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ImageFileError(path, "AreTomo alignment (.aln) file not found")
     dark_tilts_deg: list[float] = []
+    dark_sections: list[int] = []
     tilts: list[dict[str, float]] = []
     for line_number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         dark = _DARK_FRAME.match(line.strip())
         if dark:
+            dark_sections.append(int(dark.group(2)))
             dark_tilts_deg.append(_number(path, line_number, dark.group(3)))
         elif line.strip() and not line.lstrip().startswith("#"):
             fields = line.split()
@@ -85,5 +93,5 @@ def parse_aln(path: str | Path) -> dict[str, Any]:
                           "shift_y_px": row["TY"], "tilt_deg": row["TILT"]})
     if not tilts:
         raise ImageFileError(path, "no per-tilt alignment rows found")
-    return {"tilts": tilts, "dark_tilts_deg": dark_tilts_deg,
+    return {"tilts": tilts, "dark_tilts_deg": dark_tilts_deg, "dark_sections": dark_sections,
             "tilt_axis_deg": sum(t["tilt_axis_deg"] for t in tilts) / len(tilts)}

@@ -223,10 +223,22 @@ def parse_tlt(path: str | Path) -> list[float]:
 
 
 def parse_xf(path: str | Path) -> dict[str, Any]:
-    """Per-view 2D transforms of an .xf file: shifts (px) and in-plane rotation (°, from A11 and A21)."""
-    rows = _numeric_lines(Path(path), "transform", 6)
-    return {"transforms": rows, "shifts_px": [[row[4], row[5]] for row in rows],
-            "rotation_deg": [math.degrees(math.atan2(row[2], row[0])) for row in rows]}
+    """Per-view 2D transforms of an .xf file (X' = A·X + D maps a raw view onto the aligned one).
+
+    `specimen_shifts_px` is where each view's content sits in the raw image, -A⁻¹·D, the shift Relion 5
+    writes as rlnTomoX/YShiftAngst (× pixel size) when it reads IMOD's alignment; `tilt_axis_deg` is the
+    view's tilt axis from the Y axis, the rotation A undoes (−atan2(A21, A11)).
+    """
+    path = Path(path)
+    rows = _numeric_lines(path, "transform", 6)
+    shifts = []
+    for number, (a11, a12, a21, a22, dx, dy) in enumerate(rows, start=1):
+        determinant = a11 * a22 - a12 * a21
+        if abs(determinant) < 1e-6:
+            raise ImageFileError(path, f"transform {number}: matrix is singular")
+        shifts.append([-(a22 * dx - a12 * dy) / determinant, -(-a21 * dx + a11 * dy) / determinant])
+    return {"transforms": rows, "translations_px": [[row[4], row[5]] for row in rows], "specimen_shifts_px": shifts,
+            "tilt_axis_deg": [-math.degrees(math.atan2(row[2], row[0])) for row in rows]}
 
 
 def _nm_per_unit(unit: str, path: Path, pixel_size_a: float | None) -> float:
@@ -292,7 +304,7 @@ def parse_result(inputs: BatchRunTomoInputs) -> dict[str, Any]:
         raise ImageFileError(tomogram, "batchruntomo wrote no tomogram (see batchruntomo.log)")
     result = parse_align_log(folder / "align.log", inputs.pixel_size_a)
     xf = parse_xf(folder / f"{name}.xf")
-    result.update(tilt_angles_deg=parse_tlt(folder / f"{name}.tlt"), shifts_px=xf["shifts_px"],
+    result.update(tilt_angles_deg=parse_tlt(folder / f"{name}.tlt"), shifts_px=xf["specimen_shifts_px"],
                   tomogram_path=str(tomogram), pixel_size_a=inputs.pixel_size_a * inputs.output_binning,
                   thickness_px=inputs.thickness_unbinned_px // inputs.output_binning)
     return result
