@@ -14,7 +14,7 @@ from airflow.sdk import BaseHook
 from sqlalchemy import Engine
 
 from ..results import ResultsStore
-from ..results.engine import CONNECT_TIMEOUT_S, default_sqlite_path, sqlite_engine
+from ..results.engine import CONNECT_TIMEOUT_S, default_sqlite_path, postgres_read_only, sqlite_engine
 
 
 class ResultsHook(BaseHook):
@@ -33,15 +33,16 @@ class ResultsHook(BaseHook):
         self.processing_dir = processing_dir
         self._store: ResultsStore | None = None
 
-    def _engine_and_label(self) -> tuple[Engine, str]:
+    def _engine_and_label(self, read_only: bool = False) -> tuple[Engine, str]:
         """The engine and the words that name it in errors."""
         if self.results_conn_id is None:
             path = default_sqlite_path(self.processing_dir)
-            return sqlite_engine(path), f"SQLite file {path}"
+            return sqlite_engine(path, read_only=read_only), f"SQLite file {path}"
         postgres = PostgresHook(postgres_conn_id=self.results_conn_id)
         connection = postgres.connection
         engine = postgres.get_sqlalchemy_engine(engine_kwargs={
-            "pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}})
+            "pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
+            **postgres_read_only(read_only)})
         where = f"{connection.host}:{connection.port or 5432}/{connection.schema or ''}"
         return engine, f"Airflow connection {self.results_conn_id!r} ({where})"
 
@@ -53,3 +54,10 @@ class ResultsHook(BaseHook):
             store.ensure_schema()
             self._store = store
         return self._store
+
+    def get_reader(self) -> ResultsStore:
+        """A store for reading only (the dashboard): no schema is created or upgraded, and its
+        transactions take no write lock and refuse to write. A database without the results tables
+        reads as schema version 0."""
+        engine, label = self._engine_and_label(read_only=True)
+        return ResultsStore(engine, label=label)

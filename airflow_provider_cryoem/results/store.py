@@ -7,10 +7,11 @@ beside the live run's rows instead of over them.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import PurePath
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, Table, func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -26,6 +27,7 @@ JOB_STATUSES = ("success", "failed")
 SERIES_COLLECTING, SERIES_COMPLETE = "collecting", "complete"
 CLASSIFICATION_TYPES = ("2D", "3D")
 _CLAIM_CHUNK = 500  # rows per INSERT: well under SQLite's bound-parameter limit
+T = TypeVar("T")
 
 
 def _now() -> datetime:
@@ -413,6 +415,12 @@ class ResultsStore:
         """Summary of the session with this id, or of the only session with this name."""
         with self._transaction() as connection:
             return build_summary(connection, session)
+
+    def read(self, reader: Callable[[Connection], T]) -> T:
+        """`reader`'s answer from one transaction, so all its queries see one state of the database
+        (the dashboard's aggregations); an unreachable database is ResultsUnavailableError."""
+        with self._transaction() as connection:
+            return reader(connection)
 
     # -- helpers --------------------------------------------------------------------------------------
     def _put_tilt(self, tilt_series_id: int, movie_id: int, z_value: int, tilt_angle_deg: float,

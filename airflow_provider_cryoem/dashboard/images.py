@@ -1,0 +1,100 @@
+"""Which recorded images the dashboard serves, and the checks made before serving one.
+
+A request names an image by its kind and the id of the result row that recorded it, never by a path:
+the path is the one the results database holds for that row. It is served only when it resolves (links
+followed) under the configured data roots (CRYOEM_DATA_ROOTS, see config.allowed_data_roots), has an
+image suffix, and is an existing file. A relative recorded path is taken inside the session's
+processing folder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Connection, Table, select
+
+from ..config import ConfigError, check_under_roots
+from ..results import schema
+from ..results.errors import ResultsNotFoundError
+from ..results.summary import CTF, MOTION_CORRECTION, PARTICLE_PICKING
+
+MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+               ".webp": "image/webp"}  # no SVG: it can carry scripts
+
+
+@dataclass(frozen=True)
+class MovieImage:
+    """An image recorded with a per-movie result: its stage (queries.PER_MOVIE_TABLES), path column, row id."""
+
+    stage: str
+    column: str
+    id_column: str
+
+
+MOVIE_IMAGE_KINDS = {
+    "micrograph": MovieImage(MOTION_CORRECTION, "micrograph_snapshot_full_path", "motion_correction_id"),
+    "drift": MovieImage(MOTION_CORRECTION, "drift_plot_full_path", "motion_correction_id"),
+    "ctf_fit": MovieImage(CTF, "fft_theoretical_full_path", "ctf_id"),
+    "picks": MovieImage(PARTICLE_PICKING, "summary_image_full_path", "particle_picker_id"),
+}
+TOMOGRAM_IMAGE_KINDS = {  # kind -> tomogram column
+    "central_slice": "central_slice_image",
+    "projection_xy": "projection_xy_image",
+    "projection_xz": "projection_xz_image",
+    "tilt_movie": "tilt_series_movie",
+    "alignment_plot": "alignment_plot",
+}
+_SOURCES: dict[str, tuple[Table, str]] = {  # kind -> (table, path column), looked up by the table's id
+    **{kind: ({MOTION_CORRECTION: schema.motion_correction, CTF: schema.ctf,
+               PARTICLE_PICKING: schema.particle_picker}[image.stage], image.column)
+       for kind, image in MOVIE_IMAGE_KINDS.items()},
+    **{kind: (schema.tomogram, column) for kind, column in TOMOGRAM_IMAGE_KINDS.items()},
+    "class2d": (schema.particle_classification, "class_image_full_path"),
+}
+IMAGE_KINDS = tuple(_SOURCES)
+
+
+class ImageRefusedError(ValueError):
+    """The recorded path is not one the dashboard may serve (outside the data roots, not an image)."""
+
+
+@dataclass(frozen=True)
+class RecordedImage:
+    session_id: int
+    processing_directory: str
+    path: str
+
+
+def recorded_image(connection: Connection, kind: str, row_id: int) -> RecordedImage:
+    """The path recorded for image `kind` of result row `row_id`, and its session; ResultsNotFoundError if none."""
+    if kind not in _SOURCES:
+        raise ResultsNotFoundError(f"no image kind {kind!r} (kinds: {', '.join(IMAGE_KINDS)})")
+    table, column = _SOURCES[kind]
+    job, session = schema.processing_job, schema.session
+    statement = select(table.c[column], session.c.session_id, session.c.processing_directory)
+    if table is schema.particle_classification:
+        group = schema.particle_classification_group
+        statement = statement.select_from(table.join(group).join(job).join(session))
+    else:
+        statement = statement.select_from(table.join(job).join(session))
+    row = connection.execute(statement.where(next(iter(table.primary_key.columns)) == row_id)).first()
+    if row is None or row[0] is None:
+        raise ResultsNotFoundError(f"no {kind} image recorded for row {row_id}")
+    return RecordedImage(session_id=row.session_id, processing_directory=row.processing_directory, path=row[0])
+
+
+def servable_path(image: RecordedImage, roots: list[Path] | None = None) -> Path:
+    """The file to send: resolved, an image, under the data roots (default CRYOEM_DATA_ROOTS), existing."""
+    path = Path(image.path)
+    if not path.is_absolute():
+        path = Path(image.processing_directory) / path
+    resolved = path.resolve()
+    if resolved.suffix.lower() not in MEDIA_TYPES:
+        raise ImageRefusedError(f"not an image type the dashboard serves ({', '.join(MEDIA_TYPES)})")
+    try:
+        check_under_roots(resolved, "image", roots)
+    except ConfigError:
+        raise ImageRefusedError("the recorded image lies outside the data roots") from None
+    if not resolved.is_file():
+        raise ResultsNotFoundError("the recorded image file does not exist (any more)")
+    return resolved

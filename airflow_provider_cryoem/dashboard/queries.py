@@ -1,0 +1,455 @@
+"""Read-only aggregations over the results store, for the dashboard's JSON API.
+
+Counting, grouping, sorting and paging happen in SQL; plot series are downsampled and histograms binned
+on the server, so what reaches a browser stays small however long the session. Per-movie values follow
+the session summary's rule (results/summary.py): where several jobs wrote a result for a movie (the live
+run, then a reprocess run), the newest job's row counts.
+
+Every function takes an open connection (see ResultsStore.read) and the DAG ids the caller may read;
+a session belongs to the DAGs whose runs wrote its processing jobs (recipe name = DAG id).
+"""
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel
+from sqlalchemy import Connection, Row, Subquery, Table, and_, case, distinct, func, select
+
+from ..results import schema
+from ..results.errors import ResultsNotFoundError
+from ..results.migrations import current_version
+from ..results.summary import (
+    CTF,
+    ICE_THICKNESS,
+    MOTION_CORRECTION,
+    PARTICLE_PICKING,
+    SessionSummary,
+    build_summary,
+    tilt_series_records,
+)
+from .images import MOVIE_IMAGE_KINDS, TOMOGRAM_IMAGE_KINDS
+
+MAX_POINTS = 2000  # per plotted series, after downsampling
+HISTOGRAM_BINS = 30
+PER_MOVIE_TABLES: dict[str, Table] = {MOTION_CORRECTION: schema.motion_correction, CTF: schema.ctf,
+                                      PARTICLE_PICKING: schema.particle_picker,
+                                      ICE_THICKNESS: schema.relative_ice_thickness}
+
+
+class Metric(BaseModel):
+    key: str
+    label: str
+    unit: str  # "" for a plain number
+    decimals: int  # how the pages show it
+
+
+# What the session page plots against acquisition time, and histograms.
+METRICS = [
+    Metric(key="total_motion_a", label="Total motion", unit="Å", decimals=2),
+    Metric(key="defocus_u_a", label="Defocus U", unit="Å", decimals=0),
+    Metric(key="defocus_v_a", label="Defocus V", unit="Å", decimals=0),
+    Metric(key="astigmatism_a", label="Astigmatism", unit="Å", decimals=0),
+    Metric(key="ctf_resolution_a", label="CTF fit resolution", unit="Å", decimals=2),
+    Metric(key="ice_thickness", label="Relative ice thickness (median)", unit="", decimals=3),
+    Metric(key="particles", label="Particles per micrograph", unit="", decimals=0),
+]
+# The movie table's sort keys (also every metric).
+SORT_KEYS = ("movie_number", "acquired", "status", *(metric.key for metric in METRICS))
+
+
+class RunRef(BaseModel):
+    """A DAG run that wrote the session's results (its processing job's recipe is the DAG id)."""
+
+    dag_id: str
+    run_id: str
+    reprocess: bool
+    status: str  # the run's processing job: running | success | failed
+
+
+class SessionRow(BaseModel):
+    """One line of the sessions page."""
+
+    session_id: int
+    name: str
+    experiment: Literal["spa", "tomography"]
+    state: Literal["live", "ended", "reprocessing", "reprocessed"]
+    recipes: list[str]
+    image_directory: str
+    started: datetime
+    ended: datetime | None
+    end_reason: str | None
+    files_claimed: int
+    movies: int
+    processed: dict[str, int]  # per-movie stage -> movies with a result
+    failed: int  # movies marked failed (any stage)
+    tilt_series: int
+    last_activity: datetime
+    latest_run: RunRef | None
+
+
+class SessionPage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    sessions: list[SessionRow]
+
+
+class MovieRow(BaseModel):
+    """One movie of the session with its newest per-stage values and the ids of its images."""
+
+    movie_id: int
+    movie_number: int
+    movie: str
+    acquired: datetime
+    status: str
+    failure_reason: str | None
+    total_motion_a: float | None
+    defocus_u_a: float | None
+    defocus_v_a: float | None
+    astigmatism_a: float | None
+    ctf_resolution_a: float | None
+    ice_thickness: float | None
+    particles: int | None
+    images: dict[str, int]  # image kind -> row id for /api/images/{kind}/{row_id}
+
+
+class MoviePage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    sort: str
+    order: Literal["asc", "desc"]
+    status: Literal["all", "failed"]
+    movies: list[MovieRow]
+
+
+class Series(BaseModel):
+    """A metric against acquisition time (Unix seconds); min/max-downsampled when longer than MAX_POINTS."""
+
+    t: list[float]
+    v: list[float]
+    count: int  # values before downsampling
+    downsampled: bool
+
+
+class Histogram(BaseModel):
+    edges: list[float]  # bins + 1 edges
+    counts: list[int]
+
+
+class TiltResidual(BaseModel):
+    tilt_angle_deg: float | None  # refined, else nominal
+    residual_error_px: float | None
+    excluded: bool
+
+
+class TomogramView(BaseModel):
+    tomogram_id: int
+    pixel_size_a: float
+    tilt_axis_deg: float | None
+    residual_error_mean_px: float | None
+    residual_error_sd_px: float | None
+    images: dict[str, int]
+    residuals: list[TiltResidual]
+
+
+class TiltSeriesView(BaseModel):
+    tilt_series_id: int
+    name: str
+    status: str
+    completed_reason: str | None
+    expected_tilts: int | None
+    tilts: int
+    excluded_tilts: int
+    late_tilts: int
+    tomogram: TomogramView | None  # the newest job's
+
+
+class SessionDetail(BaseModel):
+    session: SessionRow
+    summary: SessionSummary  # failures: whole-job failures only; movie failures are in the movie table
+    metrics: list[Metric]
+    series: dict[str, Series]
+    histograms: dict[str, Histogram]
+    movies: MoviePage
+    newest_movie: MovieRow | None  # the newest movie with an image
+    tilt_series: list[TiltSeriesView]
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """SQLite gives back naive datetimes; the store writes UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=timezone.utc)
+
+
+def has_tables(connection: Connection) -> bool:
+    return current_version(connection) > 0
+
+
+def dag_ids(connection: Connection) -> set[str]:
+    """Every DAG id that ever wrote to the results store (recipes of its processing jobs)."""
+    return set(connection.execute(select(schema.processing_job.c.recipe).distinct()).scalars())
+
+
+def session_dag_ids(connection: Connection, session_id: int) -> set[str]:
+    """The DAG ids whose runs wrote the session's jobs; ResultsNotFoundError if there is no such session."""
+    exists = connection.execute(select(schema.session.c.session_id)
+                                .where(schema.session.c.session_id == session_id)).first()
+    if exists is None:
+        raise ResultsNotFoundError(f"no session {session_id} in the results database")
+    job = schema.processing_job
+    return set(connection.execute(select(job.c.recipe).distinct().where(job.c.session_id == session_id)).scalars())
+
+
+def _readable(readable_dag_ids: Collection[str]):
+    job = schema.processing_job
+    return schema.session.c.session_id.in_(select(job.c.session_id).where(job.c.recipe.in_(list(readable_dag_ids))))
+
+
+def list_sessions(connection: Connection, readable_dag_ids: Collection[str], offset: int, limit: int) -> SessionPage:
+    """The sessions of the readable DAGs, newest first, one page of them with their counts."""
+    table = schema.session
+    where = _readable(readable_dag_ids)
+    total = connection.execute(select(func.count()).select_from(table).where(where)).scalar_one()
+    ids = list(connection.execute(select(table.c.session_id).where(where)
+                                  .order_by(table.c.created.desc(), table.c.session_id.desc())
+                                  .offset(offset).limit(limit)).scalars())
+    return SessionPage(total=total, offset=offset, limit=limit, sessions=session_rows(connection, ids))
+
+
+def _per_session(connection: Connection, statement: Any) -> dict[int, Row]:
+    return {row[0]: row for row in connection.execute(statement)}
+
+
+def session_rows(connection: Connection, session_ids: Sequence[int]) -> list[SessionRow]:
+    """The sessions' lines, in the given order: a fixed number of grouped queries, whatever the count."""
+    if not session_ids:
+        return []
+    session, movie, job, claim = schema.session, schema.movie, schema.processing_job, schema.session_file
+    sessions = _per_session(connection, select(session.c.session_id, session).where(session.c.session_id.in_(session_ids)))
+    claims = _per_session(connection, select(claim.c.session_id, func.count(), func.max(claim.c.claimed_at))
+                          .where(claim.c.session_id.in_(session_ids)).group_by(claim.c.session_id))
+    movies = _per_session(connection, select(
+        movie.c.session_id, func.count(), func.coalesce(func.sum(case((movie.c.status == "failed", 1), else_=0)), 0),
+        func.max(movie.c.created_time_stamp)).where(movie.c.session_id.in_(session_ids)).group_by(movie.c.session_id))
+    processed = {stage: _per_session(connection, select(job.c.session_id, func.count(distinct(table.c.movie_id)))
+                                     .select_from(table.join(job)).where(job.c.session_id.in_(session_ids))
+                                     .group_by(job.c.session_id))
+                 for stage, table in PER_MOVIE_TABLES.items()}
+    series = _per_session(connection, select(schema.tilt_series.c.session_id, func.count())
+                          .where(schema.tilt_series.c.session_id.in_(session_ids))
+                          .group_by(schema.tilt_series.c.session_id))
+    jobs: dict[int, list[Row]] = {}
+    for row in connection.execute(select(job).where(job.c.session_id.in_(session_ids))
+                                  .order_by(job.c.processing_job_id)):
+        jobs.setdefault(row.session_id, []).append(row)
+
+    rows = []
+    for session_id in session_ids:
+        if session_id not in sessions:
+            continue
+        row, own_jobs = sessions[session_id], jobs.get(session_id, [])
+        latest = own_jobs[-1] if own_jobs else None
+        moments = [row.created, claims[session_id][2] if session_id in claims else None,
+                   movies[session_id][3] if session_id in movies else None,
+                   *(one.processing_start_time for one in own_jobs), *(one.processing_end_time for one in own_jobs)]
+        rows.append(SessionRow(
+            session_id=session_id, name=row.name,
+            experiment="tomography" if series.get(session_id) else "spa",
+            state=_state(row.end_time, latest),
+            recipes=sorted({one.recipe for one in own_jobs}),
+            image_directory=row.image_directory, started=_utc(row.created), ended=_utc(row.end_time),
+            end_reason=row.end_reason,
+            files_claimed=claims[session_id][1] if session_id in claims else 0,
+            movies=movies[session_id][1] if session_id in movies else 0,
+            failed=int(movies[session_id][2]) if session_id in movies else 0,
+            processed={stage: counts[session_id][1] if session_id in counts else 0
+                       for stage, counts in processed.items()},
+            tilt_series=series[session_id][1] if session_id in series else 0,
+            last_activity=max(_utc(moment) for moment in moments if moment is not None),
+            latest_run=None if latest is None else RunRef(dag_id=latest.recipe, run_id=latest.run_id,
+                                                          reprocess=latest.reprocess,
+                                                          status=latest.processing_status)))
+    return rows
+
+
+def _state(end_time: datetime | None, latest_job: Row | None) -> str:
+    if latest_job is not None and latest_job.reprocess:
+        return "reprocessing" if latest_job.processing_status == "running" else "reprocessed"
+    return "ended" if end_time is not None else "live"
+
+
+# --- movies ---------------------------------------------------------------------------------------------
+
+def _newest_rows(table: Table, session_id: int) -> Subquery:
+    """The table's rows of the session, one per movie: the newest processing job's."""
+    job = schema.processing_job
+    newest = (select(table.c.movie_id, func.max(table.c.processing_job_id).label("job_id"))
+              .select_from(table.join(job)).where(job.c.session_id == session_id)
+              .group_by(table.c.movie_id).subquery())
+    return (select(table).join(newest, and_(table.c.movie_id == newest.c.movie_id,
+                                            table.c.processing_job_id == newest.c.job_id))
+            .subquery(table.name))
+
+
+def _movie_columns(session_id: int) -> tuple[dict[str, Any], Any]:
+    """Column expressions of MovieRow (image ids as `image_<kind>`), and the FROM clause that joins them."""
+    movie = schema.movie
+    newest = {name: _newest_rows(table, session_id) for name, table in PER_MOVIE_TABLES.items()}
+    motion, ctf, picks, ice = (newest[name] for name in (MOTION_CORRECTION, CTF, PARTICLE_PICKING, ICE_THICKNESS))
+    columns: dict[str, Any] = {
+        "movie_id": movie.c.movie_id, "movie_number": movie.c.movie_number, "movie": movie.c.movie_full_path,
+        "acquired": movie.c.created_time_stamp, "status": movie.c.status, "failure_reason": movie.c.failure_reason,
+        "total_motion_a": motion.c.total_motion_a, "defocus_u_a": ctf.c.defocus_u_a,
+        "defocus_v_a": ctf.c.defocus_v_a, "astigmatism_a": ctf.c.astigmatism_a,
+        "ctf_resolution_a": ctf.c.estimated_resolution_a, "ice_thickness": ice.c.median,
+        "particles": picks.c.number_of_particles,
+    }
+    for kind, image in MOVIE_IMAGE_KINDS.items():
+        rows = newest[image.stage]
+        columns[f"image_{kind}"] = case((rows.c[image.column].is_not(None), rows.c[image.id_column]))
+    joined = movie
+    for rows in newest.values():
+        joined = joined.outerjoin(rows, rows.c.movie_id == movie.c.movie_id)
+    return columns, joined
+
+
+def _movie_row(row: Row) -> MovieRow:
+    values = dict(row._mapping)
+    images = {kind: values.pop(f"image_{kind}") for kind in MOVIE_IMAGE_KINDS}
+    values["acquired"] = _utc(values["acquired"])
+    return MovieRow(images={kind: row_id for kind, row_id in images.items() if row_id is not None}, **values)
+
+
+def movie_page(connection: Connection, session_id: int, offset: int = 0, limit: int = 50,
+               sort: str = "movie_number", order: Literal["asc", "desc"] = "desc",
+               status: Literal["all", "failed"] = "all") -> MoviePage:
+    """One page of the session's movies sorted in SQL (missing values last, ties by movie number)."""
+    if sort not in SORT_KEYS:
+        raise ValueError(f"sort: {sort!r} is not one of {', '.join(SORT_KEYS)}")
+    columns, joined = _movie_columns(session_id)
+    movie = schema.movie
+    where = [movie.c.session_id == session_id]
+    if status == "failed":
+        where.append(movie.c.status == "failed")
+    total = connection.execute(select(func.count()).select_from(movie).where(*where)).scalar_one()
+    key = columns[sort]
+    ordered = (key.asc() if order == "asc" else key.desc()).nulls_last()
+    tie = movie.c.movie_number.asc() if order == "asc" else movie.c.movie_number.desc()
+    rows = connection.execute(select(*(column.label(name) for name, column in columns.items()))
+                              .select_from(joined).where(*where).order_by(ordered, tie)
+                              .offset(offset).limit(limit)).all()
+    return MoviePage(total=total, offset=offset, limit=limit, sort=sort, order=order, status=status,
+                     movies=[_movie_row(row) for row in rows])
+
+
+def _all_movies(connection: Connection, session_id: int) -> list[MovieRow]:
+    """Every movie of the session in acquisition order (for the plots)."""
+    columns, joined = _movie_columns(session_id)
+    movie = schema.movie
+    rows = connection.execute(select(*(column.label(name) for name, column in columns.items()))
+                              .select_from(joined).where(movie.c.session_id == session_id)
+                              .order_by(movie.c.created_time_stamp, movie.c.movie_number)).all()
+    return [_movie_row(row) for row in rows]
+
+
+# --- plots ----------------------------------------------------------------------------------------------
+
+def downsample(t: np.ndarray, v: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """At most `max_points` points: the lowest and highest value of each of max_points/2 consecutive
+    buckets, in time order, so spikes and the envelope survive (plain striding would drop outliers)."""
+    if len(v) <= max_points:
+        return t, v
+    edges = np.linspace(0, len(v), max_points // 2 + 1).astype(int)
+    keep: list[int] = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        chunk = v[low:high]
+        keep += sorted({low + int(np.argmin(chunk)), low + int(np.argmax(chunk))})
+    return t[keep], v[keep]
+
+
+def histogram(values: np.ndarray, bins: int = HISTOGRAM_BINS) -> Histogram:
+    if len(values) == 0:
+        return Histogram(edges=[], counts=[])
+    counts, edges = np.histogram(values, bins=bins)
+    return Histogram(edges=[float(edge) for edge in edges], counts=[int(count) for count in counts])
+
+
+def plots(movies: Iterable[MovieRow]) -> tuple[dict[str, Series], dict[str, Histogram]]:
+    """Each metric's series against acquisition time and its histogram over every value."""
+    movies = list(movies)
+    times = np.array([movie.acquired.timestamp() for movie in movies], dtype=float)
+    series, histograms = {}, {}
+    for metric in METRICS:
+        raw = [getattr(movie, metric.key) for movie in movies]
+        present = np.array([value is not None for value in raw], dtype=bool)
+        values = np.array([value for value in raw if value is not None], dtype=float)
+        t, v = downsample(times[present], values)
+        series[metric.key] = Series(t=t.tolist(), v=v.tolist(), count=len(values), downsampled=len(v) < len(values))
+        histograms[metric.key] = histogram(values)
+    return series, histograms
+
+
+# --- tomography -----------------------------------------------------------------------------------------
+
+def tilt_series_views(connection: Connection, session_id: int) -> list[TiltSeriesView]:
+    """The session's tilt series with tilt counts and their newest tomogram's residuals and images."""
+    records = tilt_series_records(connection, session_id)
+    if not records:
+        return []
+    tomogram, alignment, tilt = schema.tomogram, schema.tilt_image_alignment, schema.tilt
+    newest: dict[int, Row] = {}
+    for row in connection.execute(select(tomogram).where(tomogram.c.tilt_series_id.in_(
+            [record.tilt_series_id for record in records])).order_by(tomogram.c.processing_job_id)):
+        newest[row.tilt_series_id] = row
+    residuals: dict[int, list[TiltResidual]] = {}
+    if newest:
+        for row in connection.execute(
+                select(alignment.c.tomogram_id, alignment.c.refined_tilt_angle_deg, alignment.c.residual_error_px,
+                       alignment.c.excluded, tilt.c.tilt_angle_deg)
+                .join(tilt, tilt.c.movie_id == alignment.c.movie_id)
+                .where(alignment.c.tomogram_id.in_([row.tomogram_id for row in newest.values()]))
+                .order_by(tilt.c.tilt_angle_deg)):
+            residuals.setdefault(row.tomogram_id, []).append(TiltResidual(
+                tilt_angle_deg=row.refined_tilt_angle_deg if row.refined_tilt_angle_deg is not None
+                else row.tilt_angle_deg, residual_error_px=row.residual_error_px, excluded=row.excluded))
+    views = []
+    for record in records:
+        row = newest.get(record.tilt_series_id)
+        view = None if row is None else TomogramView(
+            tomogram_id=row.tomogram_id, pixel_size_a=row.pixel_size_a, tilt_axis_deg=row.tilt_axis_deg,
+            residual_error_mean_px=row.residual_error_mean_px, residual_error_sd_px=row.residual_error_sd_px,
+            images={kind: row.tomogram_id for kind, column in TOMOGRAM_IMAGE_KINDS.items()
+                    if row._mapping[column] is not None},
+            residuals=residuals.get(row.tomogram_id, []))
+        views.append(TiltSeriesView(
+            tilt_series_id=record.tilt_series_id, name=record.name, status=record.status,
+            completed_reason=record.completed_reason, expected_tilts=record.expected_tilts,
+            tilts=len(record.tilts), excluded_tilts=sum(1 for one in record.tilts if one.excluded),
+            late_tilts=sum(1 for one in record.tilts if one.late), tomogram=view))
+    return views
+
+
+# --- one session ----------------------------------------------------------------------------------------
+
+def session_detail(connection: Connection, session_id: int, offset: int = 0, limit: int = 50,
+                   sort: str = "movie_number", order: Literal["asc", "desc"] = "desc",
+                   status: Literal["all", "failed"] = "all") -> SessionDetail:
+    """Everything the session page shows, the movie table cut to one page."""
+    rows = session_rows(connection, [session_id])
+    if not rows:
+        raise ResultsNotFoundError(f"no session {session_id} in the results database")
+    summary = build_summary(connection, session_id)
+    summary = summary.model_copy(update={"failures": [one for one in summary.failures if one.movie is None]})
+    movies = _all_movies(connection, session_id)
+    series, histograms = plots(movies)
+    with_images = [movie for movie in movies if movie.images]
+    return SessionDetail(
+        session=rows[0], summary=summary, metrics=METRICS, series=series, histograms=histograms,
+        movies=movie_page(connection, session_id, offset, limit, sort, order, status),
+        newest_movie=with_images[-1] if with_images else None,
+        tilt_series=tilt_series_views(connection, session_id))
