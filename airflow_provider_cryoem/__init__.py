@@ -24,7 +24,8 @@ def get_provider_info() -> dict:
             }
         ],
         "operators": [
-            {"integration-name": "Cryo-EM", "python-modules": ["airflow_provider_cryoem.operators.stage",
+            {"integration-name": "Cryo-EM", "python-modules": ["airflow_provider_cryoem.operators.movie_steps",
+                                                           "airflow_provider_cryoem.operators.batch_steps",
                                                            "airflow_provider_cryoem.operators.slurm"]},
         ],
         "sensors": [

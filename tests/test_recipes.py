@@ -163,28 +163,35 @@ def test_every_recipe_dag_shows_the_session_form(monkeypatch):
         assert voltage.description
 
 
-def test_live_dag_maps_every_stage_over_movie_batches(monkeypatch):
+def test_live_dag_is_built_from_one_step_operator_per_stage(monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 
     monkeypatch.setenv("CRYOEM_RECIPES_DIR", str(RECIPES))
     dag = DagBag(dag_folder=str(RECIPES.parent / "dags")).dags["spa_live"]
     recipe = load_recipe(RECIPES / "spa_live.yaml")
+    operators = {"motioncorr": "MotionCorrectionOperator", "ctf": "CtfEstimationOperator",
+                 "pick": "ParticlePickingOperator", "extract": "ParticleExtractionOperator",
+                 "select_particles": "ParticleRebatchOperator", "class2d": "Class2DOperator",
+                 "select_classes": "ClassSelectionOperator", "class3d": "Class3DOperator",
+                 "refine3d": "Refine3DOperator", "bfactor": "BFactorOperator"}
+    assert set(recipe.stages) == set(operators)
     for stage in recipe.stages:
         task = dag.get_task(stage)
+        assert task.operator_name == operators[stage], stage  # what the grid shows
         if STAGES[stage].scope == "movie":
             assert type(task).__name__ == "MappedOperator", stage
             assert task.map_index_template == "{{ movie_label }}"
     assert dag.get_task("select_particles").upstream_task_ids == {"extract", "wait_for_movies"}
-    assert type(dag.get_task("class2d")).__name__ == "DecoratedMappedOperator"
+    assert type(dag.get_task("class2d")).__name__ == "MappedOperator"
     assert dag.get_task("class2d").map_index_template == "{{ batch_label }}"
     assert dag.get_task("wait_for_movies").upstream_task_ids == set()
     assert dag.get_task("extract").upstream_task_ids == {"pick", "ctf", "wait_for_movies"}
     # 3D is decided once per run (also when no 2D batch was classified), then mapped per 3D round
     class3d = dag.get_task("class3d")
-    assert type(class3d).__name__ == "_PythonDecoratedOperator" and class3d.trigger_rule == "none_failed"
+    assert type(class3d).__name__ == "Class3DOperator" and class3d.trigger_rule == "none_failed"
     assert class3d.upstream_task_ids == {"select_classes", "wait_for_movies"}
     for name, upstream in (("refine3d", "class3d"), ("bfactor", "refine3d")):
-        assert type(dag.get_task(name)).__name__ == "DecoratedMappedOperator"
+        assert type(dag.get_task(name)).__name__ == "MappedOperator"
         assert dag.get_task(name).upstream_task_ids == {upstream}
 
 

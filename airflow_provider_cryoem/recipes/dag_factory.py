@@ -13,16 +13,15 @@ from typing import Any
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import DAG, TriggerRule, get_current_context, task
+from airflow.sdk import DAG, TriggerRule, task
 
-from ..operators.stage import CryoemStageOperator
+from ..operators.batch_steps import BATCH_STEP_OPERATORS, GATHERING_STEP_OPERATORS
+from ..operators.movie_steps import MOVIE_STEP_OPERATORS
 from ..params import session_params
 from ..sensors.new_movies import NewMoviesSensor
 from .schema import Recipe, RecipeError, StageSpec, load_recipe
 from .stages import STAGES
 
-_MOVIE_LABEL = "{{ movie_label }}"
-_BATCH_LABEL = "{{ batch_label }}"
 # The session's own tasks (take the movies, cut the batches, start the next wait) go before any stage
 # task when executor slots are short: otherwise a burst's stage tasks, weighted by their many downstream
 # tasks, hold the next run's wait back by a whole stage's compute time.
@@ -99,79 +98,21 @@ def _session_tasks(recipe: Recipe, live: bool) -> tuple[Any, Any, Any]:
     return session, found, plan_batches_task(session, found)
 
 
-def _particle_stage(name: str, spec: StageSpec, recipe: Recipe, session: Any, found: Any, upstream: Any) -> Any:
-    """Tasks of the particle stages: rebatching and the 3D decision once per run; 2D classification, class
-    selection, refinement and the B-factor series mapped over what became ready in this run."""
-    retry = {"retries": spec.retries, "retry_delay": dt.timedelta(seconds=spec.retry_delay_s),
-             "execution_timeout": dt.timedelta(seconds=spec.timeout_s)}
-    runs_on = spec.runs_on if isinstance(spec.runs_on, str) else spec.runs_on.model_dump()
-    if name == "select_particles":
-        @task(task_id=name, trigger_rule=TriggerRule.NONE_FAILED, **retry)
-        def select_particles_task(opened: dict[str, Any], found_movies: dict[str, Any],
-                                  extracted: list[list[dict[str, Any]]], **context: Any) -> list[dict[str, Any]]:
-            from ..config import stage_config
-            from ..pipeline.particle_stages import select_particles
-
-            outcomes = [outcome for batch in extracted or [] for outcome in batch]
-            return select_particles(stage_config(context["params"]), opened, found_movies, outcomes)
-
-        return select_particles_task(session, found, upstream.output)
-    if name == "class3d":
-        # Runs whether or not this run classified a 2D batch: the session's end may be due a 3D round.
-        @task(task_id=name, trigger_rule=TriggerRule.NONE_FAILED, **retry)
-        def class3d_task(opened: dict[str, Any], found_movies: dict[str, Any], _selected: Any,
-                         **context: Any) -> list[dict[str, Any]]:
-            from ..config import stage_config
-            from ..pipeline.map_stages import classify_3d
-            from ..recipes.stages import Class3DParams
-
-            return classify_3d(stage_config(context["params"]), Class3DParams.model_validate(spec.params),
-                               runs_on, opened, found_movies, context["run_id"])
-
-        return class3d_task(session, found, upstream)
-
-    if name == "tilt_series":
-        # Runs whether or not this run processed a tilt: a series may complete by time or at the session's end.
-        @task(task_id=name, trigger_rule=TriggerRule.NONE_FAILED, **retry)
-        def tilt_series_task(opened: dict[str, Any], found_movies: dict[str, Any], _processed: Any,
-                             **context: Any) -> list[dict[str, Any]]:
-            from ..config import stage_config
-            from ..pipeline.tomo_series import take_complete_series
-
-            return take_complete_series(stage_config(context["params"]), opened, found_movies, context["run_id"])
-
-        return tilt_series_task(session, found, upstream.output)
-
-    @task(task_id=name, map_index_template=_BATCH_LABEL, **retry)
-    def batch_stage_task(item: dict[str, Any], **context: Any) -> dict[str, Any]:
-        from ..config import stage_config
-        from ..pipeline import map_stages, particle_stages
-        from ..recipes import stages
-
-        config = stage_config(context["params"])
-        if "batch" in item:
-            get_current_context()["batch_label"] = f"batch {item['batch']['number']}"
-        elif "class3d" in item:
-            get_current_context()["batch_label"] = f"{item['class3d']['particles_per_batch']} particles"
-        elif "tilt_series" in item:
-            get_current_context()["batch_label"] = item["tilt_series"]["name"]
-        if name == "tomogram":
-            from ..pipeline.tomograms import make_tomogram
-
-            return make_tomogram(config, stages.TomogramParams.model_validate(spec.params), spec.tool, runs_on, item)
-        if name == "class2d":
-            return particle_stages.classify_batch(config, stages.Class2DParams.model_validate(spec.params), runs_on,
-                                                  item)
-        if name == "select_classes":
-            return particle_stages.select_good_classes(config, item)
-        if name == "refine3d":
-            return map_stages.refine_best_class(config, stages.Refine3DParams.model_validate(spec.params), runs_on,
-                                                item)
-        return map_stages.bfactor_series(config, stages.BFactorParams.model_validate(spec.params),
-                                         stages.Refine3DParams.model_validate(recipe.stages["refine3d"].params),
-                                         runs_on, item)
-
-    return batch_stage_task.expand(item=upstream)
+def _step_task(name: str, spec: StageSpec, recipe: Recipe, session: Any, found: Any, batches: Any,
+               upstream: Any) -> Any:
+    """The step's operator for this recipe stage: per-movie steps mapped over the micro-batches, gathering
+    steps once per run, batch steps mapped over what the gathering step returned."""
+    common = {"task_id": name, "tool": spec.tool, "settings": spec.params, "runs_on": spec.runs_on,
+              "retries": spec.retries, "retry_delay": dt.timedelta(seconds=spec.retry_delay_s),
+              "execution_timeout": dt.timedelta(seconds=spec.timeout_s)}
+    if name in MOVIE_STEP_OPERATORS:
+        return MOVIE_STEP_OPERATORS[name].partial(
+            input_tasks={stage: stage for stage in recipe.ancestors(name)}, **common).expand(movies=batches)
+    if name in GATHERING_STEP_OPERATORS:
+        return GATHERING_STEP_OPERATORS[name](opened=session, found=found, upstream=upstream.output, **common)
+    if name == "bfactor":
+        common["refine_settings"] = recipe.stages["refine3d"].params
+    return BATCH_STEP_OPERATORS[name].partial(**common).expand(item=upstream.output)
 
 
 def build_dag(recipe: Recipe) -> DAG:
@@ -198,22 +139,8 @@ def build_dag(recipe: Recipe) -> DAG:
         stage_tasks: dict[str, Any] = {}
         for name in recipe.stage_order():
             spec = recipe.stages[name]
-            if STAGES[name].scope == "movie":
-                stage_tasks[name] = CryoemStageOperator.partial(
-                    task_id=name,
-                    stage=name,
-                    tool=spec.tool,
-                    stage_params=spec.params,
-                    runs_on=spec.runs_on if isinstance(spec.runs_on, str) else spec.runs_on.model_dump(),
-                    input_stages=recipe.ancestors(name),
-                    retries=spec.retries,
-                    retry_delay=dt.timedelta(seconds=spec.retry_delay_s),
-                    execution_timeout=dt.timedelta(seconds=spec.timeout_s),
-                    map_index_template=_MOVIE_LABEL,
-                ).expand(movies=batches)
-            else:
-                (upstream,) = spec.after
-                stage_tasks[name] = _particle_stage(name, spec, recipe, session, found, stage_tasks[upstream])
+            upstream = stage_tasks[spec.after[0]] if STAGES[name].scope != "movie" else None
+            stage_tasks[name] = _step_task(name, spec, recipe, session, found, batches, upstream)
         for name, spec in recipe.stages.items():
             if STAGES[name].scope != "movie":
                 continue
