@@ -1,0 +1,416 @@
+"""The dashboard's JSON API and pages (FastAPI TestClient, the app mounted under /cryoem as the api-server
+mounts it) over results databases filled by the real ResultsStore, on SQLite and PostgreSQL: numbers equal
+the database's, Airflow's authentication and DAG permissions apply, images come only from recorded paths
+under the data roots."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from airflow_provider_cryoem.dashboard import queries
+from airflow_provider_cryoem.dashboard.app import URL_PREFIX, create_app
+from airflow_provider_cryoem.devtools.session_results import (
+    FAILURE_REASON,
+    FAILURE_STAGE,
+    SimulatedSession,
+    record_movie,
+    record_session,
+)
+from airflow_provider_cryoem.hooks.results import ResultsHook
+from airflow_provider_cryoem.results import ResultsStore, engine_from_url, schema
+from airflow_provider_cryoem.simulate import SpaSimulationSettings
+
+from ._pg import fresh_database
+
+CONN_ID = "cryoem_dashboard_test"
+RESTRICTED = "no-tomo"  # a viewer who may not read the tomo_live DAG
+
+
+@dataclass
+class Results:
+    """A results database with three sessions, and what the app needs to find it."""
+
+    url: str
+    engine: Engine
+    store: ResultsStore
+    data_root: Path
+    spa: SimulatedSession
+    ended: SimulatedSession
+    tomo: SimulatedSession
+    tomogram_id: int
+
+
+@pytest.fixture(scope="module")
+def tokens() -> Iterator[dict[str, str]]:
+    """JWTs of Airflow's simple auth manager, checked by the app as the api-server checks them (the token's
+    revocation list lives in Airflow's metadata database, migrated here once)."""
+    from airflow import settings
+    from airflow.api_fastapi.app import init_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    env = {**os.environ, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.SQL_ALCHEMY_CONN}
+    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, check=True,
+                   capture_output=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "dashboard-test-secret-" + "x" * 48)
+        manager = init_auth_manager()
+        yield {name: manager.generate_jwt(SimpleAuthManagerUser(username=name, role=role))
+               for name, role in (("viewer", "viewer"), (RESTRICTED, "viewer"))}
+
+
+@pytest.fixture(autouse=True)
+def restricted_viewer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The simple auth manager gives every viewer every DAG; this one may not read tomo_live."""
+    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+
+    allowed = SimpleAuthManager.is_authorized_dag
+
+    def is_authorized_dag(self, *, method, user, access_entity=None, details=None):  # noqa: ANN001, ANN202
+        if user.username == RESTRICTED and details is not None and details.id == "tomo_live":
+            return False
+        return allowed(self, method=method, user=user, access_entity=access_entity, details=details)
+
+    monkeypatch.setattr(SimpleAuthManager, "is_authorized_dag", is_authorized_dag)
+
+
+def _record_tomography(store: ResultsStore, session: SimulatedSession) -> int:
+    """The tomo session's movies as one tilt series of a complete tilt range, reconstructed with images."""
+    series_id = store.get_or_create_tilt_series(session.session_id, "TS_01", None, 85.0, expected_tilts=7)
+    angles = [0.0, 3.0, -3.0, -6.0, 6.0, 9.0]
+    for order, (movie_id, angle) in enumerate(zip(session.movies, angles), start=1):
+        store.add_tilt(series_id, movie_id, order - 1, angle, order, 3.0 * (order - 1))
+    store.complete_tilt_series(series_id, "idle")
+    slice_png = session.processing_dir / "TS_01_slice.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(slice_png)
+    tomogram_job = store.start_processing_job(session.session_id, "tomo_live", "tomogram", False, session.run_id)
+    return store.record_tomogram(tomogram_job, series_id, {
+        "volume": str(session.processing_dir / "TS_01.mrc"), "pixel_size_a": 10.0, "tilt_axis_deg": 84.2,
+        "mean_residual_px": 1.25, "residual_sd_px": 0.5, "central_slice": str(slice_png)},
+        [{"movie_id": movie_id, "refined_tilt_angle_deg": angle + 0.1, "shift_x_px": 1.0, "shift_y_px": -1.0,
+          "residual_px": 1.0 + abs(angle) / 10, "excluded": False}
+         for movie_id, angle in zip(session.movies, angles)])
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
+    """A live SPA session (24 movies, every 6th failing CTF, thumbnails for two), an ended one and a
+    tomography one, written through the real store; the app finds the database as the api-server does."""
+    tmp = tmp_path_factory.mktemp(f"dashboard_{request.param}")
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp / 'results.sqlite'}"
+            patch.setenv("CRYOEM_RESULTS_SQLITE", str(tmp / "results.sqlite"))
+            patch.delenv("CRYOEM_RESULTS_CONN_ID", raising=False)
+            context = None
+        else:
+            context = fresh_database(admin_url=request.getfixturevalue("pg_admin_url"))
+            url = context.__enter__()
+            airflow_uri = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+            patch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", airflow_uri)
+            patch.setenv("CRYOEM_RESULTS_CONN_ID", CONN_ID)
+        data_root = tmp / "data"
+        patch.setenv("CRYOEM_DATA_ROOTS", str(data_root))
+        store = ResultsStore(engine_from_url(url))
+        store.ensure_schema()
+        spa = record_session(store, "visit-spa", data_root, SpaSimulationSettings(n_movies=24, seed=3),
+                             failed_every=6, images_for=2)
+        ended = record_session(store, "visit-ended", data_root, SpaSimulationSettings(n_movies=4, seed=4),
+                               images_for=0, end_reason="end marker END_OF_SESSION found")
+        tomo = record_session(store, "visit-tomo", data_root, SpaSimulationSettings(n_movies=6, seed=5),
+                              recipe="tomo_live", images_for=0)
+        tomogram_id = _record_tomography(store, tomo)
+        try:
+            yield Results(url=url, engine=store.engine, store=store, data_root=data_root, spa=spa, ended=ended,
+                          tomo=tomo, tomogram_id=tomogram_id)
+        finally:
+            store.engine.dispose()
+            if context is not None:
+                context.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(results: Results) -> TestClient:
+    parent = FastAPI()
+    parent.mount(URL_PREFIX, create_app())
+    return TestClient(parent)
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def scalar(engine: Engine, statement) -> int:  # noqa: ANN001
+    with engine.connect() as connection:
+        return connection.execute(statement).scalar_one()
+
+
+def movies_with(engine: Engine, table, session_id: int) -> int:  # noqa: ANN001
+    job = schema.processing_job
+    return scalar(engine, select(func.count(func.distinct(table.c.movie_id))).select_from(table.join(job))
+                  .where(job.c.session_id == session_id))
+
+
+def per_movie(engine: Engine, session_id: int, sql_value: str, join: str, order: str = "m.created_time_stamp, m.movie_number") -> list:
+    """A per-movie value straight from the tables (one job per movie here), in the given movie order."""
+    with engine.connect() as connection:
+        return [row[0] for row in connection.execute(text(
+            f"SELECT {sql_value} FROM movie m JOIN {join} r ON r.movie_id = m.movie_id "
+            f"WHERE m.session_id = :sid ORDER BY {order}"), {"sid": session_id})]
+
+
+def test_the_plugin_is_registered_by_its_entry_point_with_an_app_and_a_nav_entry():
+    assert any(point.value == "airflow_provider_cryoem.dashboard.plugin:CryoemDashboardPlugin"
+               for point in entry_points(group="airflow.plugins"))
+    from airflow import plugins_manager
+
+    apps, _ = plugins_manager.get_fastapi_plugins()
+    assert [app["url_prefix"] for app in apps if app["name"] == "Cryo-EM sessions"] == [URL_PREFIX]
+    views, _ = plugins_manager._get_ui_plugins()
+    view = next(view for view in views if view["url_route"] == "cryoem")
+    assert view["href"] == "cryoem/" and view["destination"] == "nav"
+
+
+def test_sessions_list_shows_every_readable_session_with_the_databases_counts(results: Results, client: TestClient,
+                                                                             tokens: dict[str, str]):
+    response = client.get(f"{URL_PREFIX}/api/sessions", headers=auth(tokens["viewer"]))
+    assert response.status_code == 200
+    page = response.json()
+    assert page["total"] == scalar(results.engine, select(func.count()).select_from(schema.session)) == 3
+    rows = {row["name"]: row for row in page["sessions"]}
+    for simulated, name in ((results.spa, "visit-spa"), (results.ended, "visit-ended"), (results.tomo, "visit-tomo")):
+        row, sid = rows[name], simulated.session_id
+        movie = schema.movie
+        assert row["session_id"] == sid
+        assert row["movies"] == scalar(results.engine, select(func.count()).where(movie.c.session_id == sid))
+        assert row["failed"] == scalar(results.engine, select(func.count()).where(
+            movie.c.session_id == sid, movie.c.status == "failed"))
+        assert row["files_claimed"] == scalar(results.engine, select(func.count()).select_from(
+            schema.session_file).where(schema.session_file.c.session_id == sid))
+        for stage, table in queries.PER_MOVIE_TABLES.items():
+            assert row["processed"][stage] == movies_with(results.engine, table, sid), (name, stage)
+        assert row["latest_run"]["run_id"] == simulated.run_id
+    assert rows["visit-spa"]["failed"] == 4 and rows["visit-spa"]["processed"]["ctf"] == 20
+    assert rows["visit-spa"]["state"] == "live" and rows["visit-spa"]["experiment"] == "spa"
+    assert rows["visit-ended"]["state"] == "ended"
+    assert rows["visit-ended"]["end_reason"] == "end marker END_OF_SESSION found"
+    assert rows["visit-tomo"]["experiment"] == "tomography" and rows["visit-tomo"]["tilt_series"] == 1
+    assert [row["name"] for row in page["sessions"]] == ["visit-tomo", "visit-ended", "visit-spa"]  # newest first
+
+    second = client.get(f"{URL_PREFIX}/api/sessions?offset=1&limit=1", headers=auth(tokens["viewer"])).json()
+    assert second["total"] == 3 and [row["name"] for row in second["sessions"]] == ["visit-ended"]
+
+
+def test_session_detail_counters_series_histograms_and_movie_page_equal_the_database(
+        results: Results, client: TestClient, tokens: dict[str, str]):
+    sid = results.spa.session_id
+    detail = client.get(f"{URL_PREFIX}/api/sessions/{sid}?limit=10", headers=auth(tokens["viewer"])).json()
+    summary = results.store.session_summary(sid)
+    assert detail["summary"]["stages"] == summary.model_dump(mode="json")["stages"]
+    assert detail["summary"]["stages"][FAILURE_STAGE]["failed"] == len(results.spa.failed) == 4
+    assert detail["summary"]["median_total_motion_a"] == pytest.approx(summary.median_total_motion_a)
+
+    motion = per_movie(results.engine, sid, "r.total_motion_a", "motion_correction")
+    assert detail["series"]["total_motion_a"]["v"] == pytest.approx(motion)
+    assert detail["series"]["total_motion_a"]["count"] == 24 and not detail["series"]["total_motion_a"]["downsampled"]
+    assert detail["series"]["total_motion_a"]["t"] == sorted(detail["series"]["total_motion_a"]["t"])
+    defocus_u = per_movie(results.engine, sid, "r.defocus_u_a", "ctf")
+    assert detail["series"]["defocus_u_a"]["v"] == pytest.approx(defocus_u) and len(defocus_u) == 20
+    assert detail["series"]["ice_thickness"]["v"] == pytest.approx(
+        per_movie(results.engine, sid, "r.median", "relative_ice_thickness"))
+    assert detail["series"]["particles"]["v"] == per_movie(results.engine, sid, "r.number_of_particles",
+                                                           "particle_picker")
+    for key, values in (("total_motion_a", motion), ("defocus_u_a", defocus_u)):
+        histogram = detail["histograms"][key]
+        assert sum(histogram["counts"]) == len(values) and len(histogram["counts"]) == queries.HISTOGRAM_BINS
+        assert histogram["edges"][0] == pytest.approx(min(values)) and histogram["edges"][-1] == pytest.approx(max(values))
+
+    page = detail["movies"]
+    assert page["total"] == 24 and len(page["movies"]) == 10
+    assert [movie["movie_number"] for movie in page["movies"]] == list(range(24, 14, -1))
+    assert detail["newest_movie"]["movie_number"] == 2  # the newest movie with thumbnails
+    assert set(detail["newest_movie"]["images"]) == {"micrograph", "drift", "ctf_fit", "picks"}
+    assert detail["tilt_series"] == []
+
+
+def test_the_movie_table_is_sorted_paged_and_filtered_in_sql_with_failure_reasons(
+        results: Results, client: TestClient, tokens: dict[str, str]):
+    sid = results.spa.session_id
+    url = f"{URL_PREFIX}/api/sessions/{sid}/movies"
+    best_first = per_movie(results.engine, sid, "r.estimated_resolution_a", "ctf", order="r.estimated_resolution_a")
+    first = client.get(f"{url}?sort=ctf_resolution_a&order=asc&limit=7", headers=auth(tokens["viewer"])).json()
+    second = client.get(f"{url}?sort=ctf_resolution_a&order=asc&limit=7&offset=7", headers=auth(tokens["viewer"])).json()
+    shown = [movie["ctf_resolution_a"] for movie in first["movies"] + second["movies"]]
+    assert shown == pytest.approx(best_first[:14])
+    last = client.get(f"{url}?sort=ctf_resolution_a&order=asc&limit=10&offset=18", headers=auth(tokens["viewer"])).json()
+    assert [movie["ctf_resolution_a"] for movie in last["movies"]][:2] == pytest.approx(best_first[18:])
+    assert [movie["ctf_resolution_a"] for movie in last["movies"]][2:] == [None] * 4  # failed CTF sorts last
+
+    failed = client.get(f"{url}?status=failed", headers=auth(tokens["viewer"])).json()
+    assert failed["total"] == 4
+    assert sorted(movie["movie_id"] for movie in failed["movies"]) == sorted(results.spa.failed)
+    assert {movie["failure_reason"] for movie in failed["movies"]} == {f"{FAILURE_STAGE}: {FAILURE_REASON}"}
+    assert client.get(f"{url}?sort=movie_full_path", headers=auth(tokens["viewer"])).status_code == 422
+    assert client.get(f"{url}?limit=100000", headers=auth(tokens["viewer"])).status_code == 422
+
+
+def test_tomography_series_show_tilt_counts_residuals_and_images(results: Results, client: TestClient,
+                                                                  tokens: dict[str, str]):
+    sid = results.tomo.session_id
+    series = client.get(f"{URL_PREFIX}/api/sessions/{sid}/tilt_series", headers=auth(tokens["viewer"])).json()
+    assert len(series) == 1
+    one = series[0]
+    assert (one["name"], one["status"], one["tilts"], one["expected_tilts"]) == ("TS_01", "complete", 6, 7)
+    assert one["tomogram"]["tomogram_id"] == results.tomogram_id
+    assert one["tomogram"]["residual_error_mean_px"] == 1.25
+    residuals = one["tomogram"]["residuals"]
+    assert [r["tilt_angle_deg"] for r in residuals] == pytest.approx([-5.9, -2.9, 0.1, 3.1, 6.1, 9.1])
+    assert [r["residual_error_px"] for r in residuals] == pytest.approx([1.6, 1.3, 1.0, 1.3, 1.6, 1.9])
+    assert one["tomogram"]["images"] == {"central_slice": results.tomogram_id}
+    image = client.get(f"{URL_PREFIX}/api/images/central_slice/{results.tomogram_id}", headers=auth(tokens["viewer"]))
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert client.get(f"{URL_PREFIX}/api/sessions/{sid}", headers=auth(tokens["viewer"])).json()["tilt_series"] == series
+
+
+def test_every_endpoint_refuses_a_request_without_a_valid_airflow_login(results: Results, client: TestClient,
+                                                                         tokens: dict[str, str]):
+    sid = results.spa.session_id
+    urls = ["/", f"/sessions/{sid}", "/api/sessions", f"/api/sessions/{sid}", f"/api/sessions/{sid}/movies",
+            f"/api/sessions/{sid}/tilt_series", f"/api/images/micrograph/{results.spa.movies[0]}",
+            "/static/dashboard.js", "/static/uPlot.iife.min.js"]
+    for url in urls:
+        assert client.get(URL_PREFIX + url).status_code == 401, url
+        assert client.get(URL_PREFIX + url, headers=auth("not.a.token")).status_code in (401, 403), url
+        assert client.get(URL_PREFIX + url, headers=auth(tokens["viewer"])).status_code == 200, url
+    page = client.get(f"{URL_PREFIX}/sessions/{sid}")
+    assert "text/html" in page.headers["content-type"] and 'id="login"' in page.text and "/auth/login" in page.text
+    client.cookies.set("_token", tokens["viewer"])  # how the browser sends it after Airflow's login page
+    assert client.get(f"{URL_PREFIX}/api/sessions").status_code == 200
+
+
+def test_a_user_sees_only_sessions_of_dags_they_may_read(results: Results, client: TestClient,
+                                                         tokens: dict[str, str]):
+    headers = auth(tokens[RESTRICTED])
+    page = client.get(f"{URL_PREFIX}/api/sessions", headers=headers).json()
+    assert page["total"] == 2 and {row["name"] for row in page["sessions"]} == {"visit-spa", "visit-ended"}
+    sid = results.tomo.session_id
+    for url in (f"/api/sessions/{sid}", f"/api/sessions/{sid}/movies", f"/api/sessions/{sid}/tilt_series",
+                f"/sessions/{sid}", f"/api/images/central_slice/{results.tomogram_id}"):
+        assert client.get(URL_PREFIX + url, headers=headers).status_code == 403, url
+    assert client.get(f"{URL_PREFIX}/api/sessions/{results.spa.session_id}", headers=headers).status_code == 200
+    assert client.get(f"{URL_PREFIX}/api/sessions/999999", headers=headers).status_code == 404
+
+
+def _record_image_path(results: Results, session: SimulatedSession, path: str) -> int:
+    """A new movie of `session` whose recorded micrograph snapshot is `path`; the motion row's id."""
+    movie_id = record_movie(results.store, session)
+    table = schema.motion_correction
+    with results.engine.begin() as connection:
+        connection.execute(table.update().where(table.c.movie_id == movie_id).values(micrograph_snapshot_full_path=path))
+        return connection.execute(select(table.c.motion_correction_id).where(table.c.movie_id == movie_id)).scalar_one()
+
+
+def test_images_are_served_by_row_id_only_from_recorded_paths_under_the_data_roots(
+        results: Results, client: TestClient, tokens: dict[str, str], tmp_path: Path):
+    headers = auth(tokens["viewer"])
+    session = record_session(results.store, f"visit-images-{tmp_path.name}", results.data_root,
+                             SpaSimulationSettings(n_movies=1, seed=6), images_for=1)
+    motion = schema.motion_correction
+    with results.engine.connect() as connection:
+        row_id, recorded = connection.execute(select(motion.c.motion_correction_id, motion.c.micrograph_snapshot_full_path)
+                                              .where(motion.c.movie_id == session.movies[0])).one()
+    served = client.get(f"{URL_PREFIX}/api/images/micrograph/{row_id}", headers=headers)
+    assert served.status_code == 200 and served.content == Path(recorded).read_bytes()
+    assert served.headers["content-type"] == "image/jpeg" and served.headers["x-content-type-options"] == "nosniff"
+
+    # A path in the request is never read: kinds and row ids only.
+    for attempt in ("/api/images/micrograph/..%2F..%2F..%2Fetc%2Fpasswd", "/api/images/..%2F..%2Fetc%2Fpasswd/1",
+                    "/api/images/%2Fetc%2Fpasswd/1", f"/api/images/micrograph/{row_id}/../../../../etc/passwd",
+                    f"/api/images/micrograph/{row_id}%2F..%2F..%2Fetc%2Fpasswd"):
+        response = client.get(URL_PREFIX + attempt, headers=headers)
+        assert response.status_code in (404, 422) and b"root:" not in response.content, attempt
+
+    # Recorded paths that lead outside the data roots, or to something not an image, are refused.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret.png"
+    secret.write_bytes(served.content)
+    link = session.processing_dir / "link.png"
+    link.symlink_to(secret)
+    star = session.processing_dir / "picks.star"
+    star.write_text("data_\n")
+    relative_escape = os.path.relpath(secret, session.processing_dir)
+    assert relative_escape.startswith("..")
+    for path, status in ((str(secret), 403), (relative_escape, 403), (str(link), 403), (str(star), 403),
+                         (str(session.processing_dir / "gone.png"), 404), ("/etc/passwd", 403)):
+        refused = client.get(f"{URL_PREFIX}/api/images/micrograph/{_record_image_path(results, session, path)}",
+                             headers=headers)
+        assert refused.status_code == status and secret.read_bytes() not in refused.content, path
+    inside = _record_image_path(results, session, Path(recorded).name)  # relative: inside the processing folder
+    assert client.get(f"{URL_PREFIX}/api/images/micrograph/{inside}", headers=headers).content == served.content
+    assert client.get(f"{URL_PREFIX}/api/images/micrograph/999999", headers=headers).status_code == 404
+
+
+def test_pages_and_static_files_are_served_with_the_api_path_of_the_mount(results: Results, client: TestClient,
+                                                                          tokens: dict[str, str]):
+    headers = auth(tokens["viewer"])
+    sessions = client.get(f"{URL_PREFIX}/", headers=headers)
+    assert sessions.status_code == 200 and f'data-api="{URL_PREFIX}/api"' in sessions.text
+    assert 'data-page="sessions"' in sessions.text
+    session = client.get(f"{URL_PREFIX}/sessions/{results.spa.session_id}", headers=headers)
+    assert f'data-session-id="{results.spa.session_id}"' in session.text
+    assert client.get(f"{URL_PREFIX}/sessions/999999", headers=headers).status_code == 404
+    script = client.get(f"{URL_PREFIX}/static/uPlot.iife.min.js", headers=headers)
+    assert script.status_code == 200 and script.text.startswith("/*! https://github.com/leeoniya/uPlot (v1.6.32)")
+    assert client.get(f"{URL_PREFIX}/static/..%2Fapp.py", headers=headers).status_code == 404
+    assert client.get(f"{URL_PREFIX}/static/queries.py", headers=headers).status_code == 404
+
+
+def test_the_dashboards_reader_cannot_write(results: Results):
+    store = ResultsHook(os.environ.get("CRYOEM_RESULTS_CONN_ID")).get_reader()
+    try:
+        assert store.schema_version() > 0
+        with pytest.raises(Exception, match="(?i)read.?only|readonly"):
+            store.get_or_create_session("written-by-the-dashboard", "/data/x", "/data/y")
+    finally:
+        store.engine.dispose()
+
+
+def test_downsampling_keeps_at_most_the_limit_with_spikes_and_extremes():
+    rng = np.random.default_rng(0)
+    t = np.arange(10_000, dtype=float)
+    v = rng.normal(30.0, 1.0, size=10_000)
+    v[7777], v[123] = 95.0, -20.0
+    kept_t, kept_v = queries.downsample(t, v)
+    assert len(kept_v) <= queries.MAX_POINTS and np.all(np.diff(kept_t) > 0)
+    assert 95.0 in kept_v and -20.0 in kept_v and 7777.0 in kept_t
+    short_t, short_v = queries.downsample(t[:50], v[:50])
+    assert np.array_equal(short_v, v[:50])
+
+
+def test_plots_of_a_long_session_are_downsampled_but_histograms_count_every_movie():
+    from datetime import datetime, timedelta, timezone
+
+    start = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    movies = [queries.MovieRow(movie_id=i, movie_number=i, movie=f"m{i}", acquired=start + timedelta(seconds=5 * i),
+                               status="registered", failure_reason=None, total_motion_a=float(i % 97),
+                               defocus_u_a=None, defocus_v_a=None, astigmatism_a=None, ctf_resolution_a=None,
+                               ice_thickness=None, particles=i % 50, images={}) for i in range(1, 5001)]
+    series, histograms = queries.plots(movies)
+    assert series["total_motion_a"].count == 5000 and series["total_motion_a"].downsampled
+    assert len(series["total_motion_a"].v) <= queries.MAX_POINTS
+    assert sum(histograms["total_motion_a"].counts) == 5000 and sum(histograms["particles"].counts) == 5000
+    assert series["defocus_u_a"].count == 0 and histograms["defocus_u_a"].counts == []
