@@ -25,6 +25,17 @@ from .conftest import AIRFLOW
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "example_dags" / "preprocess_folder.py"
 
 
+def test_every_stage_a_recipe_may_use_has_exactly_one_operator():
+    from airflow_provider_cryoem.operators.batch_steps import BATCH_STEP_OPERATORS, GATHERING_STEP_OPERATORS
+    from airflow_provider_cryoem.operators.movie_steps import MOVIE_STEP_OPERATORS
+    from airflow_provider_cryoem.recipes.stages import STAGES
+
+    families = (MOVIE_STEP_OPERATORS, GATHERING_STEP_OPERATORS, BATCH_STEP_OPERATORS)
+    assert sorted(step for family in families for step in family) == sorted(STAGES)
+    assert all((STAGES[step].scope == "movie") == (family is MOVIE_STEP_OPERATORS)
+               for family in families for step in family)
+
+
 def test_wrong_tool_is_refused_naming_the_operator_and_the_choices():
     with pytest.raises(StepConfigurationError, match=r"MotionCorrectionOperator\(task_id='mc'\) tool: 'ctffind4' "
                                                      r"is not a tool of the motioncorr step.*motioncor2"):

@@ -1,4 +1,5 @@
-"""Per-movie processing steps: motion correction, CTF estimation, particle picking, particle extraction.
+"""Per-movie processing steps: motion correction, CTF estimation, particle picking, ice thickness, particle
+extraction.
 
 Each operator processes a micro-batch of movies (the list a `NewMoviesSensor` returns per mapped task, or
 any list of the same movie items): every movie is processed, recorded in the results store and the Relion
@@ -118,6 +119,16 @@ class ParticlePickingOperator(MovieStepOperator):
     ui_color = "#d8f0d2"
 
 
+class IceThicknessOperator(MovieStepOperator):
+    """Relative ice thickness of each motion-corrected micrograph (IceBreaker's five-figure summary).
+
+    Tools: ``icebreaker`` (``ib_job --mode group`` + ``ib_5fig``; the ``[icebreaker]`` extra).
+    Settings: :class:`~airflow_provider_cryoem.recipes.stages.IceThicknessParams`.
+    """
+
+    step = "ice"
+
+
 class ParticleExtractionOperator(MovieStepOperator):
     """Particle extraction from each micrograph at its picks, with its CTF, into a particle stack.
 
@@ -131,4 +142,5 @@ class ParticleExtractionOperator(MovieStepOperator):
 
 MOVIE_STEP_OPERATORS: dict[str, type[MovieStepOperator]] = {
     operator.step: operator for operator in (MotionCorrectionOperator, CtfEstimationOperator,
-                                             ParticlePickingOperator, ParticleExtractionOperator)}
+                                             ParticlePickingOperator, IceThicknessOperator,
+                                             ParticleExtractionOperator)}
