@@ -97,13 +97,21 @@
     tick();
     return tick;
   }
+  // Rebuild a container's children only when what they show changed: polling then leaves the page
+  // (selection, focus, the rows a reader is looking at) alone until new results arrive.
+  function renderIfChanged(container, data, build) {
+    const key = JSON.stringify(data);
+    if (container.dataset.key === key) return;
+    container.dataset.key = key;
+    container.replaceChildren(...build());
+  }
   function pager(nav, page, go) {
     const from = page.total ? page.offset + 1 : 0;
     const to = Math.min(page.offset + page.limit, page.total);
-    nav.replaceChildren(
+    renderIfChanged(nav, [page.offset, page.limit, page.total], () => [
       el("button", {type: "button", disabled: page.offset === 0, onclick: () => go(Math.max(0, page.offset - page.limit))}, "Previous"),
       el("span", {class: "range"}, `${from}–${to} of ${page.total}`),
-      el("button", {type: "button", disabled: to >= page.total, onclick: () => go(page.offset + page.limit)}, "Next"));
+      el("button", {type: "button", disabled: to >= page.total, onclick: () => go(page.offset + page.limit)}, "Next")]);
   }
 
   // --- sessions page ---------------------------------------------------------------------------------
@@ -132,7 +140,7 @@
     const refreshNow = poll(async (current) => {
       const page = await getJSON(`/sessions?offset=${state.offset}&limit=${state.limit}`);
       if (!current()) return;
-      document.querySelector("#sessions tbody").replaceChildren(...page.sessions.map(sessionRow));
+      renderIfChanged(document.querySelector("#sessions tbody"), page.sessions, () => page.sessions.map(sessionRow));
       document.getElementById("empty").hidden = page.total > 0;
       pager(document.getElementById("pager"), page, (offset) => { state.offset = offset; refreshNow(); });
     });
@@ -186,17 +194,14 @@
 
   // --- session page ----------------------------------------------------------------------------------
   function thumbs(container, movie, kinds, idOf) {
-    const key = movie ? JSON.stringify(idOf(movie)) : "";
-    if (container.dataset.key === key) return;
-    container.dataset.key = key;
     const ids = movie ? idOf(movie) : {};
-    container.replaceChildren(...kinds.filter(([kind]) => ids[kind] !== undefined).map(([kind, label]) =>
+    renderIfChanged(container, ids, () => kinds.filter(([kind]) => ids[kind] !== undefined).map(([kind, label]) =>
       el("figure", {"data-kind": kind},
         el("img", {src: `${api}/images/${kind}/${ids[kind]}`, alt: label, loading: "lazy"}),
         el("figcaption", {}, label))));
   }
   function facts(dl, pairs) {
-    dl.replaceChildren(...pairs.flatMap(([field, label, value]) =>
+    renderIfChanged(dl, pairs, () => pairs.flatMap(([field, label, value]) =>
       [el("dt", {}, label), el("dd", {"data-field": field}, value === null || value === undefined ? "–" : value)]));
   }
 
@@ -297,7 +302,7 @@
       if (section.hidden) return;
       const shown = detail.tilt_series.find((s) => s.tilt_series_id === state.series)
         || detail.tilt_series.find((s) => s.tomogram) || detail.tilt_series[0];
-      document.querySelector("#series tbody").replaceChildren(...detail.tilt_series.map((s) => {
+      renderIfChanged(document.querySelector("#series tbody"), [detail.tilt_series, shown.tilt_series_id], () => detail.tilt_series.map((s) => {
         const tr = el("tr", {"data-series-id": s.tilt_series_id, class: s === shown ? "clickable selected" : "clickable"},
           el("td", {"data-field": "name"}, s.name),
           el("td", {"data-field": "status"}, s.completed_reason ? `${s.status} (${s.completed_reason})` : s.status),
@@ -345,8 +350,8 @@
         ["files_claimed", "Files claimed", s.files_claimed], ["movies", "Movies", s.movies],
         ["failed", "Failed movies", s.failed], ["last_activity", "Last activity (UTC)", utc(s.last_activity)],
       ]);
-      document.querySelector("#stages tbody").replaceChildren(...Object.entries(summary.stages).map(([stage, count]) =>
-        el("tr", {"data-stage": stage}, el("td", {}, STAGE_LABELS[stage] || stage),
+      renderIfChanged(document.querySelector("#stages tbody"), summary.stages, () => Object.entries(summary.stages).map(
+        ([stage, count]) => el("tr", {"data-stage": stage}, el("td", {}, STAGE_LABELS[stage] || stage),
           el("td", {"data-field": "succeeded", class: "num"}, count.succeeded),
           el("td", {"data-field": "failed", class: "num"}, count.failed))));
       facts(document.getElementById("medians"), [
@@ -359,7 +364,7 @@
       ]);
       const failures = document.getElementById("job-failures");
       failures.hidden = summary.failures.length === 0;
-      failures.querySelector("ul").replaceChildren(...summary.failures.map((f) => el("li", {}, `${f.stage}: ${f.reason}`)));
+      renderIfChanged(failures.querySelector("ul"), summary.failures, () => summary.failures.map((f) => el("li", {}, `${f.stage}: ${f.reason}`)));
       document.getElementById("newest-name").textContent = detail.newest_movie ? detail.newest_movie.movie : "";
       thumbs(document.getElementById("newest-thumbs"), detail.newest_movie, THUMBS, (m) => m.images);
       drawCharts(detail);
@@ -368,7 +373,8 @@
         metrics = detail.metrics;
         movieHeader();
       }
-      document.querySelector("#movies tbody").replaceChildren(...detail.movies.movies.map(movieRow));
+      renderIfChanged(document.querySelector("#movies tbody"), [detail.movies, state.selected && state.selected.movie_id],
+        () => detail.movies.movies.map(movieRow));
       pager(document.getElementById("movie-pager"), detail.movies, (offset) => { state.offset = offset; refreshNow(); });
       showSelected();
     }
