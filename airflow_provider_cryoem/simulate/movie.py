@@ -14,7 +14,7 @@ from .detector import counts_dtype, gain_reference, record_frame, sensitivity
 from .motion import global_shifts_px, local_motion, max_displacement_px
 from .optics import contrast_image, critical_exposure_e_a2, exposure_filter
 from .settings import SpaSimulationSettings
-from .specimen import build_specimen
+from .specimen import build_specimen, micrograph_ice_thickness_a
 from .structure import make_structure
 from .truth import LocalMotionTruth, MovieTruth
 
@@ -51,7 +51,8 @@ def simulate_movie(settings: SpaSimulationSettings, index: int) -> SimulatedMovi
     astigmatism_a = rng.uniform(0.0, settings.astigmatism_max_a)
     defocus_u_a, defocus_v_a = defocus_mean_a + 0.5 * astigmatism_a, defocus_mean_a - 0.5 * astigmatism_a
     angle_deg = float(rng.uniform(0.0, 180.0)) if astigmatism_a > 0 else 0.0
-    specimen = build_specimen(rng, settings, make_structure(settings), margin_px)
+    specimen = build_specimen(rng, settings, make_structure(settings), margin_px,
+                              micrograph_ice_thickness_a(settings, index))
     contrast = contrast_image(specimen.phase_rad, specimen.transmission, settings.pixel_size_a, defocus_u_a,
                               defocus_v_a, angle_deg, settings.voltage_kv, settings.cs_mm,
                               settings.amplitude_contrast, settings.envelope_bfactor_a2)

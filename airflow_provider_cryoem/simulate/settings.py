@@ -46,6 +46,9 @@ class SpaSimulationSettings(BaseModel):
     ice_thickness_a: float = Field(300.0, ge=0, le=5000, description="Ice thickness at the image centre (Å).")
     ice_gradient_a: float = Field(100.0, ge=0, le=5000,
                                   description="Ice thickness change from one image edge to the other (Å).")
+    ice_thickness_spread_a: float = Field(0.0, ge=0, le=5000,
+                                          description="Hole-to-hole variation: each micrograph's ice at its centre is "
+                                                      "drawn uniformly within ice_thickness_a ± this (Å).")
     ice_texture_rad: float = Field(0.12, ge=0, le=3,
                                    description="RMS per-pixel phase of amorphous ice at ice_thickness_a (rad); "
                                                "it gives the Thon rings.")
@@ -76,6 +79,9 @@ class SpaSimulationSettings(BaseModel):
         if self.defocus_min_a > self.defocus_max_a:
             raise ValueError(f"defocus_min_a ({self.defocus_min_a}) must not exceed defocus_max_a "
                              f"({self.defocus_max_a})")
+        if self.ice_thickness_spread_a > self.ice_thickness_a:
+            raise ValueError(f"ice_thickness_spread_a ({self.ice_thickness_spread_a}) must not exceed "
+                             f"ice_thickness_a ({self.ice_thickness_a}): ice cannot be thinner than none")
         diameter_px = self.particle_diameter_a / self.pixel_size_a
         if self.particles_per_micrograph and 1.5 * diameter_px > self.image_size_px:
             raise ValueError(f"image_size_px ({self.image_size_px}) is too small for particle_diameter_a "

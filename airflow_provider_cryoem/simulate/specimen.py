@@ -40,9 +40,20 @@ class Specimen:
     ice_gradient_direction_deg: float
 
 
+def micrograph_ice_thickness_a(settings: SpaSimulationSettings, index: int) -> float:
+    """The ice at the centre of micrograph `index`: the session's, varied hole to hole by
+    `ice_thickness_spread_a` from a stream of its own (a spread of 0 leaves every other draw unchanged)."""
+    if settings.ice_thickness_spread_a == 0:
+        return settings.ice_thickness_a
+    rng = np.random.default_rng([settings.seed, 3, index])
+    return round(settings.ice_thickness_a + settings.ice_thickness_spread_a * float(rng.uniform(-1.0, 1.0)), 3)
+
+
 def build_specimen(rng: np.random.Generator, settings: SpaSimulationSettings, structure: StructureTruth,
-                   margin_px: int) -> Specimen:
-    """Place objects, then render the specimen's phase and transmission on the canvas."""
+                   margin_px: int, ice_thickness_a: float | None = None) -> Specimen:
+    """Place objects, then render the specimen's phase and transmission on the canvas; the ice is
+    `ice_thickness_a` thick at the image centre (default: the session's)."""
+    centre_a = settings.ice_thickness_a if ice_thickness_a is None else ice_thickness_a
     size = settings.image_size_px
     canvas_shape = (size + 2 * margin_px,) * 2
     yy, xx = np.mgrid[0:canvas_shape[0], 0:canvas_shape[1]].astype(np.float32) - margin_px
@@ -53,7 +64,7 @@ def build_specimen(rng: np.random.Generator, settings: SpaSimulationSettings, st
     gradient_deg = float(rng.uniform(0.0, 360.0))
     along = (np.cos(np.deg2rad(gradient_deg)) * (xx - 0.5 * size)
              + np.sin(np.deg2rad(gradient_deg)) * (yy - 0.5 * size)) / size
-    ice_a = np.maximum(settings.ice_thickness_a + settings.ice_gradient_a * along, 0.0)
+    ice_a = np.maximum(centre_a + settings.ice_gradient_a * along, 0.0)
 
     phase = _objects_phase(rng, settings, structure, particles, canvas_shape, margin_px)
     if settings.ice_thickness_a > 0:
@@ -69,7 +80,7 @@ def build_specimen(rng: np.random.Generator, settings: SpaSimulationSettings, st
         attenuating_a = ice_a + CARBON_ATTENUATION_FACTOR * carbon_a
     transmission = np.exp(-attenuating_a / ICE_INELASTIC_MFP_A).astype(np.float32)
     return Specimen(phase_rad=phase.astype(np.float32), transmission=transmission, particles=particles,
-                    carbon_edge=carbon_edge, ice_thickness_centre_a=settings.ice_thickness_a,
+                    carbon_edge=carbon_edge, ice_thickness_centre_a=centre_a,
                     ice_gradient_direction_deg=gradient_deg)
 
 
