@@ -167,6 +167,22 @@ def test_mean_counts_follow_dose_and_ice_attenuation():
     assert movie.frames.dtype == np.uint8
 
 
+def test_ice_varies_hole_to_hole_only_when_asked():
+    plain = SpaSimulationSettings(**SMALL, dose_per_frame_e_a2=2.0, ice_thickness_a=600.0)
+    spread = plain.model_copy(update={"ice_thickness_spread_a": 400.0})
+    movies = [simulate_movie(spread, index) for index in range(3)]
+    thickness = [movie.truth.ice_thickness_centre_a for movie in movies]
+    assert all(200.0 <= t <= 1000.0 for t in thickness) and len(set(thickness)) == 3
+    for movie, t in zip(movies, thickness):  # the attenuation follows each micrograph's own ice
+        assert _gain_corrected(movie).mean() == pytest.approx(2.0 * np.exp(-t / 3000.0), rel=0.03)
+    unchanged = simulate_movie(plain, 1)  # no spread: the same movie as before the setting existed
+    assert unchanged.truth.ice_thickness_centre_a == 600.0
+    assert unchanged.truth.model_dump(exclude={"ice_thickness_centre_a"}) == \
+        movies[1].truth.model_dump(exclude={"ice_thickness_centre_a"})
+    with pytest.raises(ValueError, match="ice_thickness_spread_a"):
+        SpaSimulationSettings(ice_thickness_a=100.0, ice_thickness_spread_a=200.0)
+
+
 @pytest.mark.parametrize("movie_format", ["tiff", "mrc"])
 def test_written_movies_gain_metadata_and_truth_read_back(tmp_path, movie_format):
     settings = SpaSimulationSettings(**SMALL, n_movies=2, movie_format=movie_format, pixel_size_a=1.2)
