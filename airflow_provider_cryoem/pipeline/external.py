@@ -3,13 +3,17 @@ params, run it where the recipe says (this worker, or a Slurm cluster over SSH),
 the same result keys the built-in engines return."""
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..execution import CommandSpec, Execute, ToolNotFoundError, run_output
-from ..tools import ctffind, motioncor2, relion_autopick, relion_motioncorr
+from ..relion_project import icebreaker_jobs
+from ..tools import ctffind, icebreaker, motioncor2, relion_autopick, relion_motioncorr
 from .stages import MovieContext, available_cores
 
 
@@ -100,12 +104,80 @@ def relion_autopick_step(ctx: MovieContext, execute: Execute) -> dict[str, Any]:
     return result
 
 
+ICEBREAKER_EXTRA = "pip install 'airflow-provider-cryoem[icebreaker]'"
+# IceBreaker job -> (Relion job kind, suffix of the micrograph it makes, result key)
+_ICEBREAKER_MICROGRAPH_JOBS = {"micrographs": ("icebreaker_micrographs", "_grouped.mrc", "grouped_micrograph"),
+                               "enhancecontrast": ("icebreaker_enhancecontrast", "_flattened.mrc",
+                                                   "flattened_micrograph")}
+
+
+def icebreaker_program_dir(configured: str | None) -> str | None:
+    """Where ib_job and ib_5fig are: the recipe's folder, else PATH (None), else the scripts folder of this
+    Python environment, where `pip install airflow-provider-cryoem[icebreaker]` puts them (a worker run
+    from a virtual environment that is not on PATH, as `make test` and `airflow dags test` are)."""
+    if configured or shutil.which("ib_job"):
+        return configured
+    scripts = sysconfig.get_path("scripts")
+    return scripts if scripts and os.access(Path(scripts) / "ib_job", os.X_OK) else None
+
+
+def _fresh_scratch(ctx: MovieContext, job_kind: str) -> Path:
+    """The movie's own `--o` folder in the job, emptied: ib_job refuses to start over a temporary folder an
+    interrupted run left behind, and its run.out, RELION_JOB_EXIT_* and IB_input links stay out of the job."""
+    scratch = _scratch(ctx, job_kind)
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    return scratch
+
+
+def icebreaker_step(ctx: MovieContext, execute: Execute) -> dict[str, Any]:
+    """IceBreaker as cryoem-services runs it, in the Relion project folder with paths relative to it:
+    `ib_job --mode group` on the motion-corrected micrograph (IceBreaker/jobNNN/Movies/<mic>_grouped.mrc),
+    optionally `--mode flatten`, then `ib_5fig` on the grouped micrograph for its five-figure summary."""
+    params, project = ctx.params, ctx.project
+    kinds = icebreaker_jobs(params.enhance_contrast)
+    if any(project.existing_job(kind) is None for kind in kinds):
+        project.reserve_jobs(kinds)  # numbered together, in cryoem-services' order
+    micrograph = project.relative(ctx.upstream["motioncorr"]["micrograph"])
+    program_dir = icebreaker_program_dir(params.program_dir)
+    result: dict[str, Any] = {"micrograph": str(project.absolute(micrograph))}
+
+    def run(inputs: icebreaker.IceBreakerInputs) -> str:
+        try:
+            return execute(icebreaker.command(inputs))
+        except ToolChoiceError as exc:
+            raise ToolChoiceError(f"{exc}; IceBreaker installs with {ICEBREAKER_EXTRA}") from exc
+
+    for job in ("micrographs", "enhancecontrast") if params.enhance_contrast else ("micrographs",):
+        kind, suffix, key = _ICEBREAKER_MICROGRAPH_JOBS[job]
+        scratch = _fresh_scratch(ctx, kind)
+        inputs = icebreaker.IceBreakerInputs(job=job, project_dir=str(project.root), micrograph_path=micrograph,
+                                             job_dir=project.relative(scratch), program_dir=program_dir)
+        run(inputs)
+        made = Path(icebreaker.parse_result(inputs)["micrograph_path"])
+        final = ctx.output(kind, suffix)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(made, final)  # where cryoem-services puts it: the job's folder, below it the movie's path
+        result[key] = str(final)
+
+    scratch = _fresh_scratch(ctx, "icebreaker_summary")
+    inputs = icebreaker.IceBreakerInputs(job="summary", project_dir=str(project.root),
+                                         job_dir=project.relative(scratch),
+                                         micrograph_path=project.relative(result["grouped_micrograph"]),
+                                         program_dir=program_dir)
+    output = run(inputs)
+    figures = icebreaker.parse_five_figures(output, source=icebreaker.log_path(inputs))
+    figures.pop("micrograph_path")  # IceBreaker's temporary link, not a file to keep
+    return result | figures
+
+
 EXTERNAL_STEPS: dict[tuple[str, str], Callable[[MovieContext, Execute], dict[str, Any]]] = {
     ("motioncorr", "relion"): relion_motioncorr_step,
     ("motioncorr", "motioncor2"): motioncor2_step,
     ("ctf", "ctffind4"): _ctffind_step(4),
     ("ctf", "ctffind5"): _ctffind_step(5),
     ("pick", "relion_autopick"): relion_autopick_step,
+    ("ice", "icebreaker"): icebreaker_step,
 }
 
 

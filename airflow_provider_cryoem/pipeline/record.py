@@ -9,12 +9,12 @@ from ..engines.thumbnails import drift_plot, micrograph_jpeg, picks_overlay
 from ..io import read_mrc
 from ..relion_project import CtfValues
 from ..results import ResultsStore
-from ..results.summary import CTF, MOTION_CORRECTION, PARTICLE_PICKING
+from ..results.summary import CTF, ICE_THICKNESS, MOTION_CORRECTION, PARTICLE_PICKING
 from .stages import MovieContext
 
 # The names the results summary uses for our stages (failures are counted under these).
 RESULT_STAGE_NAMES = {"motioncorr": MOTION_CORRECTION, "ctf": CTF, "pick": PARTICLE_PICKING,
-                      "extract": "extraction"}
+                      "ice": ICE_THICKNESS, "extract": "extraction"}
 
 
 def ctf_values(ctf: dict[str, Any]) -> CtfValues:
@@ -55,6 +55,19 @@ def _pick(ctx: MovieContext, result: dict[str, Any], store: ResultsStore, job_id
     store.record_picking(job_id, movie_id, result)
 
 
+def _ice(ctx: MovieContext, result: dict[str, Any], store: ResultsStore, job_id: int, movie_id: int) -> None:
+    """The five figures into relative_ice_thickness (as cryoem-services' ISPyB RelativeIceThickness), the
+    grouped (and flattened) micrograph into the IceBreaker jobs' lists, the figures into five_figs_test.csv."""
+    store.record_ice_thickness(job_id, movie_id, result)
+    motion = ctx.upstream["motioncorr"]
+    for kind, key in (("icebreaker_micrographs", "grouped_micrograph"),
+                      ("icebreaker_enhancecontrast", "flattened_micrograph")):
+        if result.get(key):
+            ctx.project.add_icebreaker_micrograph(kind, motion["micrograph"], result[key], motion["total_motion_a"],
+                                                  motion["early_motion_a"], motion["late_motion_a"])
+    ctx.project.add_ice_thickness(result["grouped_micrograph"], result)
+
+
 def _extract(ctx: MovieContext, result: dict[str, Any], store: ResultsStore, job_id: int, movie_id: int) -> None:
     coordinates = [[row["rlnCoordinateX"], row["rlnCoordinateY"]] for row in result["particles"]]
     ctx.project.add_particles(ctx.upstream["motioncorr"]["micrograph"], result["stack"], coordinates,
@@ -62,4 +75,4 @@ def _extract(ctx: MovieContext, result: dict[str, Any], store: ResultsStore, job
 
 
 RECORDERS: dict[str, Callable[[MovieContext, dict[str, Any], ResultsStore, int, int], None]] = {
-    "motioncorr": _motioncorr, "ctf": _ctf, "pick": _pick, "extract": _extract}
+    "motioncorr": _motioncorr, "ctf": _ctf, "pick": _pick, "ice": _ice, "extract": _extract}

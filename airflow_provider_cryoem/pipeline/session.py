@@ -12,7 +12,15 @@ from ..config import ConfigError, SessionConfig, check_input_files, check_under_
 from ..downstream.class_selection import SELECT_ALIAS
 from ..downstream.particle_batches import BATCH_ALIAS
 from ..ingest import split_into_batches
-from ..relion_project import JOB_KINDS, SPA_PREPROCESSING, TOMO_TILT_JOBS, OpticsGroup, RelionJob, RelionProject
+from ..relion_project import (
+    ICEBREAKER_JOBS,
+    JOB_KINDS,
+    SPA_PREPROCESSING,
+    TOMO_TILT_JOBS,
+    OpticsGroup,
+    RelionJob,
+    RelionProject,
+)
 from .stores import relion_project, results_store
 from .watch import WatchSettings, report_rejected, scan_session_folder
 
@@ -131,12 +139,13 @@ def plan_batches(opened: dict[str, Any], found: dict[str, Any], max_per_task: in
 
 def _live_jobs(project: RelionProject, experiment: str) -> list[RelionJob]:
     """The streaming jobs a live session keeps open: preprocessing (per tilt and per series for tomography),
-    and the particle Select jobs if made."""
+    the IceBreaker jobs and the particle Select jobs if made."""
     if experiment == "tomography":
         return [project.job(kind) for kind in TOMO_TILT_JOBS] + [
             job for kind in JOB_KINDS if kind.startswith(("exclude_tilts", "aligntiltseries_", "tomograms"))
             if (job := project.existing_job(kind)) is not None]
     jobs = [project.job(kind) for kind in SPA_PREPROCESSING]
+    jobs += [job for kind in ICEBREAKER_JOBS if (job := project.existing_job(kind)) is not None]
     for kind, alias in (("select", BATCH_ALIAS), ("class_selection", SELECT_ALIAS)):
         if (project.root / "Select" / alias).exists():
             jobs.append(project.job(kind, alias=alias))

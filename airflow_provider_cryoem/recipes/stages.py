@@ -35,6 +35,22 @@ class PickingParams(_StageParams):
     max_particles: int = Field(2000, ge=1, le=100_000)
 
 
+class IceThicknessParams(_StageParams):
+    """IceBreaker (Olek et al. 2022, `pip install 'airflow-provider-cryoem[icebreaker]'`): `ib_job --mode
+    group` groups each motion-corrected micrograph into 16 regions of like intensity (thicker ice lets fewer
+    electrons through), `ib_5fig` gives the grouped image's five-figure summary (× 10000), the micrograph's
+    relative ice thickness: a higher median is thinner ice. IceBreaker fixes its own window (40 × 40) and
+    group count; what a recipe may set is below."""
+
+    enhance_contrast: bool = Field(False, description=(
+        "Also write IceBreaker's contrast-enhanced micrograph (`ib_job --mode flatten`, cryoem-services' "
+        "enhancecontrast job, IceBreaker/jobNNN/flattened_micrographs.star): one more ib_job run, about 1.5× the "
+        "stage's time."))
+    program_dir: str | None = Field(None, description=(
+        "Folder holding ib_job and ib_5fig. Default: the worker's PATH, else the scripts folder of the Python "
+        "environment Airflow runs in (where the [icebreaker] extra installs them)."))
+
+
 class ExtractionParams(_StageParams):
     invert_contrast: bool = True
     normalise: bool = True
@@ -152,6 +168,7 @@ STAGES: dict[str, StageDefinition] = {
         StageDefinition("ctf", frozenset({"builtin", "ctffind4", "ctffind5"}), CtfParams, needs=("motioncorr",)),
         StageDefinition("pick", frozenset({"builtin", "relion_autopick"}), PickingParams,
                         needs=("motioncorr",)),
+        StageDefinition("ice", frozenset({"icebreaker"}), IceThicknessParams, needs=("motioncorr",)),
         StageDefinition("extract", frozenset({"builtin"}), ExtractionParams, needs=("pick", "ctf")),
         StageDefinition("select_particles", frozenset({"builtin"}), SelectParticlesParams, needs=("extract",),
                         scope="particles"),

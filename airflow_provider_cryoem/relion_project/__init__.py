@@ -15,6 +15,9 @@ Use:
     project.add_ctf(mic, ctf_result, ctf_image_path)        # any object with CtfValues' fields
     project.add_picks(mic, coordinates_px)                   # writes <mic>_autopick.star + autopick.star row
     project.add_particles(mic, stack_path, coordinates_px, ctf_result)
+    project.reserve_jobs(icebreaker_jobs())                 # IceBreaker/jobNNN: grouping, then summary
+    project.add_icebreaker_micrograph("icebreaker_micrographs", mic, grouped_mic, total_a, early_a, late_a)
+    project.add_ice_thickness(grouped_mic, five_figures)     # five_figs_test.csv row
     job = project.job("class2d", alias="batch_50000")       # generic jobs: Select ... PostProcess
     job.add_input("Extract/job005/particles.star", NodeType.PARTICLES)
     job.add_output("run_it025_data.star", NodeType.PARTICLES)
@@ -37,9 +40,18 @@ or Relion 5 (type and status labels, node label depth) for default_pipeline.star
 from .job_types import JOB_KINDS, Dialect, JobKind, JobStatus, NodeType
 from .models import CtfValues, OpticsGroup
 from .pipeline import Pipeline, read_pipeline
-from .project import ALIGNER_KINDS, SPA_PREPROCESSING, TOMO_TILT_JOBS, RelionJob, RelionProject, tomo_preprocessing
+from .project import (
+    ALIGNER_KINDS,
+    ICEBREAKER_JOBS,
+    SPA_PREPROCESSING,
+    TOMO_TILT_JOBS,
+    RelionJob,
+    RelionProject,
+    icebreaker_jobs,
+    tomo_preprocessing,
+)
 from .tomo_files import TiltAlignmentValues
 
-__all__ = ["ALIGNER_KINDS", "JOB_KINDS", "SPA_PREPROCESSING", "CtfValues", "Dialect", "JobKind", "JobStatus",
-           "NodeType", "OpticsGroup", "Pipeline", "RelionJob", "RelionProject", "TiltAlignmentValues",
-           "TOMO_TILT_JOBS", "read_pipeline", "tomo_preprocessing"]
+__all__ = ["ALIGNER_KINDS", "ICEBREAKER_JOBS", "JOB_KINDS", "SPA_PREPROCESSING", "CtfValues", "Dialect", "JobKind",
+           "JobStatus", "NodeType", "OpticsGroup", "Pipeline", "RelionJob", "RelionProject", "TiltAlignmentValues",
+           "TOMO_TILT_JOBS", "icebreaker_jobs", "read_pipeline", "tomo_preprocessing"]

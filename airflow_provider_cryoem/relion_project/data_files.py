@@ -5,7 +5,7 @@ optics groups; Relion 5 also carries the micrograph pixel size in the movies' op
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .job_types import STAR_VERSION, Dialect
 from .models import CtfValues, OpticsGroup
@@ -29,6 +29,9 @@ CORRECTED_MICROGRAPHS = TableSpec(
     "corrected_micrographs.star", "micrographs",
     ("rlnMicrographName", "rlnOpticsGroup", "rlnAccumMotionTotal", "rlnAccumMotionEarly", "rlnAccumMotionLate"),
     "micrographs")
+# IceBreaker's micrograph jobs list their output micrographs with the motion-corrected ones' motion.
+GROUPED_MICROGRAPHS = replace(CORRECTED_MICROGRAPHS, file_name="grouped_micrographs.star")
+FLATTENED_MICROGRAPHS = replace(CORRECTED_MICROGRAPHS, file_name="flattened_micrographs.star")
 MICROGRAPHS_CTF = TableSpec(
     "micrographs_ctf.star", "micrographs",
     ("rlnMicrographName", "rlnOpticsGroup", "rlnCtfImage", "rlnDefocusU", "rlnDefocusV", "rlnCtfAstigmatism",

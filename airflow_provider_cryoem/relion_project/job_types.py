@@ -61,6 +61,16 @@ JOB_KINDS: dict[str, JobKind] = {kind.name: kind for kind in (
     JobKind("refine3d", "Refine3D", 10, "relion.refine3d", node_suffix="refine3d"),
     JobKind("maskcreate", "MaskCreate", 12, "relion.maskcreate"),
     JobKind("postprocess", "PostProcess", 15, "relion.postprocess", node_suffix="postprocess"),
+    # IceBreaker (relative ice thickness): ccpem-pipeliner's labels as cryoem-services writes them; Relion 3.1
+    # runs IceBreaker as an External job (PROC_EXTERNAL 99) with these options (IceBreaker's job templates).
+    JobKind("icebreaker_micrographs", "IceBreaker", 99, "icebreaker.micrograph_analysis.micrographs",
+            "Live_icebreaker_micrographs", "icebreaker.group",
+            {"fn_exe": "ib_job", "param1_label": "mode", "param1_value": "group"}),
+    JobKind("icebreaker_enhancecontrast", "IceBreaker", 99, "icebreaker.micrograph_analysis.enhancecontrast",
+            "Live_icebreaker_enhancecontrast", "icebreaker.flatten",
+            {"fn_exe": "ib_job", "param1_label": "mode", "param1_value": "flatten"}),
+    JobKind("icebreaker_summary", "IceBreaker", 99, "icebreaker.micrograph_analysis.summary",
+            "Live_icebreaker_summary", "icebreaker.summary", {"fn_exe": "ib_5fig"}),
     # Tomography (Relion 5; the integers are Relion 5's PROC_TOMO_* numbers, MotionCorr and CtfFind shared).
     JobKind("tomo_import", "Import", 50, "relion.importtomo", "Live_tomo_import", "tomo.import", is_tomo=True),
     JobKind("tomo_motioncorr", "MotionCorr", 1, "relion.motioncorr.own", "Live_tomo_motioncorr",

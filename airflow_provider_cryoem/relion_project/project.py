@@ -11,7 +11,7 @@ from pathlib import Path
 import mrcfile
 
 from ..io import ImageFileError
-from . import data_files, tomo_files
+from . import data_files, icebreaker_files, tomo_files
 from .aggregate import upsert_rows
 from .data_files import TableSpec
 from .job_dir import alias_target, append_note, mark_exit, point_alias, write_job_files
@@ -34,6 +34,9 @@ _CHAIN_OUTPUT: dict[str, tuple[str, NodeType]] = {
     "ctffind": (data_files.MICROGRAPHS_CTF.file_name, NodeType.MICROGRAPHS),
     "autopick": (data_files.AUTOPICK.file_name, NodeType.COORDINATES),
     "extract": (data_files.PARTICLES.file_name, NodeType.PARTICLES),
+    "icebreaker_micrographs": (data_files.GROUPED_MICROGRAPHS.file_name, NodeType.MICROGRAPHS),
+    "icebreaker_enhancecontrast": (data_files.FLATTENED_MICROGRAPHS.file_name, NodeType.MICROGRAPHS),
+    "icebreaker_summary": (icebreaker_files.FIVE_FIGURES_FILE, NodeType.LOGFILE),
     "tomo_import": (tomo_files.IMPORT.file_name, NodeType.TOMOGRAMS),
     "tomo_motioncorr": (tomo_files.MOTIONCORR.file_name, NodeType.TOMOGRAMS),
     "tomo_ctffind": (tomo_files.CTFFIND.file_name, NodeType.TOMOGRAMS),
@@ -54,6 +57,10 @@ _CHAIN_INPUTS: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {
     "motioncorr": ((("import",), "input_star_mics"),), "ctffind": ((("motioncorr",), "input_star_mics"),),
     "autopick": ((("ctffind",), "fn_input_autopick"),),
     "extract": ((("ctffind",), "star_mics"), (("autopick",), "coords_suffix")),
+    # IceBreaker as a Relion 3.1 External job reads its micrographs from `in_mic` (passed as --in_mics).
+    "icebreaker_micrographs": ((("motioncorr",), "in_mic"),),
+    "icebreaker_enhancecontrast": ((("motioncorr",), "in_mic"),),
+    "icebreaker_summary": ((("icebreaker_micrographs",), "in_mic"),),
     "tomo_motioncorr": ((("tomo_import",), "input_star_mics"),),
     "tomo_ctffind": ((("tomo_motioncorr",), "input_star_mics"),),
     "exclude_tilts": ((("tomo_ctffind",), "in_tiltseries"),),
@@ -61,6 +68,16 @@ _CHAIN_INPUTS: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {
     "tomograms": ((tuple(ALIGNER_KINDS.values()), "in_tiltseries"),),
 }
 SPA_PREPROCESSING = ("import", "motioncorr", "ctffind", "autopick", "extract")
+# IceBreaker's per-micrograph jobs, numbered together in this order (cryoem-services: micrographs,
+# enhancecontrast, summary); the table each micrograph job lists its output micrographs in.
+ICEBREAKER_JOBS = ("icebreaker_micrographs", "icebreaker_enhancecontrast", "icebreaker_summary")
+_ICEBREAKER_TABLES = {"icebreaker_micrographs": data_files.GROUPED_MICROGRAPHS,
+                      "icebreaker_enhancecontrast": data_files.FLATTENED_MICROGRAPHS}
+
+
+def icebreaker_jobs(enhance_contrast: bool = False) -> tuple[str, ...]:
+    """The IceBreaker jobs of a session: grouping and summary, with contrast enhancement if asked for."""
+    return tuple(kind for kind in ICEBREAKER_JOBS if enhance_contrast or kind != "icebreaker_enhancecontrast")
 
 
 def tomo_preprocessing(aligner: str = "aretomo") -> tuple[str, ...]:
@@ -369,6 +386,27 @@ class RelionProject:
             rows.append([values[column] for column in spec.columns])
         self._upsert(self.job("extract"), spec, micrograph, rows)
         return len(rows)
+
+    def add_icebreaker_micrograph(self, kind: str, micrograph_path: str | Path, output_path: str | Path,
+                                  total_motion_a: float, early_motion_a: float, late_motion_a: float) -> None:
+        """List IceBreaker's micrograph made from a motion-corrected one (`kind` icebreaker_micrographs:
+        grouped; icebreaker_enhancecontrast: flattened) with that micrograph's motion, and mark it done."""
+        if kind not in _ICEBREAKER_TABLES:
+            raise ValueError(f"kind must be one of {sorted(_ICEBREAKER_TABLES)}, got {kind!r}")
+        job = self.job(kind)
+        output = self.relative(output_path)
+        self._upsert(job, _ICEBREAKER_TABLES[kind], output,
+                     [[output, self._optics_number(), float(total_motion_a), float(early_motion_a),
+                       float(late_motion_a)]])
+        with project_lock(self.root):
+            icebreaker_files.add_done_micrograph(job.path, Path(micrograph_path).name)
+
+    def add_ice_thickness(self, grouped_micrograph_path: str | Path, figures: dict[str, float]) -> Path:
+        """Put a grouped micrograph's five-figure summary (minimum, q1, median, q3, maximum) into the
+        IceBreaker summary job's five_figs_test.csv; returns the file."""
+        job = self.job("icebreaker_summary")
+        with project_lock(self.root):
+            return icebreaker_files.upsert_five_figures(job.path, self.relative(grouped_micrograph_path), figures)
 
     def _coordinate_file(self, job: RelionJob, micrograph: str) -> Path:
         """Relion 3.1's rule: coord_dir + (micrograph path after its jobNNN/, without extension) + suffix."""
