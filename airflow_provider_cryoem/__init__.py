@@ -9,12 +9,21 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
 
+# One operator per processing step (operators/movie_steps.py, operators/batch_steps.py), named here so that
+# `airflow providers get airflow-provider-cryoem` lists them without importing Airflow's task SDK.
+STEP_OPERATORS = ("MotionCorrectionOperator", "CtfEstimationOperator", "ParticlePickingOperator",
+                  "IceThicknessOperator", "ParticleExtractionOperator", "ParticleRebatchOperator",
+                  "Class2DOperator", "ClassSelectionOperator", "Class3DOperator", "Refine3DOperator",
+                  "BFactorOperator", "TiltSeriesOperator", "TomogramOperator")
+
+
 def get_provider_info() -> dict:
     """Provider metadata read by Airflow through the `apache_airflow_provider` entry point."""
     return {
         "package-name": "airflow-provider-cryoem",
         "name": "Cryo-EM",
-        "description": "Live and reprocessing cryo-EM pipelines (SPA, tomography) for Apache Airflow.",
+        "description": "Live and reprocessing cryo-EM pipelines (SPA, tomography) for Apache Airflow. Step "
+                       "operators: " + ", ".join(STEP_OPERATORS) + "; SlurmCommandOperator, NewMoviesSensor.",
         "versions": [__version__],
         "integrations": [
             {

@@ -36,6 +36,17 @@ def test_every_stage_a_recipe_may_use_has_exactly_one_operator():
                for family in families for step in family)
 
 
+def test_provider_info_names_every_step_operator():
+    from airflow_provider_cryoem import STEP_OPERATORS, get_provider_info
+    from airflow_provider_cryoem.operators.batch_steps import BATCH_STEP_OPERATORS, GATHERING_STEP_OPERATORS
+    from airflow_provider_cryoem.operators.movie_steps import MOVIE_STEP_OPERATORS
+
+    classes = {operator.__name__ for family in (MOVIE_STEP_OPERATORS, GATHERING_STEP_OPERATORS,
+                                                BATCH_STEP_OPERATORS) for operator in family.values()}
+    assert set(STEP_OPERATORS) == classes
+    assert all(name in get_provider_info()["description"] for name in classes)
+
+
 def test_wrong_tool_is_refused_naming_the_operator_and_the_choices():
     with pytest.raises(StepConfigurationError, match=r"MotionCorrectionOperator\(task_id='mc'\) tool: 'ctffind4' "
                                                      r"is not a tool of the motioncorr step.*motioncor2"):
