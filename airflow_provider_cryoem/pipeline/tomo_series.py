@@ -149,8 +149,12 @@ def _take_one(config: SessionConfig, session: dict[str, Any], store: ResultsStor
         return None
     if decision.status != "complete":
         return None
-    if not reprocess and not all(results[row["movie"]].processed for row in rows):
-        return None  # its last tilts are still in motion correction or CTF (another run); a later run takes it
+    planned = [tilt.movie.relative_path for tilt in decision.tilts] + \
+        [tilt.movie.relative_path for tilt in decision.excluded]
+    if not reprocess and not all(path in results and results[path].processed for path in planned):
+        # Some of its tilts are still in motion correction or CTF, or claimed by another run that has not
+        # started on them (no results yet); a later run takes the series with them.
+        return None
     for row in rows:
         store.add_tilt(series_id, row["movie_id"], *(row[key] for key in tilt_keys))
         if row["excluded"]:

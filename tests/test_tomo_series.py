@@ -1,0 +1,33 @@
+"""The tilt_series stage's take of a complete series (pipeline/tomo_series.py), against a real results store."""
+from __future__ import annotations
+
+from airflow_provider_cryoem.config import SessionConfig
+from airflow_provider_cryoem.ingest import MovieFile
+from airflow_provider_cryoem.pipeline.tomo_series import _take_one
+from airflow_provider_cryoem.results import ResultsStore, engine_from_url
+from airflow_provider_cryoem.results.tilt_results import TiltMovieResult
+from airflow_provider_cryoem.tomo_ingest import PlannedTilt, SeriesDecision
+
+ANGLES = [0.0, 6.0, -6.0, -12.0, 12.0]
+
+
+def test_a_live_series_waits_for_claimed_tilts_that_have_no_results_yet(tmp_path):
+    """Every tilt of the series arrived and was claimed, but another run has not started motion correction
+    on the last one (no movie row, so no entry in the per-tilt results): the series is not completed without
+    it. Seen under the real scheduler (tests/test_tomo_live_airflow.py): the series was aligned from the
+    tilts one run had processed and the others were then recorded as late."""
+    store = ResultsStore(engine_from_url(f"sqlite:///{tmp_path / 'results.sqlite'}"))
+    store.ensure_schema()
+    session_id = store.get_or_create_session("s", "/data/raw", "/data/processing")
+    movies = [MovieFile(f"TS_01_{order:03d}_{angle:.1f}.tif", 1000, 0.0) for order, angle in enumerate(ANGLES, 1)]
+    decision = SeriesDecision(series="TS_01", status="complete", reason="all tilts arrived", alignable=True,
+                              tilts=[PlannedTilt(m, a, n) for n, (m, a) in enumerate(zip(movies, ANGLES), 1)])
+    results = {m.relative_path: TiltMovieResult(movie_id=store.register_movie(session_id, m.relative_path),
+                                                relative_path=m.relative_path, micrograph=f"/mc/{n}.mrc",
+                                                frame_count=3, defocus_u_a=20000.0, defocus_v_a=20000.0)
+               for n, m in enumerate(movies[:-1])}
+    config = SessionConfig(pixel_size_a=2.0, dose_per_frame_e_a2=1.0)
+
+    assert _take_one(config, {"session_id": session_id}, store, decision, results, reprocess=False) is None
+    (series,) = store.tilt_series_of_session(session_id)
+    assert series.status == "collecting" and not series.tilts
