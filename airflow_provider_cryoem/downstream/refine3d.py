@@ -67,6 +67,7 @@ class Refine3DResult(BaseModel):
     number_of_particles: int
     symmetry: str
     class_number: int = 1
+    pixel_size_a: float | None = Field(None, description="Of the refined particles and map.")
     refine_resolution_a: float
     resolution_a: float
     bfactor_a2: float | None
@@ -118,7 +119,7 @@ def run_refine3d(project: RelionProject, particles_star: str, reference_map: str
     project.finish_job(post, success=True)
     return Refine3DResult(refine_job=refine.name.rstrip("/"), postprocess_job=post.name.rstrip("/"),
                           number_of_particles=n_particles, symmetry=settings.symmetry,
-                          refine_resolution_a=refine_model["resolution_a"],
+                          pixel_size_a=settings.pixel_size_a, refine_resolution_a=refine_model["resolution_a"],
                           resolution_a=parsed["final_resolution_a"], bfactor_a2=parsed["bfactor_a2"],
                           map=f"{post.name}postprocess.mrc", mask=mask, duration_s=time.monotonic() - started)
 
@@ -175,7 +176,8 @@ def run_bfactor_series(project: RelionProject, particles_star: str, reference_ma
 
 def record_bfactor_series(store: ResultsStore, processing_job_id: int, series: BFactorSeries) -> list[int]:
     return [store.record_bfactor_fit(processing_job_id, {"number_of_particles": r.number_of_particles,
-                                                         "resolution_a": r.resolution_a})
+                                                         "resolution_a": r.resolution_a,
+                                                         "pixel_size_a": r.pixel_size_a})
             for r in series.refinements]
 
 

@@ -102,9 +102,16 @@ def read_coordinates(path: str | Path, min_figure_of_merit: float | None = None)
 
 def phase_flip_micrograph(image: np.ndarray, inputs: ExtractionInputs) -> np.ndarray:
     """Multiply the micrograph's spectrum by sign(CTF), undoing the CTF's contrast reversals."""
-    ctf = ctf_2d(image.shape, inputs.pixel_size_a, inputs.defocus_u_a, inputs.defocus_v_a, inputs.defocus_angle_deg,
-                 inputs.voltage_kv, inputs.cs_mm, inputs.amplitude_contrast, np.deg2rad(inputs.phase_shift_deg),
-                 rfft=True)
+    return phase_flip(image, inputs.pixel_size_a, inputs.defocus_u_a, inputs.defocus_v_a, inputs.defocus_angle_deg,
+                      inputs.voltage_kv, inputs.cs_mm, inputs.amplitude_contrast, inputs.phase_shift_deg)
+
+
+def phase_flip(image: np.ndarray, pixel_size_a: float, defocus_u_a: float, defocus_v_a: float,
+               defocus_angle_deg: float, voltage_kv: float, cs_mm: float, amplitude_contrast: float,
+               phase_shift_deg: float = 0.0) -> np.ndarray:
+    """`image` with its spectrum multiplied by sign(CTF) of the given parameters (see phase_flip_micrograph)."""
+    ctf = ctf_2d(image.shape, pixel_size_a, defocus_u_a, defocus_v_a, defocus_angle_deg, voltage_kv, cs_mm,
+                 amplitude_contrast, np.deg2rad(phase_shift_deg), rfft=True)
     # CTF < 0 at low frequency for underfocus: flip to keep the recorded (dark-protein) contrast.
     spectrum = scipy.fft.rfft2(image, workers=-1) * -np.sign(ctf)
     return scipy.fft.irfft2(spectrum, s=image.shape, workers=-1).astype(np.float32)

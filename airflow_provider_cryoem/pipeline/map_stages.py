@@ -25,6 +25,12 @@ from ..downstream.initial_model import (
     lowpass_reference,
     run_denovo_initial_model,
 )
+from ..downstream.reextract import (
+    ReextractResult,
+    ReextractSettings,
+    reextract_class,
+    reextraction_geometry,
+)
 from ..downstream.refine3d import (
     Refine3DResult,
     Refine3DSettings,
@@ -43,6 +49,7 @@ from .batch_outcome import run_or_skip
 from .external import placement_threads, stage_executor
 from .job_claims import claim, claim_is_live, holding
 from .session import session_item
+from .stages import available_cores
 from .stores import relion_project, results_store
 
 CLASS3D_MAX_PARTICLES = 200_000
@@ -164,18 +171,57 @@ def refine_settings(config: SessionConfig, params: Refine3DParams, pixel_size_a:
         bfactor_low_resolution_a=params.bfactor_low_resolution_a)
 
 
+def reextract_best_class(config: SessionConfig, params: Refine3DParams, runs_on: str | dict[str, Any],
+                         item: dict[str, Any]) -> dict[str, Any]:
+    """Re-extract the best 3D class's particles at full scale (Refine3DParams.reextract, reextract_box_px)
+    and rescale its map to match, as cryoem-services' ExtractClass does before refining; the item then
+    carries `reextract` (ReextractResult), which the refinement and B-factor series use. Done once per
+    item; nothing to do when the recipe switches it off."""
+    if "skipped" in item or "reextract" in item or not params.reextract:
+        return item
+    class3d = Class3DResult.model_validate(item["class3d"])
+    project = _project(config, item)
+    geometry = reextraction_geometry(config.motion_corrected_pixel_size_a, config.extraction_box_px,
+                                     params.reextract_box_px)
+    settings = ReextractSettings(geometry=geometry, threads=available_cores())
+    alias = f"class{class3d.best_class}_particles_{class3d.particles_per_batch}"
+    ctf_job = project.existing_job("ctffind")
+
+    def reextract() -> dict[str, Any]:
+        result = reextract_class(project, class3d.best_class_particles_star, class3d.best_class_map,
+                                 class3d.best_class, settings, alias=alias,
+                                 micrographs_star=ctf_job.output_node_name() if ctf_job else None,
+                                 execute=_executor("refine3d", runs_on, item))
+        return item | {"reextract": result.model_dump(mode="json")}
+
+    return run_or_skip(item, f"reextract {alias}", reextract)
+
+
+def refinement_inputs(item: dict[str, Any]) -> tuple[str, str, float]:
+    """(particles STAR, reference map, pixel size Å) the refinement of this item works on: the re-extracted
+    particles and rescaled map if the item has them, else the 3D classification's best class."""
+    if "reextract" in item:
+        done = ReextractResult.model_validate(item["reextract"])
+        return done.particles_star, done.reference_map, done.pixel_size_a
+    class3d = Class3DResult.model_validate(item["class3d"])
+    return class3d.best_class_particles_star, class3d.best_class_map, class3d.binned_pixel_size_a
+
+
 def refine_best_class(config: SessionConfig, params: Refine3DParams, runs_on: str | dict[str, Any],
                       item: dict[str, Any]) -> dict[str, Any]:
-    """Auto-refine the best 3D class from its own map, mask it, post-process; recorded as a refinement."""
+    """Auto-refine the best 3D class (re-extracted at full scale first unless the recipe says not to) from
+    its own map, mask it, post-process; recorded as a refinement with the pixel size refined at."""
+    item = reextract_best_class(config, params, runs_on, item)
     if "skipped" in item:
         return item
     class3d = Class3DResult.model_validate(item["class3d"])
-    settings = refine_settings(config, params, class3d.binned_pixel_size_a)
+    particles_star, reference_map, pixel_size_a = refinement_inputs(item)
+    settings = refine_settings(config, params, pixel_size_a)
     project = _project(config, item)
     alias = f"particles_{class3d.particles_per_batch}"
 
     def refine() -> dict[str, Any]:
-        result = run_refine3d(project, class3d.best_class_particles_star, class3d.best_class_map, settings,
+        result = run_refine3d(project, particles_star, reference_map, settings,
                               alias=alias, execute=_executor("refine3d", runs_on, item))
         result.class_number = class3d.best_class
         store = results_store(item["results_conn_id"], item["processing_path"])
@@ -192,10 +238,9 @@ def bfactor_series(config: SessionConfig, params: BFactorParams, refine_params: 
     (with the reason) when the subsets would be too small or the full refinement did not get past its start."""
     if "skipped" in item:
         return item
-    class3d = Class3DResult.model_validate(item["class3d"])
     full = Refine3DResult.model_validate(item["refine3d"])
     project = _project(config, item)
-    star = class3d.best_class_particles_star
+    star, reference_map, pixel_size_a = refinement_inputs(item)
     sizes = subset_sizes(full.number_of_particles, params.fractions, params.min_particles)
     if len(sizes) < 2:
         return item | {"bfactor": {"skipped": f"{star}: {full.number_of_particles} particles give subsets {sizes} "
@@ -206,15 +251,16 @@ def bfactor_series(config: SessionConfig, params: BFactorParams, refine_params: 
             f"{full.refine_job}: the refinement ended at {full.resolution_a:.1f} Å, no finer than its "
             f"{refine_params.initial_lowpass_a:g} Å starting low-pass (it diverged, or the particles are too few "
             "or too noisy); no B-factor series from it")}}
-    settings = refine_settings(config, refine_params, class3d.binned_pixel_size_a)
+    settings = refine_settings(config, refine_params, pixel_size_a)
 
     def series_fit() -> dict[str, Any]:
-        series = run_bfactor_series(project, star, class3d.best_class_map, settings, fractions=params.fractions,
+        series = run_bfactor_series(project, star, reference_map, settings, fractions=params.fractions,
                                     min_particles=params.min_particles, full=full,
                                     execute=_executor("bfactor", runs_on, item))
         store = results_store(item["results_conn_id"], item["processing_path"])
         record_bfactor_series(store, item["processing_job_id"], series)
         return item | {"bfactor": {"bfactor_a2": series.fit.bfactor_a2, "r_squared": series.fit.r_squared,
+                                   "pixel_size_a": pixel_size_a,
                                    "plot": series.plot, "points": [p.model_dump() for p in series.fit.points]}}
 
     return run_or_skip(item, f"bfactor particles_{full.number_of_particles}", series_fit)

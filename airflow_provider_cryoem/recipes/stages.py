@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _StageParams(BaseModel):
@@ -101,7 +101,20 @@ class Class3DParams(_StageParams):
 
 
 class Refine3DParams(_StageParams):
-    """Auto-refine of the best 3D class, then relion_mask_create and relion_postprocess."""
+    """Auto-refine of the best 3D class, then relion_mask_create and relion_postprocess.
+
+    Before it, by default, the class's particles are re-extracted from the motion-corrected micrographs at
+    the micrograph's pixel size, recentred on their 3D-classification origins, and the class map rescaled
+    to match (cryoem-services' ExtractClass); the B-factor series refines the same particles."""
+
+    reextract: bool = Field(True, description=(
+        "Re-extract the best 3D class's particles at full scale (recentred, each particle's CTF kept) and "
+        "refine those from the class map rescaled by relion_image_handler. Off: refine the classification's "
+        "own (downscaled) particles, limited to their Nyquist."))
+    reextract_box_px: int | None = Field(None, ge=16, le=4096, description=(
+        "Box of the re-extracted particles (even). Default: the session's extraction box at the micrograph's "
+        "pixel size. Smaller: that box Fourier-cropped to this (pixel size scaled up by the ratio); larger: "
+        "a wider field at the micrograph's pixel size."))
 
     healpix_order: int = Field(2, ge=0, le=6)
     auto_local_healpix_order: int = Field(4, ge=0, le=8)
@@ -115,6 +128,13 @@ class Refine3DParams(_StageParams):
     threads: int | None = Field(None, ge=1, le=256, description="Per MPI rank; default 1.")
     bfactor_low_resolution_a: float = Field(10.0, gt=0, le=100, description="Sharpening B-factor fit "
                                                                              "from here (relion_postprocess).")
+
+    @field_validator("reextract_box_px")
+    @classmethod
+    def _even_box(cls, value: int | None) -> int | None:
+        if value is not None and value % 2:
+            raise ValueError(f"reextract_box_px must be even, got {value}")
+        return value
 
 
 class BFactorParams(_StageParams):

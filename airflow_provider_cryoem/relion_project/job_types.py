@@ -53,6 +53,10 @@ JOB_KINDS: dict[str, JobKind] = {kind.name: kind for kind in (
     JobKind("ctffind", "CtfFind", 2, "relion.ctffind.ctffind4", "Live_ctffind", "ctf", {"use_ctffind4": "Yes"}),
     JobKind("autopick", "AutoPick", 4, "relion.autopick.log", "Live_autopick", "autopick", {"do_log": "Yes"}),
     JobKind("extract", "Extract", 5, "relion.extract", "Live_all_particles"),
+    # Re-extraction of a 3D class for refinement (cryoem-services' ExtractClass): ccpem-pipeliner's label,
+    # which Relion 5 reads as relion.extract; Relion 3.1 knows it as an Extract job with do_reextract.
+    JobKind("reextract", "Extract", 5, "relion.extract.reextract",
+            default_options={"do_reextract": "Yes", "do_recenter": "Yes"}),
     JobKind("select", "Select", 7, "relion.select.split", "Live_particle_batches"),
     JobKind("class_selection", "Select", 7, "relion.select.class2dauto"),
     JobKind("class2d", "Class2D", 8, "relion.class2d", node_suffix="class2d"),

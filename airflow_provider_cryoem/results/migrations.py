@@ -95,10 +95,28 @@ def _session_identity(connection: Connection) -> None:
     connection.execute(text("ALTER TABLE session ADD CONSTRAINT session_session_key_key UNIQUE (session_key)"))
 
 
+# Columns added after their table was first created: (table, column, SQL type).
+_V4_COLUMNS = (("refinement", "pixel_size_a", "FLOAT"), ("bfactor_fit", "pixel_size_a", "FLOAT"))
+
+
+def _refinement_pixel_size(connection: Connection) -> None:
+    """Refinements and B-factor points record the pixel size of the particles refined (re-extracted at full
+    scale, or the classification's downscaled ones). Nullable: older rows do not know it.
+
+    Only added where missing: migration 1 creates these two tables from schema.py, which has the column now
+    (freezing their version-1 shape would need their foreign keys' tables frozen too), so a database made by
+    this code has it already and one made before gets it here."""
+    found = inspect(connection)
+    for table, column, sql_type in _V4_COLUMNS:
+        if column not in {c["name"] for c in found.get_columns(table)}:
+            connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ISPyB-shaped cryo-EM result tables and the session_file ingest table", _create_v1_tables),
     Migration(2, "sessions identified by name and watched folder", _session_identity),
     Migration(3, "tomography: tilt series, tilts, tomograms and tilt image alignments", _tomography_tables),
+    Migration(4, "pixel size of refinements and B-factor points", _refinement_pixel_size),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -94,11 +94,13 @@ REFINEMENT = {
     "b_factor_a2": _opt("bfactor_a2"),
     "number_of_particles": Field("number_of_particles"),
     "map_full_path": _opt("map"),
+    "pixel_size_a": _opt("pixel_size_a"),
 }
 BFACTOR_FIT = {
     "number_of_particles": Field("number_of_particles"),
     "resolution_a": Field("resolution_a"),
     "particle_batch_size": _opt("particle_batch_size"),
+    "pixel_size_a": _opt("pixel_size_a"),
 }
 TOMOGRAM = {
     "volume_file": Field("volume"),

@@ -235,6 +235,7 @@ refinement = Table(
     Column("b_factor_a2", Float),
     Column("number_of_particles", Integer, nullable=False),
     Column("map_full_path", PATH),
+    Column("pixel_size_a", Float),  # of the refined particles and map (migration 4)
     UniqueConstraint("processing_job_id", "symmetry"),
 )
 
@@ -246,6 +247,7 @@ bfactor_fit = Table(
     Column("number_of_particles", Integer, nullable=False),
     Column("resolution_a", Float, nullable=False),
     Column("particle_batch_size", Integer),
+    Column("pixel_size_a", Float),  # of the particles refined for this point (migration 4)
     UniqueConstraint("processing_job_id", "number_of_particles"),
 )
 
