@@ -14,24 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import inspect, text
 
 from airflow_provider_cryoem.devtools.live_session import (
     Microscope,
+    crash_scheduler_and_triggerer,
     landed_s,
+    live_stack,
     session_conf,
     session_row,
     stage_runs,
+    start_session,
     timeline,
-    trigger,
     wait_for_session_end,
 )
-from airflow_provider_cryoem.devtools.local_airflow import (
-    AirflowStack,
-    fresh_postgres_database,
-    wait_until,
-)
+from airflow_provider_cryoem.devtools.local_airflow import wait_until
 from airflow_provider_cryoem.simulate import SpaSimulationSettings, prepare_session_folder
 
 pytestmark = pytest.mark.integration
@@ -73,54 +70,32 @@ def live(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str) -> dict[st
     root = tmp_path_factory.mktemp("live")
     watch_dir, processing_dir = root / "session" / "raw", root / "session" / "processing"
     started = time.monotonic()
-    with fresh_postgres_database("cryoem_it_meta", pg_admin_url) as metadata_url, \
-            fresh_postgres_database("cryoem_it_results", pg_admin_url) as results_url:
-        results = create_engine(results_url)
-        results_conn = make_url(results_url).set(drivername="postgres").render_as_string(hide_password=False)
-        env = {"CRYOEM_RESULTS_CONN_ID": "cryoem_results",
-               "AIRFLOW_CONN_CRYOEM_RESULTS": results_conn,
-               "CRYOEM_DATA_ROOTS": str(root)}
-        with AirflowStack(root / "airflow_home", metadata_url, extra_env=env) as stack:
-            try:
-                stack.unpause(DAG_ID)
-                stack.wait_for_dag(DAG_ID)
-                # As at the microscope: the session is started on its folder and gain reference, then the
-                # first movie comes.
-                prepare_session_folder(SETTINGS, watch_dir)
-                triggered_s = time.time()
-                trigger(stack, DAG_ID, session_conf(SETTINGS, SESSION, watch_dir, processing_dir, idle_timeout_s=60))
-                wait_until(lambda: stack.query("SELECT 1 FROM task_instance WHERE dag_id = :d AND "
-                                               "task_id = 'wait_for_movies' AND state = 'deferred'", d=DAG_ID),
-                           60, "the first run to wait for movies", on_timeout=stack.diagnostics)
-                microscope = Microscope(SETTINGS, watch_dir, MOVIE_INTERVAL_S)
-                microscope.start()
-                wait_until(lambda: len(_claims(results)) >= 2, 120, "two movies taken by a run",
-                           on_timeout=stack.diagnostics)
-                crash_s = time.time()
-                stack.kill("scheduler")
-                stack.kill("triggerer")
-                time.sleep(2)
-                stack.start_component("scheduler")
-                stack.start_component("triggerer")
-                truth = microscope.finish(120)
-                wait_for_session_end(stack, results, SESSION, DAG_ID, 180)
-            except BaseException:
-                print(stack.diagnostics())
-                raise
-            data = {
-                "truth": truth, "crash_s": crash_s, "landed_s": landed_s(watch_dir, truth),
-                "motioncorr": stage_runs(stack, DAG_ID, "motioncorr"),
-                "ctf": stage_runs(stack, DAG_ID, "ctf"),
-                "runs": stack.query("SELECT run_id, state, start_date FROM dag_run WHERE dag_id = :d "
-                                    "ORDER BY start_date", d=DAG_ID),
-                "start_next": stack.query("SELECT run_id, state FROM task_instance WHERE dag_id = :d "
-                                          "AND task_id = 'start_next_batch'", d=DAG_ID),
-                "motion_rows": _motion_rows(results), "claims": _claims(results),
-                "session": session_row(results, SESSION),
-            }
-            print(f"\ntimeline (s after the trigger; crash at {crash_s - triggered_s:.1f} s):")
-            print(timeline(stack, DAG_ID, triggered_s, data["landed_s"]))
-        results.dispose()
+    with live_stack(root, pg_admin_url, DAG_ID) as (stack, results):
+        # As at the microscope: the session is started on its folder and gain reference, then the first
+        # movie comes.
+        prepare_session_folder(SETTINGS, watch_dir)
+        triggered_s = start_session(stack, DAG_ID, session_conf(SETTINGS, SESSION, watch_dir, processing_dir,
+                                                                idle_timeout_s=60))
+        microscope = Microscope(SETTINGS, watch_dir, MOVIE_INTERVAL_S)
+        microscope.start()
+        wait_until(lambda: len(_claims(results)) >= 2, 120, "two movies taken by a run",
+                   on_timeout=stack.diagnostics)
+        crash_s = crash_scheduler_and_triggerer(stack)
+        truth = microscope.finish(120)
+        wait_for_session_end(stack, results, SESSION, DAG_ID, 180)
+        data = {
+            "truth": truth, "crash_s": crash_s, "landed_s": landed_s(watch_dir, truth),
+            "motioncorr": stage_runs(stack, DAG_ID, "motioncorr"),
+            "ctf": stage_runs(stack, DAG_ID, "ctf"),
+            "runs": stack.query("SELECT run_id, state, start_date FROM dag_run WHERE dag_id = :d "
+                                "ORDER BY start_date", d=DAG_ID),
+            "start_next": stack.query("SELECT run_id, state FROM task_instance WHERE dag_id = :d "
+                                      "AND task_id = 'start_next_batch'", d=DAG_ID),
+            "motion_rows": _motion_rows(results), "claims": _claims(results),
+            "session": session_row(results, SESSION),
+        }
+        print(f"\ntimeline (s after the trigger; crash at {crash_s - triggered_s:.1f} s):")
+        print(timeline(stack, DAG_ID, triggered_s, data["landed_s"]))
     data["wall_s"] = time.monotonic() - started
     print(f"\nlive session under real Airflow: {data['wall_s']:.0f} s wall, {len(data['runs'])} runs")
     return data

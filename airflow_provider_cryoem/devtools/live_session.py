@@ -1,48 +1,107 @@
 """Drive a simulated live session through a real Airflow stack and read back what happened, per movie.
 
-Shared by the live integration test and the live benchmark: the simulated microscope, the session conf,
-waiting for the session to end by itself, and the per-movie timeline (landed → stage start → stage end)
-read from the metadata database (task instances and their XCom) and the results database.
+Shared by the live integration tests (SPA and tomography) and the live benchmark: the stack on fresh
+databases, the simulated microscope, the session conf, starting the session, a crash of the scheduler and
+the triggerer, waiting for the session to end by itself, and the per-movie timeline (landed → stage start →
+stage end) read from the metadata database (task instances and their XCom) and the results database.
 """
 from __future__ import annotations
 
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
 
 from ..simulate import (
     GAIN_REFERENCE_NAME,
     SessionTruth,
     SpaSimulationSettings,
+    TomoSessionTruth,
+    TomoSimulationSettings,
     run_live_session,
+    run_live_tomo_session,
 )
-from .local_airflow import AirflowStack, wait_until
+from .local_airflow import AirflowStack, fresh_postgres_database, wait_until
 
 ACTIVE_RUN_STATES = ("queued", "running")
 
 
-class Microscope(threading.Thread):
-    """The simulator's live mode in a background thread; `truth` is set once the end marker is written."""
+@contextmanager
+def live_stack(root: Path, admin_url: str, dag_id: str) -> Iterator[tuple[AirflowStack, Engine]]:
+    """A local Airflow stack (AIRFLOW_HOME under `root`) on fresh metadata and results PostgreSQL databases,
+    `dag_id` parsed and unpaused; yields the stack and an engine on the results database. Every task gets the
+    results connection and `root` as its data root. A failure inside prints the stack's diagnostics."""
+    with fresh_postgres_database("cryoem_it_meta", admin_url) as metadata_url, \
+            fresh_postgres_database("cryoem_it_results", admin_url) as results_url:
+        results = create_engine(results_url)
+        results_conn = make_url(results_url).set(drivername="postgres").render_as_string(hide_password=False)
+        env = {"CRYOEM_RESULTS_CONN_ID": "cryoem_results",
+               "AIRFLOW_CONN_CRYOEM_RESULTS": results_conn,
+               "CRYOEM_DATA_ROOTS": str(root)}
+        try:
+            with AirflowStack(root / "airflow_home", metadata_url, extra_env=env) as stack:
+                try:
+                    stack.unpause(dag_id)
+                    stack.wait_for_dag(dag_id)
+                    yield stack, results
+                except BaseException:
+                    print(stack.diagnostics())
+                    raise
+        finally:
+            results.dispose()
 
-    def __init__(self, settings: SpaSimulationSettings, watch_dir: Path, interval_s: float,
-                 chunk_delay_s: float = 0.05) -> None:
+
+def start_session(stack: AirflowStack, dag_id: str, conf: dict[str, Any], timeout_s: float = 60) -> float:
+    """Trigger the session's first run and wait until it waits (deferred) for movies; returns the trigger time."""
+    triggered_s = time.time()
+    trigger(stack, dag_id, conf)
+    wait_until(lambda: stack.query("SELECT 1 FROM task_instance WHERE dag_id = :d AND task_id = 'wait_for_movies' "
+                                   "AND state = 'deferred'", d=dag_id),
+               timeout_s, "the first run to wait for movies", on_timeout=stack.diagnostics)
+    return triggered_s
+
+
+def crash_scheduler_and_triggerer(stack: AirflowStack) -> float:
+    """SIGKILL the scheduler and the triggerer (process groups: the tasks they run die too), restart them;
+    returns the time of the crash."""
+    crash_s = time.time()
+    stack.kill("scheduler")
+    stack.kill("triggerer")
+    time.sleep(2)
+    stack.start_component("scheduler")
+    stack.start_component("triggerer")
+    return crash_s
+
+
+class Microscope(threading.Thread):
+    """The simulator's live mode in a background thread; `truth` is set once the end marker is written.
+
+    SPA settings: a movie every `interval_s` (run_live_session); tomography settings: a tilt every
+    `interval_s`, each series' mdoc growing with it (run_live_tomo_session).
+    """
+
+    def __init__(self, settings: SpaSimulationSettings | TomoSimulationSettings, watch_dir: Path,
+                 interval_s: float, chunk_delay_s: float = 0.05) -> None:
         super().__init__(daemon=True, name="microscope")
         self.settings, self.watch_dir, self.interval_s, self.chunk_delay_s = settings, watch_dir, interval_s, chunk_delay_s
-        self.truth: SessionTruth | None = None
+        self.truth: SessionTruth | TomoSessionTruth | None = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        live: Any = run_live_tomo_session if isinstance(self.settings, TomoSimulationSettings) else run_live_session
         try:
-            self.truth = run_live_session(self.settings, self.watch_dir, self.interval_s, self.chunk_delay_s)
+            self.truth = live(self.settings, self.watch_dir, self.interval_s, self.chunk_delay_s)
         except BaseException as exc:  # reported by finish(), not lost in the thread
             self.error = exc
 
-    def finish(self, timeout_s: float) -> SessionTruth:
+    def finish(self, timeout_s: float) -> Any:
         """Wait for the last movie and the end marker; re-raise the simulator's error if it had one."""
         self.join(timeout_s)
         if self.error is not None:
@@ -52,14 +111,20 @@ class Microscope(threading.Thread):
         return self.truth
 
 
-def session_conf(settings: SpaSimulationSettings, session_name: str, watch_dir: Path, processing_dir: Path,
-                 idle_timeout_s: float) -> dict[str, Any]:
-    """The `--conf` of a live run over the simulator's movies."""
-    return {"session_name": session_name, "watch_dir": str(watch_dir), "processing_dir": str(processing_dir),
+def session_conf(settings: SpaSimulationSettings | TomoSimulationSettings, session_name: str, watch_dir: Path,
+                 processing_dir: Path, idle_timeout_s: float, **extra: Any) -> dict[str, Any]:
+    """The `--conf` of a live run over the simulator's movies (or tilts, with the tomography settings the
+    simulator planted); `extra` adds or overrides settings."""
+    conf = {"session_name": session_name, "watch_dir": str(watch_dir), "processing_dir": str(processing_dir),
             "pixel_size_a": settings.pixel_size_a, "dose_per_frame_e_a2": settings.dose_per_frame_e_a2,
             "voltage_kv": settings.voltage_kv, "cs_mm": settings.cs_mm,
             "particle_diameter_a": settings.particle_diameter_a, "movie_glob": f"*.{settings.movie_format}",
             "gain_reference_path": str(watch_dir / GAIN_REFERENCE_NAME), "idle_timeout_s": idle_timeout_s}
+    if isinstance(settings, TomoSimulationSettings):  # SerialEM names tilt movies .tif, Tomo5 .tiff
+        conf |= {"movie_glob": "*.tif*" if settings.movie_format == "tiff" else "*.mrc",
+                 "tilt_axis_deg": settings.tilt_axis_deg, "thickness_nm": settings.thickness_nm,
+                 "tilt_range_deg": max(-settings.tilt_min_deg, settings.tilt_max_deg)}
+    return conf | extra
 
 
 def trigger(stack: AirflowStack, dag_id: str, conf: dict[str, Any]) -> str:
@@ -106,17 +171,22 @@ class StageRun:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-def stage_runs(stack: AirflowStack, dag_id: str, task_id: str) -> list[StageRun]:
-    """Every movie of every successful task instance of a mapped stage (from its XCom), with its timing."""
+def task_returns(stack: AirflowStack, dag_id: str, task_id: str) -> list[dict[str, Any]]:
+    """Every successful instance of a task (run, map index, label, try, start, end) with its return value."""
     rows = stack.query(
         "SELECT ti.run_id, ti.map_index, ti.rendered_map_index, ti.try_number, ti.start_date, ti.end_date, "
         "x.value FROM task_instance ti JOIN xcom x ON x.dag_id = ti.dag_id AND x.run_id = ti.run_id "
         "AND x.task_id = ti.task_id AND x.map_index = ti.map_index AND x.key = 'return_value' "
         "WHERE ti.dag_id = :d AND ti.task_id = :t AND ti.state = 'success'", d=dag_id, t=task_id)
+    return [{**row, "value": json.loads(row["value"]) if isinstance(row["value"], str) else row["value"]}
+            for row in rows]
+
+
+def stage_runs(stack: AirflowStack, dag_id: str, task_id: str) -> list[StageRun]:
+    """Every movie of every successful task instance of a mapped stage (from its XCom), with its timing."""
     found = []
-    for row in rows:
-        outcomes = row["value"] if isinstance(row["value"], list) else json.loads(row["value"])
-        for outcome in outcomes:
+    for row in task_returns(stack, dag_id, task_id):
+        for outcome in row["value"]:
             found.append(StageRun(outcome["movie"], row["run_id"], row["map_index"], row["rendered_map_index"],
                                   row["try_number"], row["start_date"].timestamp(), row["end_date"].timestamp(),
                                   outcome["status"], outcome.get("compute_s"), outcome.get("result") or {}))
