@@ -402,15 +402,16 @@ def test_downsampling_keeps_at_most_the_limit_with_spikes_and_extremes():
 
 
 def test_plots_of_a_long_session_are_downsampled_but_histograms_count_every_movie():
-    from datetime import datetime, timedelta, timezone
-
-    start = datetime(2024, 1, 1, tzinfo=timezone.utc)
-    movies = [queries.MovieRow(movie_id=i, movie_number=i, movie=f"m{i}", acquired=start + timedelta(seconds=5 * i),
-                               status="registered", failure_reason=None, total_motion_a=float(i % 97),
-                               defocus_u_a=None, defocus_v_a=None, astigmatism_a=None, ctf_resolution_a=None,
-                               ice_thickness=None, particles=i % 50, images={}) for i in range(1, 5001)]
-    series, histograms = queries.plots(movies)
-    assert series["total_motion_a"].count == 5000 and series["total_motion_a"].downsampled
-    assert len(series["total_motion_a"].v) <= queries.MAX_POINTS
-    assert sum(histograms["total_motion_a"].counts) == 5000 and sum(histograms["particles"].counts) == 5000
+    n = 5000
+    times = 1.7e9 + 5.0 * np.arange(n)
+    values = {metric.key: np.full(n, np.nan) for metric in queries.METRICS}
+    values["total_motion_a"] = (np.arange(n) % 97).astype(float)
+    values["particles"][::3] = 100.0  # a third of the movies picked: fewer than MAX_POINTS
+    series, histograms = queries.plots(times, values)
+    assert series["total_motion_a"].count == n and series["total_motion_a"].downsampled
+    assert len(series["total_motion_a"].v) <= queries.MAX_POINTS and max(series["total_motion_a"].v) == 96.0
+    picked = len(range(0, n, 3))
+    assert sum(histograms["total_motion_a"].counts) == n and sum(histograms["particles"].counts) == picked
+    assert series["particles"].count == picked and not series["particles"].downsampled
+    assert series["particles"].t == times[::3].tolist()
     assert series["defocus_u_a"].count == 0 and histograms["defocus_u_a"].counts == []

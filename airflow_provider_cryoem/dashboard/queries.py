@@ -10,13 +10,13 @@ a session belongs to the DAGs whose runs wrote its processing jobs (recipe name 
 """
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
-from sqlalchemy import Connection, Row, Subquery, Table, and_, case, distinct, func, select
+from sqlalchemy import Connection, Row, Table, and_, case, distinct, func, select
 
 from ..results import schema
 from ..results.errors import ResultsNotFoundError
@@ -53,7 +53,7 @@ METRICS = [
     Metric(key="defocus_v_a", label="Defocus V", unit="Å", decimals=0),
     Metric(key="astigmatism_a", label="Astigmatism", unit="Å", decimals=0),
     Metric(key="ctf_resolution_a", label="CTF fit resolution", unit="Å", decimals=2),
-    Metric(key="ice_thickness", label="Relative ice thickness (median)", unit="", decimals=3),
+    Metric(key="ice_thickness", label="Relative ice thickness", unit="", decimals=3),
     Metric(key="particles", label="Particles per micrograph", unit="", decimals=0),
 ]
 # The movie table's sort keys (also every metric).
@@ -285,21 +285,28 @@ def _state(end_time: datetime | None, latest_job: Row | None) -> str:
 
 # --- movies ---------------------------------------------------------------------------------------------
 
-def _newest_rows(table: Table, session_id: int) -> Subquery:
-    """The table's rows of the session, one per movie: the newest processing job's."""
-    job = schema.processing_job
-    newest = (select(table.c.movie_id, func.max(table.c.processing_job_id).label("job_id"))
-              .select_from(table.join(job)).where(job.c.session_id == session_id)
-              .group_by(table.c.movie_id).subquery())
-    return (select(table).join(newest, and_(table.c.movie_id == newest.c.movie_id,
-                                            table.c.processing_job_id == newest.c.job_id))
-            .subquery(table.name))
+def _newest_of_movie(table: Table, movie: Table) -> tuple[Any, Any]:
+    """`table` aliased, and the join condition that keeps, for each movie, the newest job's row.
+
+    A correlated max over the table's movie_id index: a grouped subquery joined back instead makes
+    SQLite compare every movie with every row (minutes at 10,000 movies).
+    """
+    rows, newer = table.alias(table.name), table.alias(f"{table.name}_newer")
+    newest_job = (select(func.max(newer.c.processing_job_id)).where(newer.c.movie_id == movie.c.movie_id)
+                  .scalar_subquery())
+    return rows, and_(rows.c.movie_id == movie.c.movie_id, rows.c.processing_job_id == newest_job)
 
 
-def _movie_columns(session_id: int) -> tuple[dict[str, Any], Any]:
-    """Column expressions of MovieRow (image ids as `image_<kind>`), and the FROM clause that joins them."""
+def _movie_columns() -> tuple[dict[str, Any], Any]:
+    """Column expressions of MovieRow (image ids as `image_<kind>`), and the FROM clause that joins them.
+
+    A movie's results all come from jobs of its own session, so the join needs no session filter.
+    """
     movie = schema.movie
-    newest = {name: _newest_rows(table, session_id) for name, table in PER_MOVIE_TABLES.items()}
+    joined, newest = movie, {}
+    for name, table in PER_MOVIE_TABLES.items():
+        newest[name], condition = _newest_of_movie(table, movie)
+        joined = joined.outerjoin(newest[name], condition)
     motion, ctf, picks, ice = (newest[name] for name in (MOTION_CORRECTION, CTF, PARTICLE_PICKING, ICE_THICKNESS))
     columns: dict[str, Any] = {
         "movie_id": movie.c.movie_id, "movie_number": movie.c.movie_number, "movie": movie.c.movie_full_path,
@@ -312,9 +319,6 @@ def _movie_columns(session_id: int) -> tuple[dict[str, Any], Any]:
     for kind, image in MOVIE_IMAGE_KINDS.items():
         rows = newest[image.stage]
         columns[f"image_{kind}"] = case((rows.c[image.column].is_not(None), rows.c[image.id_column]))
-    joined = movie
-    for rows in newest.values():
-        joined = joined.outerjoin(rows, rows.c.movie_id == movie.c.movie_id)
     return columns, joined
 
 
@@ -331,7 +335,7 @@ def movie_page(connection: Connection, session_id: int, offset: int = 0, limit: 
     """One page of the session's movies sorted in SQL (missing values last, ties by movie number)."""
     if sort not in SORT_KEYS:
         raise ValueError(f"sort: {sort!r} is not one of {', '.join(SORT_KEYS)}")
-    columns, joined = _movie_columns(session_id)
+    columns, joined = _movie_columns()
     movie = schema.movie
     where = [movie.c.session_id == session_id]
     if status == "failed":
@@ -347,14 +351,21 @@ def movie_page(connection: Connection, session_id: int, offset: int = 0, limit: 
                      movies=[_movie_row(row) for row in rows])
 
 
-def _all_movies(connection: Connection, session_id: int) -> list[MovieRow]:
-    """Every movie of the session in acquisition order (for the plots)."""
-    columns, joined = _movie_columns(session_id)
+def _plot_values(connection: Connection, session_id: int) -> tuple[np.ndarray, dict[str, np.ndarray], MovieRow | None]:
+    """Every movie's acquisition time (Unix s) and metrics (NaN where missing) in acquisition order, and
+    the newest movie with an image. Plain columns, no model per movie: a session may have 10,000."""
+    columns, joined = _movie_columns()
     movie = schema.movie
     rows = connection.execute(select(*(column.label(name) for name, column in columns.items()))
                               .select_from(joined).where(movie.c.session_id == session_id)
                               .order_by(movie.c.created_time_stamp, movie.c.movie_number)).all()
-    return [_movie_row(row) for row in rows]
+    by_name = dict(zip(columns, zip(*rows))) if rows else {name: () for name in columns}
+    times = np.array([_utc(moment).timestamp() for moment in by_name["acquired"]], dtype=float)
+    values = {metric.key: np.array(by_name[metric.key], dtype=float) for metric in METRICS}  # None -> NaN
+    image_columns = [by_name[f"image_{kind}"] for kind in MOVIE_IMAGE_KINDS]
+    newest = next((index for index in range(len(rows) - 1, -1, -1)
+                   if any(column[index] is not None for column in image_columns)), None)
+    return times, values, None if newest is None else _movie_row(rows[newest])
 
 
 # --- plots ----------------------------------------------------------------------------------------------
@@ -379,18 +390,15 @@ def histogram(values: np.ndarray, bins: int = HISTOGRAM_BINS) -> Histogram:
     return Histogram(edges=[float(edge) for edge in edges], counts=[int(count) for count in counts])
 
 
-def plots(movies: Iterable[MovieRow]) -> tuple[dict[str, Series], dict[str, Histogram]]:
-    """Each metric's series against acquisition time and its histogram over every value."""
-    movies = list(movies)
-    times = np.array([movie.acquired.timestamp() for movie in movies], dtype=float)
+def plots(times: np.ndarray, values: dict[str, np.ndarray]) -> tuple[dict[str, Series], dict[str, Histogram]]:
+    """Each metric's series against acquisition time and its histogram over every value (NaN: none)."""
     series, histograms = {}, {}
     for metric in METRICS:
-        raw = [getattr(movie, metric.key) for movie in movies]
-        present = np.array([value is not None for value in raw], dtype=bool)
-        values = np.array([value for value in raw if value is not None], dtype=float)
-        t, v = downsample(times[present], values)
-        series[metric.key] = Series(t=t.tolist(), v=v.tolist(), count=len(values), downsampled=len(v) < len(values))
-        histograms[metric.key] = histogram(values)
+        present = ~np.isnan(values[metric.key])
+        known = values[metric.key][present]
+        t, v = downsample(times[present], known)
+        series[metric.key] = Series(t=t.tolist(), v=v.tolist(), count=len(known), downsampled=len(v) < len(known))
+        histograms[metric.key] = histogram(known)
     return series, histograms
 
 
@@ -445,11 +453,9 @@ def session_detail(connection: Connection, session_id: int, offset: int = 0, lim
         raise ResultsNotFoundError(f"no session {session_id} in the results database")
     summary = build_summary(connection, session_id)
     summary = summary.model_copy(update={"failures": [one for one in summary.failures if one.movie is None]})
-    movies = _all_movies(connection, session_id)
-    series, histograms = plots(movies)
-    with_images = [movie for movie in movies if movie.images]
+    times, values, newest_movie = _plot_values(connection, session_id)
+    series, histograms = plots(times, values)
     return SessionDetail(
         session=rows[0], summary=summary, metrics=METRICS, series=series, histograms=histograms,
-        movies=movie_page(connection, session_id, offset, limit, sort, order, status),
-        newest_movie=with_images[-1] if with_images else None,
+        movies=movie_page(connection, session_id, offset, limit, sort, order, status), newest_movie=newest_movie,
         tilt_series=tilt_series_views(connection, session_id))
