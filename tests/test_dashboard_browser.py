@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.integration,
                                  reason="needs Debian's chromium and chromium-driver (scripts/install_system_deps.sh)")]
 
 USER, PASSWORD = "viewer", "viewer-password"
-WAIT_S = 30
+WAIT_S = 60  # generous: the machine may be shared; a wait ends as soon as the page is right
 
 
 @dataclass
