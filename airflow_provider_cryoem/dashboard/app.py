@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, HTMLResponse, Response
@@ -59,7 +60,7 @@ def configured_store() -> ResultsStore:
     return _reader(os.environ.get(RESULTS_CONN_ENV) or None, os.environ.get(SQLITE_ENV) or None)
 
 
-def _visible(connection: Connection, user: CurrentUser, session_id: int) -> None:
+def _visible(connection: Connection, user: BaseUser, session_id: int) -> None:
     """404 for a session that does not exist, 403 for one of DAGs the user may not read."""
     if not queries.has_tables(connection):
         raise ResultsNotFoundError(f"no session {session_id}: the results database has no tables yet")
