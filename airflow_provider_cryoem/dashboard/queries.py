@@ -353,19 +353,24 @@ def movie_page(connection: Connection, session_id: int, offset: int = 0, limit: 
 
 def _plot_values(connection: Connection, session_id: int) -> tuple[np.ndarray, dict[str, np.ndarray], MovieRow | None]:
     """Every movie's acquisition time (Unix s) and metrics (NaN where missing) in acquisition order, and
-    the newest movie with an image. Plain columns, no model per movie: a session may have 10,000."""
+    the newest movie with an image. Only those columns, no model per movie: a session may have 10,000."""
     columns, joined = _movie_columns()
     movie = schema.movie
-    rows = connection.execute(select(*(column.label(name) for name, column in columns.items()))
+    wanted = ["movie_id", "acquired", *(metric.key for metric in METRICS), *(f"image_{kind}" for kind in MOVIE_IMAGE_KINDS)]
+    rows = connection.execute(select(*(columns[name].label(name) for name in wanted))
                               .select_from(joined).where(movie.c.session_id == session_id)
                               .order_by(movie.c.created_time_stamp, movie.c.movie_number)).all()
-    by_name = dict(zip(columns, zip(*rows))) if rows else {name: () for name in columns}
+    by_name = dict(zip(wanted, zip(*rows))) if rows else {name: () for name in wanted}
     times = np.array([_utc(moment).timestamp() for moment in by_name["acquired"]], dtype=float)
     values = {metric.key: np.array(by_name[metric.key], dtype=float) for metric in METRICS}  # None -> NaN
     image_columns = [by_name[f"image_{kind}"] for kind in MOVIE_IMAGE_KINDS]
-    newest = next((index for index in range(len(rows) - 1, -1, -1)
+    newest = next((by_name["movie_id"][index] for index in range(len(rows) - 1, -1, -1)
                    if any(column[index] is not None for column in image_columns)), None)
-    return times, values, None if newest is None else _movie_row(rows[newest])
+    if newest is None:
+        return times, values, None
+    row = connection.execute(select(*(column.label(name) for name, column in columns.items()))
+                             .select_from(joined).where(movie.c.movie_id == newest)).one()
+    return times, values, _movie_row(row)
 
 
 # --- plots ----------------------------------------------------------------------------------------------
@@ -397,7 +402,8 @@ def plots(times: np.ndarray, values: dict[str, np.ndarray]) -> tuple[dict[str, S
         present = ~np.isnan(values[metric.key])
         known = values[metric.key][present]
         t, v = downsample(times[present], known)
-        series[metric.key] = Series(t=t.tolist(), v=v.tolist(), count=len(known), downsampled=len(v) < len(known))
+        series[metric.key] = Series(t=np.round(t, 3).tolist(), v=v.tolist(), count=len(known),
+                                    downsampled=len(v) < len(known))
         histograms[metric.key] = histogram(known)
     return series, histograms
 

@@ -377,6 +377,8 @@
         () => detail.movies.movies.map(movieRow));
       pager(document.getElementById("movie-pager"), detail.movies, (offset) => { state.offset = offset; refreshNow(); });
       showSelected();
+      // Milliseconds from navigation to the first complete page (benchmarks/bench_dashboard.py reads it).
+      if (!body.dataset.firstRenderMs) body.dataset.firstRenderMs = Math.round(performance.now());
     }
 
     document.getElementById("failed-only").addEventListener("change", (event) => {
