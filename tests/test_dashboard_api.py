@@ -415,3 +415,24 @@ def test_plots_of_a_long_session_are_downsampled_but_histograms_count_every_movi
     assert series["particles"].count == picked and not series["particles"].downsampled
     assert series["particles"].t == times[::3].tolist()
     assert series["defocus_u_a"].count == 0 and histograms["defocus_u_a"].counts == []
+
+
+def test_a_bulk_recorded_session_has_the_rows_the_store_writes(tmp_path: Path):
+    """bulk_record_session (the benchmark's 10,000 movies) writes what record_session writes, faster."""
+    from airflow_provider_cryoem.devtools.session_results import bulk_record_session
+
+    store = ResultsStore(engine_from_url(f"sqlite:///{tmp_path / 'results.sqlite'}"))
+    store.ensure_schema()
+    settings = SpaSimulationSettings(n_movies=40, seed=9)
+    bulk = bulk_record_session(store, "bulk", tmp_path / "data", settings, failed_every=20)
+    one_by_one = record_session(store, "one-by-one", tmp_path / "data", settings, failed_every=20, images_for=0)
+    bulk_summary, summary = store.session_summary(bulk.session_id), store.session_summary(one_by_one.session_id)
+    assert bulk_summary.stages == summary.stages and summary.stages[FAILURE_STAGE].failed == 2
+    assert (bulk_summary.files_claimed, bulk_summary.movies_registered) == (40, 40)
+    assert bulk_summary.median_total_motion_a == pytest.approx(summary.median_total_motion_a)  # same seed, values
+    page = store.read(lambda connection: queries.movie_page(connection, bulk.session_id, limit=2, order="asc"))
+    assert (page.movies[1].acquired - page.movies[0].acquired).total_seconds() == settings.acquisition_interval_s
+    failed = store.read(lambda connection: queries.movie_page(connection, bulk.session_id, status="failed"))
+    assert [movie.movie_number for movie in failed.movies] == [40, 20]
+    assert {movie.failure_reason for movie in failed.movies} == {f"{FAILURE_STAGE}: {FAILURE_REASON}"}
+    store.engine.dispose()
