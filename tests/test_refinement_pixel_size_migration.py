@@ -31,6 +31,7 @@ def test_a_version_3_database_gains_the_pixel_size_keeping_its_refinements(empty
                 version=migration.version, description=migration.description, applied_at=now))
         for table in ("refinement", "bfactor_fit"):
             connection.execute(text(f"ALTER TABLE {table} DROP COLUMN pixel_size_a"))
+        connection.execute(text("ALTER TABLE tilt_series DROP COLUMN completed_by_run_id"))  # migration 5's
     assert "pixel_size_a" not in _columns(store, "refinement") | _columns(store, "bfactor_fit")
     session = store.get_or_create_session("old", "/data/raw", "/data/processing")
     job = store.start_processing_job(session, "spa_live", "refine3d", False, "run-1")
@@ -40,6 +41,7 @@ def test_a_version_3_database_gains_the_pixel_size_keeping_its_refinements(empty
 
     assert store.ensure_schema() == LATEST_VERSION >= 4
     assert "pixel_size_a" in _columns(store, "refinement") & _columns(store, "bfactor_fit")
+    assert "completed_by_run_id" in _columns(store, "tilt_series")
     with store.engine.connect() as connection:
         (old,) = connection.execute(select(schema.refinement)).all()
     assert (old.estimated_resolution_a, old.pixel_size_a) == (14.2, None)

@@ -28,6 +28,22 @@ def test_a_live_series_waits_for_claimed_tilts_that_have_no_results_yet(tmp_path
                for n, m in enumerate(movies[:-1])}
     config = SessionConfig(pixel_size_a=2.0, dose_per_frame_e_a2=1.0)
 
-    assert _take_one(config, {"session_id": session_id}, store, decision, results, reprocess=False) is None
+    assert _take_one(config, {"session_id": session_id}, store, decision, results, reprocess=False,
+                     run_id="run_1") is None
     (series,) = store.tilt_series_of_session(session_id)
     assert series.status == "collecting" and not series.tilts
+
+
+def test_a_retried_run_takes_the_series_it_completed_again_and_no_other_run_does(tmp_path):
+    """The tilt_series task killed after it flipped a series complete but before it returned: its retry (same
+    DAG run) gets the series back, so it is still reconstructed; any other run gets nothing."""
+    store = ResultsStore(engine_from_url(f"sqlite:///{tmp_path / 'results.sqlite'}"))
+    store.ensure_schema()
+    session_id = store.get_or_create_session("s", "/data/raw", "/data/processing")
+    series_id = store.get_or_create_tilt_series(session_id, "TS_01", None, 85.0, None)
+    assert store.complete_tilt_series(series_id, "mdoc complete", "run_1")
+    assert store.complete_tilt_series(series_id, "idle", "run_1")  # run_1 retried
+    assert not store.complete_tilt_series(series_id, "idle", "run_2")
+    assert not store.complete_tilt_series(series_id, "idle")
+    (series,) = store.tilt_series_of_session(session_id)
+    assert series.completed_reason == "mdoc complete"

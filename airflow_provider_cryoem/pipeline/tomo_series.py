@@ -95,7 +95,7 @@ def _take_session_series(config: SessionConfig, session: dict[str, Any], session
     for movie in plan.unmatched:
         log.warning("%s: not a tilt of any series (no mdoc lists it, its name has no tilt angle)",
                     movie.relative_path)
-    taken = [_take_one(config, session, store, decision, results, reprocess) for decision in plan.series]
+    taken = [_take_one(config, session, store, decision, results, reprocess, run_id) for decision in plan.series]
     return [item for item in taken if item is not None]
 
 
@@ -132,7 +132,7 @@ def _tilt_rows(config: SessionConfig, decision: SeriesDecision,
 
 
 def _take_one(config: SessionConfig, session: dict[str, Any], store: ResultsStore, decision: SeriesDecision,
-              results: dict[str, TiltMovieResult], reprocess: bool) -> dict[str, Any] | None:
+              results: dict[str, TiltMovieResult], reprocess: bool, run_id: str) -> dict[str, Any] | None:
     """Register the series and its tilts; the work item if this run completed it, else None."""
     mdoc = decision.mdoc
     axis_deg = mdoc.tilt_axis_deg if mdoc is not None and mdoc.tilt_axis_deg is not None else config.tilt_axis_deg
@@ -160,7 +160,7 @@ def _take_one(config: SessionConfig, session: dict[str, Any], store: ResultsStor
         if row["excluded"]:
             store.mark_tilt_excluded(row["movie_id"], row["excluded"])
     reason = decision.reason + ("" if decision.alignable else f"; not aligned: {'; '.join(decision.problems)}")
-    if not store.complete_tilt_series(series_id, reason) and not reprocess:
+    if not store.complete_tilt_series(series_id, reason, run_id) and not reprocess:
         return None  # another run completed it first
     if not decision.alignable:
         log.warning("%s: complete but not aligned: %s", decision.series, "; ".join(decision.problems))

@@ -99,17 +99,28 @@ def _session_identity(connection: Connection) -> None:
 _V4_COLUMNS = (("refinement", "pixel_size_a", "FLOAT"), ("bfactor_fit", "pixel_size_a", "FLOAT"))
 
 
-def _refinement_pixel_size(connection: Connection) -> None:
-    """Refinements and B-factor points record the pixel size of the particles refined (re-extracted at full
-    scale, or the classification's downscaled ones). Nullable: older rows do not know it.
+def _add_missing_columns(connection: Connection, columns: tuple[tuple[str, str, str], ...]) -> None:
+    """ALTER TABLE ... ADD COLUMN for each (table, column, SQL type) the table lacks.
 
-    Only added where missing: migration 1 creates these two tables from schema.py, which has the column now
-    (freezing their version-1 shape would need their foreign keys' tables frozen too), so a database made by
-    this code has it already and one made before gets it here."""
+    Only where missing: migrations 1 and 3 create their tables from schema.py, which has the newer columns
+    (freezing the older shapes would need their foreign keys' tables frozen too), so a database made by this
+    code has them already and one made before gets them here."""
     found = inspect(connection)
-    for table, column, sql_type in _V4_COLUMNS:
+    for table, column, sql_type in columns:
         if column not in {c["name"] for c in found.get_columns(table)}:
             connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+
+
+def _refinement_pixel_size(connection: Connection) -> None:
+    """Refinements and B-factor points record the pixel size of the particles refined (re-extracted at full
+    scale, or the classification's downscaled ones). Nullable: older rows do not know it."""
+    _add_missing_columns(connection, _V4_COLUMNS)
+
+
+def _series_completing_run(connection: Connection) -> None:
+    """A tilt series records the DAG run that completed it, so that run's retry (its task killed after the
+    series was flipped complete) takes the series again instead of losing it; other runs still cannot."""
+    _add_missing_columns(connection, (("tilt_series", "completed_by_run_id", "VARCHAR(250)"),))
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -117,6 +128,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "sessions identified by name and watched folder", _session_identity),
     Migration(3, "tomography: tilt series, tilts, tomograms and tilt image alignments", _tomography_tables),
     Migration(4, "pixel size of refinements and B-factor points", _refinement_pixel_size),
+    Migration(5, "the run that completed a tilt series", _series_completing_run),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -269,6 +269,7 @@ tilt_series = Table(
     Column("status", String(16), nullable=False),  # collecting | complete
     Column("completed_reason", Text),
     Column("completed_at", DateTime(timezone=True)),
+    Column("completed_by_run_id", String(250)),  # the DAG run that completed it: only its retries take it again
     Column("created", DateTime(timezone=True), nullable=False),
     UniqueConstraint("session_id", "name"),
 )

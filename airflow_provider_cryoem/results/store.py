@@ -350,21 +350,26 @@ class ResultsStore:
             if updated.rowcount == 0:
                 raise ResultsNotFoundError(f"movie {movie_id} is not a tilt of any tilt series")
 
-    def complete_tilt_series(self, tilt_series_id: int, reason: str) -> bool:
-        """Flip the series from collecting to complete; True only for the one caller that flipped it.
+    def complete_tilt_series(self, tilt_series_id: int, reason: str, run_id: str | None = None) -> bool:
+        """Flip the series from collecting to complete; True only for the one caller that flipped it, and
+        again for a retry of the same DAG run (`run_id`) that flipped it.
 
         One conditional UPDATE: however many runs race, the database lets exactly one of them change the
-        row, so the series is aligned once. False when it was complete already.
+        row, so the series is aligned once. False when another run completed it.
         """
         table = schema.tilt_series
         with self._transaction() as connection:
             flipped = connection.execute(table.update().where(
                 table.c.tilt_series_id == tilt_series_id, table.c.status == SERIES_COLLECTING).values(
-                status=SERIES_COMPLETE, completed_reason=reason, completed_at=_now())).rowcount
-            if flipped == 0 and connection.execute(select(table.c.tilt_series_id).where(
-                    table.c.tilt_series_id == tilt_series_id)).first() is None:
+                status=SERIES_COMPLETE, completed_reason=reason, completed_at=_now(),
+                completed_by_run_id=run_id)).rowcount
+            if flipped == 1:
+                return True
+            row = connection.execute(select(table.c.completed_by_run_id).where(
+                table.c.tilt_series_id == tilt_series_id)).first()
+            if row is None:
                 raise ResultsNotFoundError(f"no tilt series {tilt_series_id}")
-            return flipped == 1
+            return run_id is not None and row.completed_by_run_id == run_id
 
     def tilt_movie_results(self, session_id: int,
                            processing_job_id: int | None = None) -> dict[str, TiltMovieResult]:
