@@ -47,3 +47,33 @@ def test_a_retried_run_takes_the_series_it_completed_again_and_no_other_run_does
     assert not store.complete_tilt_series(series_id, "idle")
     (series,) = store.tilt_series_of_session(session_id)
     assert series.completed_reason == "mdoc complete"
+
+
+def test_at_the_session_end_a_series_is_taken_without_tilts_still_unprocessed_when_the_wait_ran_out(tmp_path):
+    store = ResultsStore(engine_from_url(f"sqlite:///{tmp_path / 'results.sqlite'}"))
+    store.ensure_schema()
+    session_id = store.get_or_create_session("s", "/data/raw", "/data/processing")
+    movies = [MovieFile(f"TS_01_{order:03d}_{angle:.1f}.tif", 1000, 0.0) for order, angle in enumerate(ANGLES, 1)]
+    decision = SeriesDecision(series="TS_01", status="complete", reason="session ended", alignable=True,
+                              tilts=[PlannedTilt(m, a, n) for n, (m, a) in enumerate(zip(movies, ANGLES), 1)])
+    results = {m.relative_path: TiltMovieResult(movie_id=store.register_movie(session_id, m.relative_path),
+                                                relative_path=m.relative_path, micrograph=f"/mc/{n}.mrc",
+                                                frame_count=3, defocus_u_a=20000.0, defocus_v_a=20000.0,
+                                                total_motion_a=2.0, early_motion_a=1.0, late_motion_a=1.0,
+                                                astigmatism_angle_deg=0.0, ctf_fit_resolution_a=8.0,
+                                                ctf_figure_of_merit=0.2, ctf_image=f"/ctf/{n}.jpg")
+               for n, m in enumerate(movies)}
+    stuck = movies[-1].relative_path
+    results[stuck] = TiltMovieResult(movie_id=results[stuck].movie_id, relative_path=stuck)  # never processed
+    session = {"session_id": session_id, "session_name": "s", "processing_job_id": 1, "watch_dir": "/data/raw",
+               "processing_path": str(tmp_path), "relion_dir": str(tmp_path / "relion"), "relion_dialect": "relion5",
+               "experiment": "tomography", "results_conn_id": None}
+    config = SessionConfig(pixel_size_a=2.0, dose_per_frame_e_a2=1.0)
+    assert _take_one(config, session, store, decision, results, reprocess=False, run_id="r") is None  # waits
+
+    item = _take_one(config, session, store, decision, results, reprocess=False, run_id="r",
+                     stop_waiting=True)
+    assert item is not None and stuck not in [t["movie"] for t in item["tilt_series"]["tilts"]]
+    (series,) = store.tilt_series_of_session(session_id)
+    excluded = {t.movie: t.exclusion_reason for t in series.tilts if t.excluded}
+    assert series.status == "complete" and list(excluded) == [stuck] and "session's end" in excluded[stuck]

@@ -57,8 +57,9 @@ def _results(store: ResultsStore, session: dict[str, Any], reprocess: bool) -> d
 
 
 def _wait_for_stragglers(store: ResultsStore, session: dict[str, Any], reprocess: bool,
-                         claimed: set[str]) -> dict[str, TiltMovieResult]:
-    """At the session's end: wait until every claimed tilt has its results (other runs may still be on them)."""
+                         claimed: set[str]) -> tuple[dict[str, TiltMovieResult], bool]:
+    """At the session's end: wait until every claimed tilt has its results (other runs may still be on them);
+    the results, and whether the wait ran out with tilts still unprocessed."""
     deadline = time.monotonic() + STRAGGLER_WAIT_S
     while True:
         results = _results(store, session, reprocess)
@@ -67,7 +68,7 @@ def _wait_for_stragglers(store: ResultsStore, session: dict[str, Any], reprocess
             if pending:
                 log.warning("%d tilt(s) still unprocessed after %.0f s; their series go on without them",
                             len(pending), STRAGGLER_WAIT_S)
-            return results
+            return results, bool(pending)
         time.sleep(_STRAGGLER_POLL_S)
 
 
@@ -84,8 +85,8 @@ def _take_session_series(config: SessionConfig, session: dict[str, Any], session
     reprocess = Path(session["relion_dir"]).name != "relion"
     scan = scan_session_folder(watch)
     claimed = store.claimed_files(session["session_id"])
-    results = _wait_for_stragglers(store, session, reprocess, claimed) if session_over \
-        else _results(store, session, reprocess)
+    results, gave_up = _wait_for_stragglers(store, session, reprocess, claimed) if session_over \
+        else (_results(store, session, reprocess), False)
     plan = plan_series(_mdocs(watch), [m for m in scan.complete if m.relative_path in claimed],
                        {} if reprocess else _completed(store, session["session_id"]), now_s=time.time(),
                        stable_for_s=watch.stable_for_s, tilt_series_idle_s=config.tilt_series_idle_s,
@@ -95,7 +96,8 @@ def _take_session_series(config: SessionConfig, session: dict[str, Any], session
     for movie in plan.unmatched:
         log.warning("%s: not a tilt of any series (no mdoc lists it, its name has no tilt angle)",
                     movie.relative_path)
-    taken = [_take_one(config, session, store, decision, results, reprocess, run_id) for decision in plan.series]
+    taken = [_take_one(config, session, store, decision, results, reprocess, run_id, gave_up)
+             for decision in plan.series]
     return [item for item in taken if item is not None]
 
 
@@ -132,8 +134,12 @@ def _tilt_rows(config: SessionConfig, decision: SeriesDecision,
 
 
 def _take_one(config: SessionConfig, session: dict[str, Any], store: ResultsStore, decision: SeriesDecision,
-              results: dict[str, TiltMovieResult], reprocess: bool, run_id: str) -> dict[str, Any] | None:
-    """Register the series and its tilts; the work item if this run completed it, else None."""
+              results: dict[str, TiltMovieResult], reprocess: bool, run_id: str,
+              stop_waiting: bool = False) -> dict[str, Any] | None:
+    """Register the series and its tilts; the work item if this run completed it, else None.
+
+    `stop_waiting`: the session is over and its wait for unprocessed tilts ran out; the series is taken
+    without them (each excluded with the reason) rather than never."""
     mdoc = decision.mdoc
     axis_deg = mdoc.tilt_axis_deg if mdoc is not None and mdoc.tilt_axis_deg is not None else config.tilt_axis_deg
     series_id = store.get_or_create_tilt_series(session["session_id"], decision.series, decision.mdoc_path,
@@ -151,10 +157,14 @@ def _take_one(config: SessionConfig, session: dict[str, Any], store: ResultsStor
         return None
     planned = [tilt.movie.relative_path for tilt in decision.tilts] + \
         [tilt.movie.relative_path for tilt in decision.excluded]
-    if not reprocess and not all(path in results and results[path].processed for path in planned):
+    if not reprocess and not stop_waiting and \
+            not all(path in results and results[path].processed for path in planned):
         # Some of its tilts are still in motion correction or CTF, or claimed by another run that has not
         # started on them (no results yet); a later run takes the series with them.
         return None
+    for row in rows:
+        if stop_waiting and not row["excluded"] and not results[row["movie"]].processed:
+            row["excluded"] = f"not processed within {STRAGGLER_WAIT_S:.0f} s of the session's end"
     for row in rows:
         store.add_tilt(series_id, row["movie_id"], *(row[key] for key in tilt_keys))
         if row["excluded"]:
