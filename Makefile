@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 system-deps:
 	bash scripts/install_system_deps.sh
 
-demo: $(STAMP) system-deps
-	$(BIN)/python -m airflow_provider_cryoem.demo
+# `make demo TOMO=1`: the live tomography session instead (tomo_live; needs no Relion)
+TOMO_DEMO := $(filter 1,$(TOMO))
+demo: $(STAMP) $(if $(TOMO_DEMO),,system-deps)
+	$(BIN)/python -m airflow_provider_cryoem.demo $(if $(TOMO_DEMO),--tomo)
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -ra -q

@@ -80,3 +80,17 @@ def test_series_images_exist(session):
     for row in rows:
         for column in ("central_slice_image", "projection_xz_image", "alignment_plot", "tilt_series_movie"):
             assert row[column] and Path(row[column]).is_file(), column
+
+
+def test_the_demo_report_lists_each_series_tomogram_images_and_relion_jobs(session, capsys):
+    """`make demo TOMO=1` ends with this report; here on the module's finished session."""
+    from airflow_provider_cryoem.demo import print_tomography
+
+    print_tomography("tomotest", session["processing"])
+    report = capsys.readouterr().out
+    for series in session["truth"].series:
+        assert f"{series.name}: " in report
+    tomograms = sorted(session["processing"].glob("relion/Tomograms/job*/tomograms/rec_*.mrc"))
+    assert len(tomograms) == 2 and all(str(path) in report for path in tomograms)
+    assert report.count("mean alignment residual") == 2 and report.count("_xy.jpg (central XY slice)") == 2
+    assert "Import/job001, MotionCorr/job002, CtfFind/job003" in report and "tomograms.star" in report

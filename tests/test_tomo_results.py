@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import inspect, select
 
+from airflow_provider_cryoem.cli_commands.summary import format_summary
 from airflow_provider_cryoem.results import (
     ResultsInputError,
     ResultsNotFoundError,
@@ -114,6 +115,8 @@ def test_a_tilt_arriving_after_completion_is_late_and_reported(store: ResultsSto
     counts = store.session_summary(session_id).tomography
     assert (counts.series_complete, counts.series_collecting, counts.tilts, counts.late_tilts) == (1, 0, 7, 2)
     assert late_movie in counts.late_tilt_movies
+    assert "tilt series: 1 complete (0 with a tomogram), 0 collecting; 7 tilts (0 excluded, 2 late)" in \
+        format_summary(store.session_summary(session_id))
 
 
 def test_add_tilt_to_a_missing_series_or_movie_is_refused(store: ResultsStore, session_id: int):

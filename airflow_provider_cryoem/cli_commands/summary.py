@@ -75,6 +75,11 @@ def format_summary(summary: SessionSummary) -> str:
         "particles per micrograph": summary.median_particles_per_micrograph,
     }
     lines += [f"median {name}: {'-' if value is None else f'{value:.2f}'}" for name, value in medians.items()]
+    tomo = summary.tomography
+    if tomo.tilts or tomo.series_collecting or tomo.series_complete:
+        lines.append(f"tilt series: {tomo.series_complete} complete ({tomo.series_reconstructed} with a tomogram), "
+                     f"{tomo.series_collecting} collecting; {tomo.tilts} tilts ({tomo.excluded_tilts} excluded, "
+                     f"{tomo.late_tilts} late)")
     if summary.best_resolution_a is not None:
         lines.append(f"best refinement resolution (Å): {summary.best_resolution_a:.2f}  map: {summary.best_map_path}")
     if summary.bfactor_a2 is not None:
