@@ -16,6 +16,7 @@ import argparse
 import json
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import urllib.request
@@ -39,6 +40,7 @@ def _get(url: str, token: str) -> tuple[float, int]:
 
 def _page_render_ms(base: str, session_id: int, repeats: int) -> list[float]:
     from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -59,8 +61,12 @@ def _page_render_ms(base: str, session_id: int, repeats: int) -> list[float]:
         times = []
         for _ in range(repeats):
             driver.get(f"{base}/cryoem/sessions/{session_id}")
-            WebDriverWait(driver, 120, poll_frequency=0.05).until(
-                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-first-render-ms"))
+            try:
+                WebDriverWait(driver, 120, poll_frequency=0.05).until(
+                    lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-first-render-ms"))
+            except TimeoutException:
+                raise RuntimeError(f"the page did not render: {driver.find_element(By.ID, 'error').text!r}, "
+                                   f"browser log {driver.get_log('browser')}") from None
             times.append(float(driver.find_element(By.TAG_NAME, "body").get_attribute("data-first-render-ms")))
         return times
     finally:
@@ -115,6 +121,9 @@ def main() -> None:
                 render = _page_render_ms(base, sid, args.repeats)
                 print(f"| session page, navigation to first complete render (Chromium) | "
                       f"{statistics.median(render) / 1000:.3f} | |")
+        except Exception:
+            print(stack.diagnostics(), file=sys.stderr)
+            raise
         finally:
             stack.stop()
             store.engine.dispose()
