@@ -31,13 +31,13 @@ from sqlalchemy import Connection
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..hooks.results import ResultsHook
+from ..pipeline.session import RESULTS_CONN_ENV
 from ..results import ResultsNotFoundError, ResultsStore, ResultsUnavailableError
 from ..results.engine import SQLITE_ENV
 from . import images, queries
 from .access import CurrentUser, login_url, readable_dag_ids
+from .plugin import URL_PREFIX
 
-URL_PREFIX = "/cryoem"
-RESULTS_CONN_ENV = "CRYOEM_RESULTS_CONN_ID"  # the workers' setting (pipeline/session.py)
 POLL_ENV = "CRYOEM_DASHBOARD_POLL_S"
 HERE = Path(__file__).resolve().parent
 STATIC_FILES = {  # name -> media type; nothing else under static/ is served

@@ -10,7 +10,7 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-URL_PREFIX = "/cryoem"  # also app.URL_PREFIX; kept here so that importing the plugin stays cheap
+URL_PREFIX = "/cryoem"  # where the api-server mounts the dashboard
 
 
 class LazyDashboardApp:
