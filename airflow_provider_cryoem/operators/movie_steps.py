@@ -111,8 +111,12 @@ class CtfEstimationOperator(MovieStepOperator):
 class ParticlePickingOperator(MovieStepOperator):
     """Particle picking on each motion-corrected micrograph (coordinates, STAR file, picks image).
 
-    Tools: ``builtin`` (Laplacian-of-Gaussian), ``relion_autopick`` (``relion_autopick --LoG``).
-    Settings: :class:`~airflow_provider_cryoem.recipes.stages.PickingParams`.
+    Tools: ``builtin`` (Laplacian-of-Gaussian), ``relion_autopick`` (``relion_autopick --LoG``), ``topaz``
+    (Topaz's pretrained detector; ``pip install 'airflow-provider-cryoem[topaz]'``; on the GPU when a Slurm
+    placement asks for one), ``cryolo`` (``cryolo_predict.py``, installed where it runs, with its model
+    weights in ``settings={"cryolo": {"weights_path": ...}}``).
+    Settings: :class:`~airflow_provider_cryoem.recipes.stages.PickingParams` (``topaz`` and ``cryolo`` hold
+    each program's own settings).
     """
 
     step = "pick"

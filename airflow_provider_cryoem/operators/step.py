@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from airflow.sdk import BaseOperator
 from pydantic import BaseModel, ValidationError
 
-from ..recipes.stages import STAGES
+from ..recipes.stages import STAGES, tool_settings_problem
 
 
 class StepConfigurationError(ValueError):
@@ -66,6 +66,9 @@ class StepOperator(BaseOperator):
             error = exc.errors()[0]
             field = ".".join(str(part) for part in error["loc"])
             raise StepConfigurationError(f"{where} settings.{field}: {error['msg']}") from None
+        problem = tool_settings_problem(cls.step, tool, model)
+        if problem:
+            raise StepConfigurationError(f"{where} settings.{problem}")
         try:
             where_to_run = placement(runs_on)
         except StepConfigurationError as exc:

@@ -3,9 +3,11 @@ params, run it where the recipe says (this worker, or a Slurm cluster over SSH),
 the same result keys the built-in engines return."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
+import sys
 import sysconfig
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 
 from ..execution import CommandSpec, Execute, ToolNotFoundError, run_output
 from ..relion_project import icebreaker_jobs
-from ..tools import ctffind, icebreaker, motioncor2, relion_autopick, relion_motioncorr
+from ..tools import cryolo, ctffind, icebreaker, motioncor2, relion_autopick, relion_motioncorr, topaz
 from .stages import MovieContext, available_cores
 
 
@@ -171,12 +173,94 @@ def icebreaker_step(ctx: MovieContext, execute: Execute) -> dict[str, Any]:
     return result | figures
 
 
+TOPAZ_EXTRA = "pip install 'airflow-provider-cryoem[topaz]'"
+
+
+def _placement_gpus(runs_on: str | dict[str, Any]) -> int:
+    return int(runs_on.get("gpus") or 0) if isinstance(runs_on, dict) else 0
+
+
+def _strongest(result: dict[str, Any], max_particles: int) -> dict[str, Any]:
+    """At most `max_particles` picks (they come strongest first), the rest counted as rejected."""
+    dropped = max(0, result["particle_count"] - max_particles)
+    return result | {"coordinates_px": result["coordinates_px"][:max_particles],
+                     "figures_of_merit": result["figures_of_merit"][:max_particles],
+                     "particle_count": min(result["particle_count"], max_particles),
+                     "rejected": {"max_particles": dropped}}
+
+
+def topaz_program(configured: str | None, runs_on: str | dict[str, Any]) -> tuple[str, bool]:
+    """(program, run as `python -m topaz.commands.…`): the recipe's command; on Slurm `topaz` on the node's
+    PATH; on this worker Topaz's command modules in Airflow's own Python environment when it has them (the
+    `topaz` entry point imports torchvision, which PyPI's wheel cannot load beside the CPU torch), else
+    `topaz` on PATH."""
+    if configured:
+        return configured, False
+    if not isinstance(runs_on, dict) and importlib.util.find_spec("topaz") is not None:
+        return sys.executable, True
+    return "topaz", False
+
+
+def topaz_pick_step(ctx: MovieContext, execute: Execute) -> dict[str, Any]:
+    """`topaz preprocess` (downsample, normalise) then `topaz extract` with the recipe's detector, in the
+    movie's folder of the AutoPick job; picks scaled back to micrograph pixels (centres), strongest first.
+    The downsampled copy is removed once picked (it would grow with the session); the picks table stays."""
+    config, params = ctx.config, ctx.params
+    settings = params.topaz
+    pixel_size_a = config.motion_corrected_pixel_size_a
+    scale = settings.downscale or topaz.relion_downscale(config.particle_diameter_a, pixel_size_a)
+    program, as_modules = topaz_program(settings.program, ctx.runs_on)
+    scratch = _fresh_scratch(ctx, "autopick")
+    scratch.mkdir()
+    inputs = topaz.TopazInputs(
+        micrograph_path=ctx.upstream["motioncorr"]["micrograph"], job_dir=str(scratch), pixel_size_a=pixel_size_a,
+        particle_diameter_a=config.particle_diameter_a, scale=scale, radius_px=settings.radius_px,
+        threshold=settings.threshold, model=settings.model, device=0 if _placement_gpus(ctx.runs_on) else -1,
+        threads=placement_threads(None, ctx.runs_on), program=program, module_python=as_modules)
+    try:
+        execute(topaz.preprocess_command(inputs))
+        execute(topaz.extract_command(inputs))
+    except ToolChoiceError as exc:
+        raise ToolChoiceError(f"{exc}; Topaz installs with {TOPAZ_EXTRA}") from exc
+    shutil.rmtree(topaz.preprocessed_path(inputs).parent, ignore_errors=True)
+    result = _strongest(topaz.parse_picks(topaz.picks_path(inputs), scale), params.max_particles)
+    return result | {"diameter_a": config.particle_diameter_a, "picking_template": settings.model,
+                     "topaz_picks": str(topaz.picks_path(inputs)), "downscale": scale}
+
+
+def cryolo_pick_step(ctx: MovieContext, execute: Execute) -> dict[str, Any]:
+    """`cryolo_predict.py` on the motion-corrected micrograph with the configuration cryoem-services writes,
+    in the movie's folder of the AutoPick job; picks from its CBOX file (box centres), most confident first."""
+    config, params = ctx.config, ctx.params
+    settings = params.cryolo
+    if not settings.weights_path:
+        raise ToolChoiceError("crYOLO needs model weights: set stages.pick.params.cryolo.weights_path "
+                              "(chosen by the recipe setting stages.pick.tool: cryolo)")
+    pixel_size_a = config.motion_corrected_pixel_size_a
+    gpus = _placement_gpus(ctx.runs_on)
+    scratch = _fresh_scratch(ctx, "autopick")
+    inputs = cryolo.CryoloInputs(
+        micrograph_path=ctx.upstream["motioncorr"]["micrograph"], job_dir=str(scratch),
+        weights_path=settings.weights_path,
+        box_size_px=settings.box_size_px or max(8, round(config.particle_diameter_a / pixel_size_a)),
+        threshold=settings.threshold, min_distance_px=settings.min_distance_px,
+        gpu_ids=list(range(gpus)) if gpus else settings.gpu_ids, cpus=placement_threads(None, ctx.runs_on),
+        program=settings.program)
+    cryolo.write_config(inputs)
+    execute(cryolo.command(inputs))
+    result = _strongest(cryolo.parse_result(inputs), params.max_particles)
+    return result | {"diameter_a": config.particle_diameter_a, "picking_template": settings.weights_path,
+                     "cbox": str(cryolo.cbox_path(inputs))}
+
+
 EXTERNAL_STEPS: dict[tuple[str, str], Callable[[MovieContext, Execute], dict[str, Any]]] = {
     ("motioncorr", "relion"): relion_motioncorr_step,
     ("motioncorr", "motioncor2"): motioncor2_step,
     ("ctf", "ctffind4"): _ctffind_step(4),
     ("ctf", "ctffind5"): _ctffind_step(5),
     ("pick", "relion_autopick"): relion_autopick_step,
+    ("pick", "topaz"): topaz_pick_step,
+    ("pick", "cryolo"): cryolo_pick_step,
     ("ice", "icebreaker"): icebreaker_step,
 }
 
@@ -191,11 +275,18 @@ def local_executor(stage: str, tool: str) -> Execute:
     return execute
 
 
+def slurm_job_item(spec: CommandSpec) -> str:
+    """What tells one job of an executor from another: the program and its `--o` (Relion) or `-o` output."""
+    output = next((spec.args[i + 1] for i, arg in enumerate(spec.args[:-1]) if arg in ("--o", "-o")), "")
+    return f"{spec.program}|{output}"
+
+
 def slurm_executor(stage: str, tool: str, placement: dict[str, Any], job_key: str) -> Execute:
     """Submit commands to Slurm over SSH and wait; a retried task re-attaches to its job by name.
 
-    The name hashes `job_key`, the program and its `--o` output (Relion programs): one executor can run
-    several jobs of one program (a B-factor series' refinements) without one re-attaching to another.
+    The name hashes `job_key`, the program and its `--o` (Relion) or `-o` (Topaz, crYOLO) output: one executor
+    can run several jobs of one program (a B-factor series' refinements, Topaz's preprocess then extract)
+    without one re-attaching to another.
     """
     from ..execution.slurm import job_name
     from ..hooks.slurm import SlurmHook
@@ -206,8 +297,7 @@ def slurm_executor(stage: str, tool: str, placement: dict[str, Any], job_key: st
         spec = spec.model_copy(update={"threads": placement["cpus"], "gpus": placement["gpus"],
                                        "memory_mb": int(placement["memory_gb"] * 1024),
                                        "timeout_s": placement["time_limit_min"] * 60})
-        output = spec.args[spec.args.index("--o") + 1] if "--o" in spec.args[:-1] else ""
-        job = hook.submit(spec, job_name(job_key, f"{spec.program}|{output}", stage))
+        job = hook.submit(spec, job_name(job_key, slurm_job_item(spec), stage))
         hook.raise_for_status(spec.program, job, hook.wait(job))
         return hook.read_output(job)
     return execute

@@ -63,7 +63,7 @@ def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: 
             continue
         context = MovieContext(item, config, params,
                                {name: by_movie[item["movie"]]["result"] for name, by_movie in upstream.items()},
-                               project)
+                               project, runs_on)
         started_s = time.perf_counter()
         try:
             result = _run_step(stage, tool, runs_on, context)

@@ -31,6 +31,7 @@ class MovieContext:
     params: BaseModel
     upstream: dict[str, dict[str, Any]]
     project: RelionProject
+    runs_on: str | dict[str, Any] = "local"  # where the stage's programs run: "local" or a Slurm placement
 
     @property
     def movie_path(self) -> Path:

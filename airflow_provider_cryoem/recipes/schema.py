@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from ..config import ConfigError, parse_session_config
-from .stages import STAGES, StageDefinition
+from .stages import STAGES, StageDefinition, tool_settings_problem
 
 
 class RecipeError(ValueError):
@@ -96,11 +96,14 @@ class Recipe(BaseModel):
                 raise ValueError(f"stages.{name}.tool: unknown tool {spec.tool!r} for stage {name!r} "
                                  f"(choose from {sorted(definition.tools)})")
             try:
-                definition.params_model.model_validate(spec.params)
+                params = definition.params_model.model_validate(spec.params)
             except ValidationError as exc:
                 err = exc.errors()[0]
                 field = ".".join(str(p) for p in err["loc"])
                 raise ValueError(f"stages.{name}.params.{field}: {err['msg']}") from None
+            problem = tool_settings_problem(name, spec.tool, params)
+            if problem:
+                raise ValueError(f"stages.{name}.params.{problem}")
             for upstream in spec.after:
                 if upstream not in self.stages:
                     raise ValueError(f"stages.{name}.after: {upstream!r} is not a stage of this recipe")

@@ -28,11 +28,54 @@ class CtfParams(_StageParams):
     find_phase_shift: bool = False
 
 
+class TopazPickingParams(_StageParams):
+    """Topaz (`tool: topaz`; `pip install 'airflow-provider-cryoem[topaz]'`): `topaz preprocess` downsamples
+    and normalises the motion-corrected micrograph, `topaz extract` scores it with a detector and keeps
+    local maxima at least the extraction radius apart. The particle diameter is the session's."""
+
+    model: str = Field("resnet16", description=(
+        "Detector (-m): a pretrained model shipped in the topaz wheel (resnet16, resnet8; the general models "
+        "of Bepler et al. 2019) or the path of a model trained with `topaz train`."))
+    threshold: float = Field(-3.0, description=(
+        "Keep picks scoring at least this (-t; a log-likelihood ratio: 0 is even odds, Topaz's own default "
+        "-6 keeps nearly every candidate)."))
+    downscale: int | None = Field(None, ge=1, le=32, description=(
+        "Downsampling factor (-s). Default, as Relion's Topaz wrapper: max(4, round(2 × diameter / pixel size "
+        "/ 71)), twice the particle within the detector's 71-pixel receptive field."))
+    radius_px: int | None = Field(None, ge=1, le=500, description=(
+        "Extraction radius in downsampled pixels (-r). Default: the particle radius."))
+    program: str | None = Field(None, description=(
+        "The topaz command to run. Default: on this worker, Topaz's command modules in the Python environment "
+        "Airflow runs in (`python -m topaz.commands.preprocess|extract`, which works beside the CPU torch "
+        "where the `topaz` entry point cannot load torchvision); on Slurm, `topaz` on the node's PATH."))
+
+
+class CryoloPickingParams(_StageParams):
+    """crYOLO (`tool: cryolo`): `cryolo_predict.py` with the PhosaurusNet configuration cryoem-services writes,
+    picks read from its CBOX file (box corners → centres). crYOLO is not installable beside this provider
+    (it needs Python < 3.9): install it where the stage runs (`runs_on` a Slurm node, or a worker whose
+    PATH has it) and download its general model."""
+
+    weights_path: str | None = Field(None, description=(
+        "Model weights (.h5), e.g. crYOLO's general model (gmodel_phosnet_*.h5). Required for tool: cryolo."))
+    threshold: float = Field(0.3, ge=0, le=1, description="Keep boxes of at least this confidence (--threshold).")
+    box_size_px: int | None = Field(None, ge=8, le=2000, description=(
+        "Box (anchor) size in micrograph pixels. Default: the particle diameter."))
+    min_distance_px: int | None = Field(None, ge=0, description="--distance between picks (crYOLO's default: 0).")
+    gpu_ids: list[int] = Field(default_factory=lambda: [0], description=(
+        "-g; on Slurm: the placement's GPUs (0 … gpus-1) when it asks for any."))
+    program: str = Field("cryolo_predict.py", description="crYOLO's prediction program.")
+
+
 class PickingParams(_StageParams):
-    threshold: float = Field(2.0, description="LoG threshold in standard deviations of the filtered map.")
-    min_distance_a: float | None = Field(None, gt=0, description="Default: the particle diameter.")
-    edge_exclusion_a: float | None = Field(None, ge=0, description="Default: the particle radius.")
-    max_particles: int = Field(2000, ge=1, le=100_000)
+    threshold: float = Field(2.0, description="LoG threshold in standard deviations of the filtered map "
+                                              "(builtin; tool-specific thresholds are in topaz/cryolo).")
+    min_distance_a: float | None = Field(None, gt=0, description="Default: the particle diameter (builtin).")
+    edge_exclusion_a: float | None = Field(None, ge=0, description="Default: the particle radius (builtin).")
+    max_particles: int = Field(2000, ge=1, le=100_000, description="At most this many picks per micrograph, "
+                                                                   "strongest first (builtin, topaz, cryolo).")
+    topaz: TopazPickingParams = Field(default_factory=TopazPickingParams, description="tool: topaz.")
+    cryolo: CryoloPickingParams = Field(default_factory=CryoloPickingParams, description="tool: cryolo.")
 
 
 class IceThicknessParams(_StageParams):
@@ -186,7 +229,7 @@ STAGES: dict[str, StageDefinition] = {
     for definition in (
         StageDefinition("motioncorr", frozenset({"builtin", "relion", "motioncor2"}), MotionCorrectionParams),
         StageDefinition("ctf", frozenset({"builtin", "ctffind4", "ctffind5"}), CtfParams, needs=("motioncorr",)),
-        StageDefinition("pick", frozenset({"builtin", "relion_autopick"}), PickingParams,
+        StageDefinition("pick", frozenset({"builtin", "relion_autopick", "topaz", "cryolo"}), PickingParams,
                         needs=("motioncorr",)),
         StageDefinition("ice", frozenset({"icebreaker"}), IceThicknessParams, needs=("motioncorr",)),
         StageDefinition("extract", frozenset({"builtin"}), ExtractionParams, needs=("pick", "ctf")),
@@ -205,3 +248,12 @@ STAGES: dict[str, StageDefinition] = {
                         needs=("tilt_series",), scope="series"),
     )
 }
+
+
+def tool_settings_problem(stage: str, tool: str, params: BaseModel) -> str | None:
+    """A setting the chosen tool cannot run without, as `field: message` (checked when a recipe or a step
+    operator is built, so the DAG file fails to import naming it); None when there is none."""
+    if stage == "pick" and tool == "cryolo" and not getattr(params, "cryolo").weights_path:
+        return ("cryolo.weights_path: crYOLO needs its model weights (.h5), e.g. the general model "
+                "gmodel_phosnet_*.h5 from crYOLO's download page")
+    return None
