@@ -264,3 +264,23 @@ def test_a_recipe_can_switch_re_extraction_off(session, monkeypatch):
     with session["store"].engine.connect() as connection:
         (row,) = connection.execute(select(schema.refinement)).all()
     assert row.pixel_size_a == BINNED_PX
+
+
+def test_phase_flipped_particles_are_re_extracted_phase_flipped(session):
+    """Particles extracted phase-flipped (ExtractionParams.phase_flip) are cut from the micrograph flipped
+    with each micrograph's own CTF, as the first extraction did."""
+    project, class3d = session["project"], session["class3d"]
+    star = project.absolute(class3d.best_class_particles_star)
+    blocks = read_star(star)
+    settings = ReextractSettings(geometry=reextraction_geometry(MIC_PX, CONFIG.extraction_box_px, None))
+    plain = reextract_class(project, class3d.best_class_particles_star, class3d.best_class_map, 2, settings,
+                            alias="plain")
+    write_star(star, {"optics": blocks["optics"].assign(rlnCtfDataArePhaseFlipped=1),
+                      "particles": blocks["particles"]})
+    flipped = reextract_class(project, class3d.best_class_particles_star, class3d.best_class_map, 2, settings,
+                              alias="flipped")
+    optics = read_star(project.absolute(flipped.particles_star))["optics"]
+    assert int(optics.rlnCtfDataArePhaseFlipped.iloc[0]) == 1
+    names = [read_star(project.absolute(r.particles_star))["particles"].rlnImageName.iloc[0] for r in (plain, flipped)]
+    images = [np.asarray(read_mrc(project.absolute(n.split("@")[1]), mmap=False)[0]) for n in names]
+    assert np.corrcoef(images[0].ravel(), images[1].ravel())[0, 1] < 0.95  # different images of the same particle

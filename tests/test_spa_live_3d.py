@@ -3,8 +3,8 @@
 The demo recipe (recipes/demo: spa_live with small 2D/3D sampling) runs under `airflow dags test` on a
 finished simulated session: 8 movies of 2 Å pixels and 40 e⁻/Å² (8 frames), about 60 picks each, 15% of the
 planted objects junk aggregates. Particles are extracted into 40-px boxes, classified in 2D, selected by our scorer,
-and the selected ones go through a de-novo initial model (Relion SGD), Class3D, auto-refine, mask,
-post-processing and a B-factor series. Measured on 2 cores: see the closing numbers in BENCHMARKS.md.
+and the selected ones go through a de-novo initial model (Relion SGD), Class3D, re-extraction of the best
+class at the micrographs' 2 Å (78-px boxes, recentred), auto-refine, mask, post-processing and a B-factor series. Measured on 2 cores: see the closing numbers in BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -64,8 +64,8 @@ def test_session_ends_with_a_post_processed_map_and_a_bfactor(session):
     for stage in ("class2d", "class3d", "refinement"):
         assert summary.stages[stage].succeeded >= 1, stage
     assert summary.stages["bfactor"].succeeded == 3  # 1/4, 1/2 and all of the best class
-    # 40-px boxes of 3.9 Å: Nyquist 7.8 Å; a failed de-novo model would stay near its 35-40 Å start
-    assert 7.8 <= summary.best_resolution_a < 16.0
+    # refined re-extracted at 2 Å (Nyquist 4 Å); a failed de-novo model would stay near its 35-40 Å start
+    assert 4.0 <= summary.best_resolution_a < 16.0
     assert Path(summary.best_map_path).is_file() and summary.best_map_path.endswith("postprocess.mrc")
     assert summary.bfactor_a2 is not None and 0 < summary.bfactor_a2 < 5000
 
@@ -113,3 +113,27 @@ def test_3d_jobs_are_in_the_relion_project_and_the_results_tables(session):
         assert refinement.class_number == best.class_number
         assert refinement.number_of_particles == best.particles_per_class
         assert refinement.b_factor_a2 is not None and math.isfinite(refinement.b_factor_a2)
+
+
+def test_the_best_class_is_re_extracted_at_full_scale_and_refined(session):
+    relion = session["relion"]
+    reextracted = [p for p in (relion / "Extract").glob("job*") if p.is_dir() and p.name != "job005"]
+    (job,) = reextracted
+    assert (job / "RELION_JOB_EXIT_SUCCESS").is_file()
+    particles = starfile.read(job / "particles.star", always_dict=True)
+    assert float(particles["optics"].rlnImagePixelSize.iloc[0]) == SETTINGS.pixel_size_a  # 2 Å, not 3.9
+    assert int(particles["optics"].rlnImageSize.iloc[0]) == 78
+    origins = particles["particles"][["rlnOriginXAngst", "rlnOriginYAngst"]].abs()
+    assert (origins <= SETTINGS.pixel_size_a / 2 + 1e-6).all().all()  # recentred: sub-pixel rests only
+    pipeline = read_pipeline(relion, "relion5")
+    relative = job.relative_to(relion).as_posix()
+    refinements = {process for node, process in pipeline.input_edges if node == f"{relative}/particles.star"}
+    assert refinements and all(p.startswith("Refine3D/") for p in refinements)  # the refinement and B-factor runs
+    assert any(node.startswith(f"{relative}/refinement_reference_class") for node, process in pipeline.input_edges
+               if process in refinements)
+    with session["store"].engine.connect() as connection:
+        (refinement,) = connection.execute(select(schema.refinement)).all()
+        points = connection.execute(select(schema.bfactor_fit)).all()
+    assert refinement.pixel_size_a == SETTINGS.pixel_size_a
+    assert refinement.number_of_particles == len(particles["particles"])
+    assert points and all(p.pixel_size_a == SETTINGS.pixel_size_a for p in points)
