@@ -137,17 +137,21 @@ def _note_commands(job: Path) -> list[str]:
             if line.strip() and not line.startswith(" ++++")]
 
 
-def replay_by_hand(relion: Path, refine_job: str, mask_job: str, post_job: str) -> tuple[float, float, float]:
-    """Run the jobs' own command lines in a shell, outputs redirected to Hand/<job>/; returns
-    (post-processed resolution Å, B Å², wall s)."""
+def replay_by_hand(relion: Path, refine_job: str, mask_job: str, post_job: str,
+                   seed: int | None = None) -> tuple[float, float, float]:
+    """Run the jobs' own command lines in a shell, outputs redirected to Hand/<job>/ (Seed<N>/<job>/ with
+    the refinement's --random_seed replaced by `seed`); returns (post-processed resolution Å, B Å², wall s)."""
+    folder = "Hand" if seed is None else f"Seed{seed}"
     commands = []
     for job in (refine_job, mask_job, post_job):
         for command in _note_commands(relion / job):
             for other in (refine_job, mask_job, post_job):
-                command = re.sub(rf"(?<![\w/]){re.escape(other)}/", f"Hand/{other}/", command)
+                command = re.sub(rf"(?<![\w/]){re.escape(other)}/", f"{folder}/{other}/", command)
+            if seed is not None:
+                command = re.sub(r"--random_seed \d+", f"--random_seed {seed}", command)
             commands.append(command)
     for job in (refine_job, mask_job, post_job):
-        (relion / "Hand" / job).mkdir(parents=True, exist_ok=True)
+        (relion / folder / job).mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     output = ""
     for command in commands:
@@ -162,7 +166,8 @@ def _sharpening_b(postprocess_star: Path) -> float:
     return float(np.asarray(general["rlnBfactorUsedForSharpening"]).ravel()[0])
 
 
-def measure(truth: SessionTruth, processing: Path, session_name: str) -> dict[str, float]:
+def measure(truth: SessionTruth, processing: Path, session_name: str,
+            replay_seeds: tuple[int, ...] = ()) -> dict[str, float]:
     """Class selection, the final map, the bound from true angles and the hand replay of its commands."""
     relion = processing / "relion"
     summary = results_store(None, str(processing)).session_summary(session_name)
@@ -176,12 +181,14 @@ def measure(truth: SessionTruth, processing: Path, session_name: str) -> dict[st
     reachable = reachable_resolution(relion, "Ideal/truth.star", f"{mask_job}/mask.mrc", pixel_size_a, "final",
                                      bfactor_low_resolution_a=20.0)
     hand_resolution_a, hand_bfactor_a2, hand_wall_s = replay_by_hand(relion, refine_job, mask_job, post_job)
+    seeds = {seed: replay_by_hand(relion, refine_job, mask_job, post_job, seed) for seed in replay_seeds}
     return {**selection_figures(truth, relion), "refined": len(refined["particles"]),
             "resolution_a": summary.best_resolution_a, "bfactor_a2": _sharpening_b(relion / post_job / "postprocess.star"),
             "bfactor_fit_a2": summary.bfactor_a2, "hand_resolution_a": hand_resolution_a,
             "hand_bfactor_a2": hand_bfactor_a2, "hand_wall_s": hand_wall_s, "reachable_a": reachable.resolution_a,
             "ideal": n_ideal, "nyquist_a": 2 * pixel_size_a, "pixel_size_a": pixel_size_a,
-            "box_px": int(refined["optics"]["rlnImageSize"].iloc[0]), "stage_s": stage_seconds(relion, refine_job)}
+            "box_px": int(refined["optics"]["rlnImageSize"].iloc[0]), "stage_s": stage_seconds(relion, refine_job),
+            "seeds": seeds}
 
 
 def stage_seconds(relion: Path, refine_job: str) -> dict[str, float]:
@@ -209,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--junk-fraction", type=float, default=SIMULATION["junk_fraction"],
                         help="share of the planted objects that are junk aggregates (demo: %(default)s)")
     parser.add_argument("--keep", help="work in this folder and keep it (default: a temporary one)")
+    parser.add_argument("--replay-seeds", type=int, nargs="*", default=[], metavar="SEED",
+                        help="also replay the refinement → mask → post-processing with these --random_seed values")
     parser.add_argument("--no-reextract", action="store_true",
                         help="refine the classification's binned particles (refine3d reextract: false)")
     args = parser.parse_args(argv)
@@ -219,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(args.keep or tmp)
         work.mkdir(parents=True, exist_ok=True)
         truth, processing, wall_s = run_session(work, settings, reextract=not args.no_reextract)
-        m = measure(truth, processing, "bench")
+        m = measure(truth, processing, "bench", tuple(args.replay_seeds))
 
     print(f"### spa_live session, {args.movies} simulated movies (seed {args.seed}, "
           f"{settings.n_frames} × {settings.dose_per_frame_e_a2:g} e/Å², {settings.junk_fraction:.0%} junk), demo recipe\n")
@@ -239,6 +248,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{m['bfactor_a2']:.0f} | {m['hand_bfactor_a2']:.0f} | {m['bfactor_fit_a2']:.0f} | "
           f"{wall_s:.0f} | {stage_s.get('reextract', 0):.0f} | {stage_s['refine_to_bfactor']:.0f} | "
           f"{m['hand_wall_s']:.0f} |")
+    if m["seeds"]:
+        print("\n| refinement --random_seed | post-processed Å | B Å² | wall s |\n|---|---|---|---|")
+        for seed, (resolution_a, bfactor_a2, seconds) in m["seeds"].items():
+            print(f"| {seed} | {resolution_a:.1f} | {bfactor_a2:.0f} | {seconds:.0f} |")
     print(f"\nReproduce: .venv/bin/python benchmarks/bench_spa_session.py {shlex.join(argv or sys.argv[1:])}")
 
 

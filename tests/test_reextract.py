@@ -11,6 +11,7 @@ replaced by a recorder in the wiring tests (tests/test_spa_live_3d.py runs the r
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,16 @@ def test_class_is_re_extracted_at_full_scale_recentred_with_its_ctf(session):
             ("CtfFind/job003/micrographs_ctf.star", f"{result.job}/")} <= set(pipeline.input_edges)
     assert {(f"{result.job}/", result.particles_star), (f"{result.job}/", result.reference_map)} \
         <= set(pipeline.output_edges)
+    # Relion 3.1 reads it all: its pipeliner keeps the job, relion_reconstruct the particles (images, CTFs, origins)
+    for command in (["relion_pipeliner", "--check_job_completion"], ["relion_pipeliner", "--addJobFromStar",
+                    f"{result.job}/job.star"], ["relion_reconstruct", "--i", result.particles_star, "--o",
+                    f"{result.job}/check.mrc", "--ctf"]):
+        done = subprocess.run(command, cwd=project.root, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "ERROR" not in done.stdout + done.stderr, done.stdout + done.stderr
+    after = read_pipeline(project.root, "relion3")
+    assert after.process(f"{result.job}/").status.name == "SUCCEEDED"
+    assert [p.type_token for p in after.processes][-1] == "5"  # the job.star added as a new Extract job
+    assert read_mrc(project.root / result.job / "check.mrc", mmap=False).shape == (78, 78, 78)
 
 
 def test_a_configured_box_fourier_crops_the_re_extracted_particles(session):
