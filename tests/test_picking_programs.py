@@ -154,8 +154,8 @@ def test_topaz_on_slurm_runs_the_topaz_command_on_the_gpu_with_distinct_jobs(tmp
 
 def test_topaz_here_runs_its_command_modules_on_the_cpu(tmp_path):
     commands: list[CommandSpec] = []
-    topaz_pick_step(_topaz_context(tmp_path, "local", downscale=4, radius_px=7, threshold=-1, model="resnet8"),
-                    _recording_executor(commands))
+    topaz_pick_step(_topaz_context(tmp_path, "local", downscale=4, radius_px=7, threshold=-1, model="resnet8",
+                                   patch_size_px=512), _recording_executor(commands))
     preprocess, extract = commands
     if preprocess.program == sys.executable:  # Topaz is installed beside Airflow
         assert preprocess.args[:2] == ["-m", "topaz.commands.preprocess"]
@@ -163,7 +163,7 @@ def test_topaz_here_runs_its_command_modules_on_the_cpu(tmp_path):
     else:
         assert (preprocess.program, preprocess.args[0]) == ("topaz", "preprocess")
     assert _value(extract, "-d") == "-1"
-    assert [_value(extract, flag) for flag in ("-r", "-t", "-m")] == ["7", "-1", "resnet8"]
+    assert [_value(extract, flag) for flag in ("-r", "-t", "-m", "-p")] == ["7", "-1", "resnet8", "512"]
     assert _value(preprocess, "-s") == "4"
 
 

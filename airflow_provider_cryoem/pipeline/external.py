@@ -216,7 +216,8 @@ def topaz_pick_step(ctx: MovieContext, execute: Execute) -> dict[str, Any]:
         micrograph_path=ctx.upstream["motioncorr"]["micrograph"], job_dir=str(scratch), pixel_size_a=pixel_size_a,
         particle_diameter_a=config.particle_diameter_a, scale=scale, radius_px=settings.radius_px,
         threshold=settings.threshold, model=settings.model, device=0 if _placement_gpus(ctx.runs_on) else -1,
-        threads=placement_threads(None, ctx.runs_on), program=program, module_python=as_modules)
+        threads=placement_threads(None, ctx.runs_on), patch_size_px=settings.patch_size_px or 0, program=program,
+        module_python=as_modules)
     try:
         execute(topaz.preprocess_command(inputs))
         execute(topaz.extract_command(inputs))

@@ -38,12 +38,18 @@ class TopazPickingParams(_StageParams):
         "of Bepler et al. 2019) or the path of a model trained with `topaz train`."))
     threshold: float = Field(-3.0, description=(
         "Keep picks scoring at least this (-t; a log-likelihood ratio: 0 is even odds, Topaz's own default "
-        "-6 keeps nearly every candidate)."))
+        "-6 keeps nearly every candidate). On simulated micrographs -3 kept all planted particles down to "
+        "5 e/Å² at precision 0.6-0.9 (false picks are left for 2D classification to reject); 0 was near "
+        "exact at good SNR but kept under half the particles at 2 e/Å² (BENCHMARKS.md)."))
     downscale: int | None = Field(None, ge=1, le=32, description=(
         "Downsampling factor (-s). Default, as Relion's Topaz wrapper: max(4, round(2 × diameter / pixel size "
         "/ 71)), twice the particle within the detector's 71-pixel receptive field."))
     radius_px: int | None = Field(None, ge=1, le=500, description=(
         "Extraction radius in downsampled pixels (-r). Default: the particle radius."))
+    patch_size_px: int | None = Field(None, ge=64, le=8192, description=(
+        "Score the downsampled micrograph in patches of this many pixels (-p), which bounds memory: a K3 "
+        "micrograph (5760 × 4092) at ×5 took 7.6 GB whole, 1.4 GB in 512-pixel patches (up to 1.6× the CPU time; "
+        "BENCHMARKS.md). Default: whole."))
     program: str | None = Field(None, description=(
         "The topaz command to run. Default: on this worker, Topaz's command modules in the Python environment "
         "Airflow runs in (`python -m topaz.commands.preprocess|extract`, which works beside the CPU torch "

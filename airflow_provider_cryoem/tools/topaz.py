@@ -47,6 +47,8 @@ class TopazInputs(BaseModel):
     model: str = Field("resnet16", description="Pretrained model name or a trained model file (-m).")
     device: int = Field(-1, ge=-1, description="GPU index (-d); -1: the CPU.")
     threads: int = Field(0, ge=0, description="torch threads (-j); 0: torch's default.")
+    patch_size_px: int = Field(0, ge=0, description="Score the downsampled micrograph in patches of this size "
+                                                    "(-p; bounds memory); 0: whole.")
     program: str = "topaz"
     module_python: bool = Field(False, description=(
         "`program` is a Python interpreter: run `program -m topaz.commands.preprocess|extract`."))
@@ -83,7 +85,7 @@ def preprocess_command(inputs: TopazInputs) -> CommandSpec:
 def extract_command(inputs: TopazInputs) -> CommandSpec:
     return _command(inputs, "extract", [
         "-m", inputs.model, "-r", str(extraction_radius_px(inputs)), "-t", f"{inputs.threshold:g}",
-        "-d", str(inputs.device), "-j", str(inputs.threads),
+        "-d", str(inputs.device), "-j", str(inputs.threads), "-p", str(inputs.patch_size_px),
         "-o", str(picks_path(inputs)), str(preprocessed_path(inputs))])
 
 
