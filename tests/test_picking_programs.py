@@ -180,3 +180,14 @@ def test_a_missing_topaz_names_the_recipe_setting_and_the_extra(tmp_path):
 def test_relion_topaz_downscale_rule():
     assert topaz.relion_downscale(140, 1.0) == 4  # small particles: never below 4
     assert topaz.relion_downscale(320, 0.83) == 11
+
+
+def test_a_python_named_as_the_topaz_program_runs_its_command_modules(tmp_path):
+    commands: list[CommandSpec] = []
+    placement = {"slurm_conn_id": "cluster", "gpus": 0, "cpus": 2, "memory_gb": 8, "time_limit_min": 30}
+    topaz_pick_step(_topaz_context(tmp_path, placement, program="/opt/topaz/bin/python3"),
+                    _recording_executor(commands))
+    assert [(c.program, c.args[:2]) for c in commands] == [
+        ("/opt/topaz/bin/python3", ["-m", "topaz.commands.preprocess"]),
+        ("/opt/topaz/bin/python3", ["-m", "topaz.commands.extract"])]
+    assert _value(commands[1], "-d") == "-1"  # no GPU asked for

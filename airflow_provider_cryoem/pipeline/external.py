@@ -190,12 +190,12 @@ def _strongest(result: dict[str, Any], max_particles: int) -> dict[str, Any]:
 
 
 def topaz_program(configured: str | None, runs_on: str | dict[str, Any]) -> tuple[str, bool]:
-    """(program, run as `python -m topaz.commands.…`): the recipe's command; on Slurm `topaz` on the node's
-    PATH; on this worker Topaz's command modules in Airflow's own Python environment when it has them (the
-    `topaz` entry point imports torchvision, which PyPI's wheel cannot load beside the CPU torch), else
-    `topaz` on PATH."""
+    """(program, run as `python -m topaz.commands.…`): the recipe's command (a Python interpreter, `python…`,
+    runs Topaz's command modules); on Slurm `topaz` on the node's PATH; on this worker Topaz's command
+    modules in Airflow's own Python environment when it has them (the `topaz` entry point imports
+    torchvision, which PyPI's wheel cannot load beside the CPU torch), else `topaz` on PATH."""
     if configured:
-        return configured, False
+        return configured, Path(configured).name.startswith("python")
     if not isinstance(runs_on, dict) and importlib.util.find_spec("topaz") is not None:
         return sys.executable, True
     return "topaz", False

@@ -51,9 +51,11 @@ class TopazPickingParams(_StageParams):
         "micrograph (5760 × 4092) at ×5 took 7.6 GB whole, 1.4 GB in 512-pixel patches (up to 1.6× the CPU time; "
         "BENCHMARKS.md). Default: whole."))
     program: str | None = Field(None, description=(
-        "The topaz command to run. Default: on this worker, Topaz's command modules in the Python environment "
-        "Airflow runs in (`python -m topaz.commands.preprocess|extract`, which works beside the CPU torch "
-        "where the `topaz` entry point cannot load torchvision); on Slurm, `topaz` on the node's PATH."))
+        "The topaz command to run, or a Python interpreter (a name starting with `python`, e.g. "
+        "/opt/topaz/bin/python) to run Topaz's command modules with (`python -m topaz.commands.preprocess|"
+        "extract`, which works beside the CPU torch where the `topaz` entry point cannot load PyPI's "
+        "torchvision). Default: on this worker, the Python environment Airflow runs in when Topaz is installed "
+        "there, else `topaz` on PATH; on Slurm, `topaz` on the node's PATH."))
 
 
 class CryoloPickingParams(_StageParams):
