@@ -45,7 +45,8 @@ def motion_corrected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     watch = root / "visit" / "raw"
     truth = write_spa_session(SETTINGS, watch)
     conf = {"watch_dir": str(watch), "pixel_size_a": SETTINGS.pixel_size_a,
-            "particle_diameter_a": SETTINGS.particle_diameter_a, "gain_reference_path": str(watch / GAIN_REFERENCE_NAME)}
+            "particle_diameter_a": SETTINGS.particle_diameter_a,
+            "gain_reference_path": str(watch / GAIN_REFERENCE_NAME)}
     opened = open_session(conf, "spa_live", "run_1", reprocess=False, logical_date=None, sessions_root=None)
     [items] = plan_batches(opened, {"movies": [m.movie_name for m in truth.movies]}, max_per_task=10,
                            parallel_tasks=1)
