@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{m['refined']} | {m['resolution_a']:.1f} | {m['hand_resolution_a']:.1f} | "
           f"{m['reachable_a']:.1f} ({m['ideal']} on real particles) | {m['nyquist_a']:.1f} | "
           f"{m['bfactor_a2']:.0f} | {m['hand_bfactor_a2']:.0f} | {m['bfactor_fit_a2']:.0f} | "
-          f"{wall_s:.0f} | {stage_s.get('reextract', 0):.0f} | {stage_s['refine_to_bfactor']:.0f} | "
+          f"{wall_s:.0f} | {stage_s.get('reextract', 0):.1f} | {stage_s['refine_to_bfactor']:.0f} | "
           f"{m['hand_wall_s']:.0f} |")
     if m["seeds"]:
         print("\n| refinement --random_seed | post-processed Å | B Å² | wall s |\n|---|---|---|---|")
