@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from airflow_provider_cryoem.cli import main
 from airflow_provider_cryoem.engines.ctf import CtfInputs, CtfResult, run_ctf_estimation
 from airflow_provider_cryoem.io import ImageFileError, write_mrc
+from airflow_provider_cryoem.tools import ctffind
 from airflow_provider_cryoem.simulate import SpaSimulationSettings, simulate_movie
 
 TOTAL_DOSE_E_A2 = 40.0
@@ -134,6 +135,34 @@ def test_diagnostic_mrc_holds_spectrum_left_and_matching_fit_right(results):
     assert np.corrcoef(left[in_band], right_mirrored[in_band])[0, 1] > 0.1
     with Image.open(result.diagnostic_thumbnail) as picture:
         assert picture.format == "PNG" and picture.width > 0
+
+
+def test_ctffind_style_text_files_are_read_back_by_the_ctffind_parser(micrographs, results):
+    result = results["df15000"]
+    assert Path(result.results_text) == Path(result.diagnostic_image).with_suffix(".txt")
+    assert Path(result.rotational_average_text).name == Path(result.diagnostic_image).stem + "_avrot.txt"
+    parsed = ctffind.parse_output_txt(result.results_text)
+    assert (parsed["defocus_u_a"], parsed["defocus_v_a"]) == pytest.approx((result.defocus_u_a, result.defocus_v_a))
+    assert parsed["astigmatism_angle_deg"] == pytest.approx(result.astigmatism_angle_deg, abs=1e-4)
+    assert (parsed["cc"], parsed["fit_resolution_a"]) == pytest.approx((result.cc, result.fit_resolution_a), rel=1e-5)
+    header = Path(result.rotational_average_text).read_text().splitlines()[:5]
+    assert all(line.startswith("# ") for line in header) and header[4].startswith("# 6 lines per micrograph")
+
+    avrot = ctffind.parse_avrot(result.rotational_average_text)
+    freq = np.array(avrot["spatial_frequency_per_a"])
+    assert len(freq) == int(np.ceil(256 * np.sqrt(2))) + 1  # to the corner of the 512 px spectrum, as CTFFIND
+    assert freq[1] == pytest.approx(1 / (512 * PIXEL_SIZE_A), rel=1e-4)
+    fit, data, cc = (np.array(avrot[key]) for key in ("ctf_fit", "rotational_average", "fit_cross_correlation"))
+    fitted = (freq > 1 / 25) & (freq < 1 / result.fit_resolution_a)
+    assert 0.0 <= fit.min() and fit.max() <= 1.0
+    assert np.corrcoef(data[fitted], fit[fitted])[0, 1] > 0.5  # the data row follows the fit inside the fit
+    assert np.median(cc[fitted]) > 0.5 and np.median(cc[(freq > 1.2 / result.fit_resolution_a) & (freq < 0.45)]) < 0.3
+
+
+def test_diagnostic_picture_is_a_modest_png_with_the_spectrum_and_the_1d_fit(results):
+    with Image.open(results["df8000"].diagnostic_thumbnail) as picture:
+        assert picture.format == "PNG" and picture.mode == "RGB"
+        assert 800 <= picture.width <= 1200 and 350 <= picture.height <= 500
 
 
 def test_phase_shift_search_finds_no_shift_on_a_plain_micrograph(micrographs):

@@ -77,3 +77,44 @@ def test_class_gallery_tiles_every_class_in_a_grid(tmp_path: Path, movie: Simula
     assert picture.width == columns * 66 + 2 and picture.height > rows * 66
     with pytest.raises(ValueError, match="labels"):
         thumbnails.class_gallery(stack, tmp_path / "bad.png", ["only one"])
+
+
+def _centred_ctf_squared(box_px: int, pixel_size_a: float) -> tuple[np.ndarray, np.ndarray]:
+    """CTF² of a 15000/14000 Å astigmatic CTF on a centred grid, and each pixel's frequency (1/Å)."""
+    ctf = np.fft.fftshift(ctf_2d((box_px, box_px), pixel_size_a, 15000, 14000, 30, 300, 2.7, 0.1)) ** 2
+    axis = (np.arange(box_px) - box_px // 2) / (box_px * pixel_size_a)
+    return ctf, np.hypot(*np.meshgrid(axis, axis))
+
+
+def test_ctf_spectrum_panel_draws_the_fit_only_inside_the_fitted_band(tmp_path: Path) -> None:
+    ctf, freq = _centred_ctf_squared(256, 1.5)
+    data = np.where(freq > 0.2, np.random.default_rng(1).normal(0, 1, ctf.shape), ctf).astype(np.float32)
+    band = (1 / 40, 1 / 6)
+    panel = np.asarray(thumbnails.ctf_spectrum_panel(data, ctf, freq, band, display_max_freq=0.3, size_px=256),
+                       dtype=float).mean(axis=2)
+    # The panel shows ±0.3/Å over 256 px: panel pixel (row, column) sits at frequency ((column, row) - 128) · 0.3/128.
+    rows, columns = np.indices(panel.shape)
+    panel_freq = np.hypot(rows - 128, columns - 128) * 0.3 / 128
+    right = columns > 132
+    model = np.interp(panel_freq, freq[128, 128:], ctf[128, 128:])  # along +x; the astigmatism is mild
+    inside = right & (panel_freq > band[0] * 1.1) & (panel_freq < band[1] * 0.9)
+    beyond = right & (panel_freq > 0.22) & (panel_freq < 0.28)
+    assert np.corrcoef(panel[inside], model[inside])[0, 1] > 0.6
+    assert abs(np.corrcoef(panel[beyond], model[beyond])[0, 1]) < 0.2  # past the fit: the (noise) data
+    picture = thumbnails.side_by_side(tmp_path / "ctf.png", [thumbnails.ctf_spectrum_panel(
+        data, ctf, freq, band, 0.3, size_px=200)], caption="defocus 1.5 µm")
+    assert opened(picture).size == (200, 200 + 25)
+
+
+def test_ctf_profile_plot_draws_the_fitted_ctf_only_up_to_the_fit_resolution() -> None:
+    freq = np.linspace(0, 0.3, 200)
+    fit = np.sin(2e3 * freq**2) ** 2
+    cc = np.where(freq < 0.2, 0.8, 0.0)
+    picture = np.asarray(thumbnails.ctf_profile_plot(freq, fit, fit, cc, np.full_like(freq, 0.3), (0.03, 0.2),
+                                                     display_max_freq=0.3, size_px=(600, 400)))
+    assert picture.shape == (400, 600, 3)
+    red = (picture[..., 0] > 180) & (picture[..., 1] < 90) & (picture[..., 2] < 90)
+    plot_rows = red[int(400 * 0.12): int(400 * 0.76)]
+    # Axis from x = 0.09·600 (0/Å) to 0.97·600 (0.3/Å): the band 0.03–0.2/Å spans columns 107–406.
+    columns = np.nonzero(plot_rows.any(axis=0))[0]
+    assert 100 <= columns.min() <= 112 and 400 <= columns.max() <= 410

@@ -2,7 +2,9 @@
 
 Steps: averaged amplitude spectrum of overlapping tiles → background removal → exhaustive 1D defocus
 search on the rotational average → 2D refinement of defocus U/V, astigmatism angle (and phase shift)
-→ fit resolution from the equiphase average → diagnostic image (left half spectrum, right half fit).
+→ fit resolution from the equiphase average → CTFFIND's outputs: the diagnostic spectrum (MRC, left half
+spectrum, right half fit), `<diagnostic>.txt` and `<diagnostic>_avrot.txt`, and a PNG a person can judge
+the fit from (spectrum halves and the 1D fit with its local CC).
 Angles follow docs/conventions.md: U ≥ V, angle of U counter-clockwise from +x in [0, 180).
 """
 from __future__ import annotations
@@ -14,12 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.ndimage import gaussian_filter
 
 from ..io import ImageFileError, read_mrc, write_mrc
+from ..io.ctffind_text import header_lines, write_avrot, write_output_txt
 from .ctf_fit import (
     CtfOptics,
     CtfParameters,
+    FitProfile,
     RefinementLimits,
     SpectrumBand,
-    fit_resolution_a,
+    fit_profile,
     normalised_cc,
     refine_2d,
     search_defocus_1d,
@@ -27,6 +31,7 @@ from .ctf_fit import (
 )
 from .ctf_spectrum import (
     average_amplitude_spectrum,
+    azimuthal_smoothing,
     background_box_px,
     centred_frequency_grid,
     flatten_spectrum,
@@ -35,7 +40,7 @@ from .ctf_spectrum import (
     radial_profile,
     ring_index,
 )
-from .thumbnails import spectrum_fit_image
+from .thumbnails import ctf_profile_plot, ctf_spectrum_panel, side_by_side
 
 # Smallest tile that still resolves Thon rings usefully; images below this are refused.
 MIN_BOX_PX = 128
@@ -44,6 +49,9 @@ _NYQUIST_FRACTION = 0.95
 _MAX_ASTIGMATISM_A = 3000.0
 _PHASE_SHIFT_STEP_DEG = 10.0
 _PICTURE_SMOOTHING_PX = 1.0
+_PICTURE_RING_SMOOTHING_DEG = 5.0
+# The picture shows frequencies up to this factor beyond the fitted band (or the search limit, if finer).
+_PICTURE_MARGIN = 1.25
 _BACKGROUND_ITERATIONS = 2
 # The refinement ignores pixels before the first Thon-ring maximum (χ < π/2): there the ring is as broad
 # as the background's own variation, and fitting that slope biased low defoci upwards by ~1 %.
@@ -104,8 +112,12 @@ class CtfResult(BaseModel):
                                                        "beyond Nyquist).")
     box_size_px: int = Field(description="Tile size actually used.")
     n_tiles: int
-    diagnostic_image: str = Field(description="MRC: left half flattened spectrum, right half fitted CTF².")
-    diagnostic_thumbnail: str = Field(description="PNG of the same, for the UI.")
+    diagnostic_image: str = Field(description="MRC: left half flattened spectrum, right half fitted CTF² within "
+                                              "the fitted band (CTFFIND's diagnostic image).")
+    diagnostic_thumbnail: str = Field(description="PNG for people and the dashboard: the spectrum halves and the 1D "
+                                                  "fit with its local CC.")
+    results_text: str = Field(description="CTFFIND 4.1-style `<diagnostic>.txt` with the results line.")
+    rotational_average_text: str = Field(description="CTFFIND 4.1-style `<diagnostic>_avrot.txt`.")
 
 
 def load_micrograph(path: str | Path) -> np.ndarray:
@@ -156,17 +168,21 @@ def run_ctf_estimation(inputs: CtfInputs) -> CtfResult:
     params = _search_rotational_average(inputs, flat, optics, min_frequency, max_frequency, box_px)
     params, flat, band = _refine(inputs, spectrum, flat, params, optics, min_frequency, max_frequency, box_px)
     cc = float(normalised_cc(band.values, params.ctf_squared(optics, band.freq, band.azimuth_rad)))
-    resolution_a = fit_resolution_a(flat, freq, azimuth, params, optics, box_px, pixel_a, min_frequency)
+    profile = fit_profile(flat, freq, azimuth, params, optics, box_px, pixel_a, min_frequency)
 
     diagnostic = Path(inputs.diagnostic_path or default_diagnostic_path(inputs.micrograph_path))
     fit = params.ctf_squared(optics, freq, azimuth).astype(np.float32)
-    mrc_path, png_path = _write_diagnostic(diagnostic, flat, fit, freq, min_frequency, pixel_a)
+    mrc_path = _write_diagnostic_mrc(diagnostic, flat, fit, freq, profile.fit_band, pixel_a)
+    text_path, avrot_path = _write_ctffind_text(inputs, diagnostic, params, cc, profile)
+    png_path = _write_picture(diagnostic, flat, fit, freq, profile, max(profile.fit_band[1], max_frequency),
+                              _caption(params, cc, profile.fit_resolution_a))
     return CtfResult(
         micrograph_path=str(inputs.micrograph_path), defocus_u_a=params.defocus_u_a, defocus_v_a=params.defocus_v_a,
         astigmatism_angle_deg=params.astigmatism_angle_deg, astigmatism_a=params.astigmatism_a,
-        phase_shift_deg=params.phase_shift_deg if inputs.find_phase_shift else 0.0,
-        fit_resolution_a=resolution_a, cc=cc, ice_ring_density=ice_ring_density(spectrum, box_px, pixel_a),
-        box_size_px=box_px, n_tiles=n_tiles, diagnostic_image=str(mrc_path), diagnostic_thumbnail=str(png_path))
+        phase_shift_deg=params.phase_shift_deg, fit_resolution_a=profile.fit_resolution_a, cc=cc,
+        ice_ring_density=ice_ring_density(spectrum, box_px, pixel_a), box_size_px=box_px, n_tiles=n_tiles,
+        diagnostic_image=str(mrc_path), diagnostic_thumbnail=str(png_path), results_text=str(text_path),
+        rotational_average_text=str(avrot_path))
 
 
 def _search_rotational_average(inputs: CtfInputs, flat: np.ndarray, optics: CtfOptics, min_frequency: float,
@@ -211,17 +227,64 @@ def _refine(inputs: CtfInputs, spectrum: np.ndarray, flat: np.ndarray, params: C
     return params, flat, band
 
 
-def _write_diagnostic(path: Path, flat: np.ndarray, fit: np.ndarray, freq: np.ndarray, min_frequency: float,
-                      pixel_size_a: float) -> tuple[Path, Path]:
-    """CTFFIND-style diagnostic: one centred image, flattened spectrum on the left, fit (same scale) on the right."""
-    outside = freq >= min_frequency
-    scaled_fit = (fit - fit[outside].mean()) / max(float(fit[outside].std()), 1e-12) * float(flat[outside].std())
-    scaled_fit[~outside] = 0.0
+def _fit_in_band(flat: np.ndarray, fit: np.ndarray, freq: np.ndarray, fit_band: tuple[float, float]) -> np.ndarray:
+    """The fit on the flattened spectrum's scale inside the fitted band; 0 elsewhere."""
+    inside = (freq >= fit_band[0]) & (freq <= fit_band[1])
+    scaled = np.zeros_like(flat)
+    if inside.any():
+        scaled[inside] = ((fit[inside] - fit[inside].mean()) / max(float(fit[inside].std()), 1e-12)
+                          * float(flat[inside].std()))
+    return scaled
+
+
+def _write_diagnostic_mrc(path: Path, flat: np.ndarray, fit: np.ndarray, freq: np.ndarray,
+                          fit_band: tuple[float, float], pixel_size_a: float) -> Path:
+    """CTFFIND's diagnostic image: one centred spectrum, flattened data on the left; on the right the fit
+    (same scale) where the rings were fitted and followed, the data beyond."""
+    inside = (freq >= fit_band[0]) & (freq <= fit_band[1])
     half = flat.shape[1] // 2
     combined = flat.copy()
-    combined[:, half:] = scaled_fit[:, half:]
-    mrc_path = write_mrc(path, combined.astype(np.float32), pixel_size_a)
-    # The picture is smoothed a little: per-pixel speckle hides the rings from the eye, not from the fit.
-    smoothed = gaussian_filter(flat, _PICTURE_SMOOTHING_PX)
-    png_path = spectrum_fit_image(smoothed, scaled_fit, path.with_name(f"{path.stem}_ctf.png"))
-    return mrc_path, png_path
+    right = np.zeros(flat.shape, dtype=bool)
+    right[:, half:] = True
+    combined[right & inside] = _fit_in_band(flat, fit, freq, fit_band)[right & inside]
+    return write_mrc(path, combined.astype(np.float32), pixel_size_a)
+
+
+def _write_ctffind_text(inputs: CtfInputs, diagnostic: Path, params: CtfParameters, cc: float,
+                        profile: FitProfile) -> tuple[Path, Path]:
+    """`<diagnostic>.txt` and `<diagnostic>_avrot.txt` in CTFFIND 4.1's layout, so programs that read
+    CTFFIND's results (Relion, CCP-EM doppio, cryoem-services' parsers) read ours."""
+    header = header_lines("the built-in CTF engine of airflow-provider-cryoem (CTFFIND 4.1 layout)",
+                          inputs.micrograph_path, inputs.pixel_size_a, inputs.voltage_kv, inputs.cs_mm,
+                          inputs.amplitude_contrast, inputs.box_size_px, inputs.min_resolution_a,
+                          inputs.max_resolution_a, inputs.min_defocus_a, inputs.max_defocus_a)
+    base = diagnostic.with_suffix("")
+    text = write_output_txt(f"{base}.txt", header, params.defocus_u_a, params.defocus_v_a,
+                            params.astigmatism_angle_deg, float(np.deg2rad(params.phase_shift_deg)), cc,
+                            profile.fit_resolution_a)
+    rows = {"spatial_frequency_per_a": profile.freq,
+            "rotational_average_no_astigmatism": profile.renormalised(profile.rotational_average),
+            "rotational_average": profile.renormalised(profile.equiphase_average),
+            "ctf_fit": profile.ctf_squared, "fit_cross_correlation": profile.local_cc,
+            "noise_2sigma": profile.noise_cc_2sigma}
+    return text, write_avrot(f"{base}_avrot.txt", header, rows)
+
+
+def _caption(params: CtfParameters, cc: float, fit_resolution_a: float) -> str:
+    return (f"defocus U {params.defocus_u_a / 1e4:.3f} µm, V {params.defocus_v_a / 1e4:.3f} µm, "
+            f"angle {params.astigmatism_angle_deg:.0f}°, phase shift {params.phase_shift_deg:.0f}°, "
+            f"CC {cc:.3f}, fit to {fit_resolution_a:.1f} Å")
+
+
+def _write_picture(diagnostic: Path, flat: np.ndarray, fit: np.ndarray, freq: np.ndarray, profile: FitProfile,
+                   fitted_to_freq: float, caption: str) -> Path:
+    """`<diagnostic stem>_ctf.png`: the spectrum halves and the 1D fit, up to a little past the fitted band."""
+    nyquist = float(freq.max()) / np.sqrt(2.0)
+    display_max = min(nyquist, _PICTURE_MARGIN * fitted_to_freq)
+    # Per-pixel speckle hides the rings from the eye (not from the fit): smooth a little, and along the rings.
+    shown = azimuthal_smoothing(gaussian_filter(flat, _PICTURE_SMOOTHING_PX), _PICTURE_RING_SMOOTHING_DEG)
+    panel = ctf_spectrum_panel(shown, fit, freq, profile.fit_band, display_max)
+    plot = ctf_profile_plot(profile.freq, profile.renormalised(profile.equiphase_average), profile.ctf_squared,
+                            profile.local_cc, profile.noise_cc_2sigma, profile.fit_band, display_max,
+                            size_px=(640, panel.height))
+    return side_by_side(diagnostic.with_name(f"{diagnostic.stem}_ctf.png"), [panel, plot], caption)

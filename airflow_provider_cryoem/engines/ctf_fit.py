@@ -225,9 +225,50 @@ def _equivalent_frequency(freq: np.ndarray, defocus_a: np.ndarray, mean_defocus_
     return np.sqrt(np.maximum(u, 0.0))
 
 
-def fit_resolution_a(flat: np.ndarray, freq: np.ndarray, azimuth_rad: np.ndarray, params: CtfParameters,
-                     optics: CtfOptics, box_px: int, pixel_size_a: float, min_frequency: float) -> float:
-    """Resolution (Å) up to which the equiphase-averaged spectrum follows the fit.
+@dataclass(frozen=True)
+class FitProfile:
+    """The 1D view of a fit, per frequency bin, as CTFFIND's `_avrot.txt` reports it and a person plots it.
+
+    Bins are 1/(box·pixel) wide and run to the spectrum's corner. Spectrum values are the flattened
+    (background-subtracted, RMS-normalised) spectrum; bins with no pixels hold 0.
+    """
+
+    freq: np.ndarray  # bin centre, 1/Å
+    rotational_average: np.ndarray  # plain ring average (as if there were no astigmatism)
+    equiphase_average: np.ndarray  # pixels binned by the frequency of equal CTF phase at the mean defocus
+    ctf_squared: np.ndarray  # the fit along the mean defocus
+    phase: np.ndarray  # its CTF phase χ (rad)
+    measured: np.ndarray  # bins with pixels inside Nyquist and past the low-resolution limit
+    local_cc: np.ndarray  # CC of equiphase average and fit within ±2 Thon-ring periods of each bin
+    noise_cc_2sigma: np.ndarray  # 2/√n for the n bins of that window: the CC pure noise stays below
+    fit_band: tuple[float, float]  # (low, high) frequency over which the rings were followed, 1/Å
+    fit_resolution_a: float
+
+    def renormalised(self, values: np.ndarray) -> np.ndarray:
+        """`values` (one of the averages) given, within the ±2-period window of each bin, the mean and spread
+        of the fit there, so weak high-resolution rings and strong low-resolution ones share the fit's axis
+        (CTFFIND renormalises its rotational average the same way). 0 where there is no window."""
+        out = np.zeros(len(values))
+        for i, window in _phase_windows(self.phase, self.measured):
+            data, model = values[window], self.ctf_squared[window]
+            spread = float(data.std())
+            if spread > 0:
+                out[i] = (values[i] - data.mean()) / spread * model.std() + model.mean()
+        return out
+
+
+
+def _phase_windows(chi: np.ndarray, measured: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Each bin from the first measured one on, with its window (measured bins within ±2π of its CTF phase,
+    i.e. ±2 Thon-ring periods) when that holds at least 5 bins."""
+    first = int(np.argmax(measured))
+    windows = ((i, measured & (np.abs(chi - chi[i]) <= 2 * np.pi)) for i in range(first, len(chi)))
+    return [(i, window) for i, window in windows if window.sum() >= 5]
+
+
+def fit_profile(flat: np.ndarray, freq: np.ndarray, azimuth_rad: np.ndarray, params: CtfParameters,
+                optics: CtfOptics, box_px: int, pixel_size_a: float, min_frequency: float) -> FitProfile:
+    """Rotational and equiphase averages, the fit, the local CC and the fit resolution.
 
     Pixels are binned by the frequency at which a stigmatic CTF of the mean defocus has their phase, so
     astigmatic rings add up. For each bin the CC of profile vs CTF² over ±2 ring periods is computed; the
@@ -235,38 +276,54 @@ def fit_resolution_a(flat: np.ndarray, freq: np.ndarray, azimuth_rad: np.ndarray
     beyond the frequency where the rings of defocus U become too dense for the spectrum's sampling.
     """
     mean = params.mean_defocus_a
-    equivalent = _equivalent_frequency(freq, params.defocus_at(azimuth_rad), mean, optics)
     step = 1.0 / (box_px * pixel_size_a)
-    n_bins = box_px // 2
+    n_bins = int(np.ceil(box_px / 2 * np.sqrt(2.0))) + 1
+    equivalent = _equivalent_frequency(freq, params.defocus_at(azimuth_rad), mean, optics)
     index = np.rint(equivalent / step).astype(np.int64)
     keep = (freq >= min_frequency) & (index < n_bins)
     sums = np.bincount(index[keep], weights=flat[keep], minlength=n_bins)
     counts = np.bincount(index[keep], minlength=n_bins)
+    plain = np.rint(freq / step).astype(np.int64)
+    plain_keep = freq >= min_frequency
+    plain_sums = np.bincount(plain[plain_keep], weights=flat[plain_keep], minlength=n_bins)
+    plain_counts = np.bincount(plain[plain_keep], minlength=n_bins)
     bin_freq = np.arange(n_bins) * step
     phase_shift = np.deg2rad(params.phase_shift_deg)
     chi = ctf_phase(bin_freq, mean, optics.voltage_kv, optics.cs_mm, optics.amplitude_contrast, phase_shift)
     model = np.sin(chi) ** 2
 
+    # The last bin before the rings of defocus U alias, and never past Nyquist.
     ring_period_px = thon_ring_period_px(params.defocus_u_a, optics, bin_freq)
     aliased = np.nonzero((ring_period_px < _MIN_RING_PERIOD_PX) & (bin_freq > min_frequency))[0]
-    last_bin = int(aliased[0]) - 1 if len(aliased) else n_bins - 1
+    last_bin = min(int(aliased[0]) - 1 if len(aliased) else n_bins - 1, box_px // 2 - 1)
 
-    valid = counts > 0
+    # Beyond Nyquist only the corners have pixels, and the flattened spectrum is 0 there.
+    valid = (counts > 0) & (np.arange(n_bins) < box_px // 2)
     profile = np.where(valid, sums / np.maximum(counts, 1), 0.0)
+    rotational = np.where(plain_counts > 0, plain_sums / np.maximum(plain_counts, 1), 0.0)
+    local_cc = np.zeros(n_bins)
+    noise = np.ones(n_bins)
     start = np.nonzero((bin_freq >= min_frequency) & valid)[0]
     if len(start) == 0:
-        return float(1.0 / (min_frequency or step))
+        resolution = float(1.0 / (min_frequency or step))
+        return FitProfile(bin_freq, rotational, profile, model, chi, valid, local_cc, noise,
+                          (min_frequency, min_frequency), resolution)
     first = int(start[0])
+    measured = valid.copy()
+    measured[:first] = False
+    for i, window in _phase_windows(chi, measured):
+        local_cc[i] = normalised_cc(profile[window], model[window])
+        noise[i] = min(1.0, 2.0 / np.sqrt(window.sum()))
     # Start judging after the first zero past the low-resolution limit, where the rings are established.
     zero_order = np.floor((chi - chi[first]) / np.pi)
     past_zero = np.nonzero(zero_order >= 1)[0]
     first_judged = int(past_zero[0]) if len(past_zero) else first
     resolution_bin = last_bin
     for i in range(first_judged, last_bin + 1):
-        window = valid & (np.abs(chi - chi[i]) <= 2 * np.pi)
-        window[: first] = False
-        if window.sum() < 5 or normalised_cc(profile[window], model[window]) < _FIT_CC_THRESHOLD:
+        if noise[i] >= 1.0 or local_cc[i] < _FIT_CC_THRESHOLD:
             resolution_bin = i - 1
             break
     resolution_bin = max(resolution_bin, first)
-    return float(1.0 / max(bin_freq[resolution_bin], step))
+    high = max(float(bin_freq[resolution_bin]), step)
+    return FitProfile(bin_freq, rotational, profile, model, chi, measured, local_cc, noise,
+                      (float(bin_freq[first]), high), float(1.0 / high))

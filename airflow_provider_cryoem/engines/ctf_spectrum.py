@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.fft
-from scipy.ndimage import uniform_filter
+from scipy.ndimage import affine_transform, uniform_filter
 from scipy.signal.windows import tukey
 
 from .ctf_model import frequency_grid
@@ -174,3 +174,20 @@ def flatten_with_model(spectrum: np.ndarray, model: np.ndarray, rings: np.ndarra
     inside = keep & (rings >= first_ring)
     flat[inside] = (spectrum[inside] - background[rings[inside]]) / noise[rings[inside]]
     return np.clip(flat, -_CLIP_RMS, _CLIP_RMS)
+
+
+def azimuthal_smoothing(spectrum: np.ndarray, half_width_deg: float, step_deg: float = 1.0) -> np.ndarray:
+    """Mean of the centred spectrum rotated about its centre by -half_width..+half_width degrees.
+
+    For pictures only: it averages along the rings, not across them, so Thon rings too weak to see pixel
+    by pixel show, while their radius (what a person compares with the fit) is unchanged.
+    """
+    box = spectrum.shape[0]
+    centre = np.array([box // 2, box // 2], dtype=np.float64)
+    data = spectrum.astype(np.float32)
+    total = np.zeros_like(data)
+    angles = np.deg2rad(np.arange(-half_width_deg, half_width_deg + 0.5 * step_deg, step_deg))
+    for angle in angles:
+        rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        total += affine_transform(data, rotation, offset=centre - rotation @ centre, order=1, mode="constant")
+    return total / len(angles)

@@ -56,7 +56,16 @@ def _save(picture: Image.Image, path: str | Path) -> Path:
     return Path(path)
 
 
+# Fonts with Å, µ, ² and σ; Pillow's built-in font lacks them and is the last resort.
+_FONT_FILES = ("DejaVuSans.ttf", "LiberationSans-Regular.ttf")
+
+
 def _font(size_px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    for name in _FONT_FILES:
+        try:
+            return ImageFont.truetype(name, size_px)
+        except OSError:
+            continue
     return ImageFont.load_default(size=size_px)
 
 
@@ -101,6 +110,178 @@ def spectrum_fit_image(spectrum: np.ndarray, fit: np.ndarray, path: str | Path, 
     right = stretch_to_uint8(fit[:, half:], 2.0, 98.0)
     picture = Image.fromarray(np.concatenate([left, right], axis=1), mode="L")
     picture = picture.resize((size_px, round(size_px * picture.height / picture.width)), Image.Resampling.BILINEAR)
+    return _save(picture, path)
+
+
+# Resolutions (Å) offered as labels on spectra and 1D plots; those inside the shown range are used.
+_RESOLUTION_LABELS_A = (50.0, 30.0, 20.0, 15.0, 10.0, 8.0, 6.0, 5.0, 4.0, 3.5, 3.0, 2.5, 2.0, 1.5)
+_RING = (255, 160, 0)
+_FIT_LINE = (214, 39, 40)
+_CC_LINE = (44, 160, 44)
+_NOISE_LINE = (140, 140, 140)
+_OUTSIDE_FIT = (235, 235, 235)
+# The spectrum panel maps median ± this many robust standard deviations (of the fitted band) to black..white.
+_SPECTRUM_STRETCH_SIGMA = 2.5
+
+
+def _resolution_label(resolution_a: float) -> str:
+    return f"{resolution_a:.1f} Å" if resolution_a < 10 else f"{resolution_a:.0f} Å"
+
+
+def _equalise_rings(values: np.ndarray, ring: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """`values` divided by their RMS over nearby rings (1 px wide, within ±max(3, radius/3) px) where `use` is
+    set, so strong low-resolution and weak high-resolution Thon rings show with similar contrast; the window
+    grows with radius so it spans more than a ring period and the rings themselves are not flattened."""
+    n_rings = int(ring.max()) + 1
+    sums = np.concatenate([[0.0], np.cumsum(np.bincount(ring[use], weights=values[use].astype(np.float64) ** 2,
+                                                        minlength=n_rings))])
+    counts = np.concatenate([[0], np.cumsum(np.bincount(ring[use], minlength=n_rings))])
+    radius = np.arange(n_rings)
+    half = np.maximum(3, radius // 3)
+    lo, hi = np.clip(radius - half, 0, n_rings), np.clip(radius + half + 1, 0, n_rings)
+    rms = np.sqrt((sums[hi] - sums[lo]) / np.maximum(counts[hi] - counts[lo], 1))
+    out = np.zeros_like(values)
+    scale = rms[ring[use]]
+    out[use] = np.where(scale > 0, values[use] / np.where(scale > 0, scale, 1.0), 0.0)
+    return out
+
+
+def ctf_spectrum_panel(data: np.ndarray, fit: np.ndarray | None, freq: np.ndarray, fit_band: tuple[float, float],
+                       display_max_freq: float, size_px: int = 420) -> Image.Image:
+    """A centred spectrum as CTFFIND users read it: data on the left, fit on the right within the fitted band.
+
+    `data` is the background-subtracted spectrum, `fit` CTF² on the same grid (None: the right half of
+    `data` is drawn as it is, e.g. CTFFIND's own diagnostic image), `freq` each pixel's frequency (1/Å).
+    Only frequencies up to `display_max_freq` are shown, so the rings fill the panel; each ring of the data
+    is scaled to the same RMS (weak outer rings stay visible) and orange circles mark the band, in Å.
+    """
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim != 2 or data.shape[0] != data.shape[1] or freq.shape != data.shape:
+        raise ValueError(f"data {data.shape} and freq {freq.shape} must be the same square 2D shape")
+    box = data.shape[0]
+    centre = box // 2
+    step = float(freq[centre, centre + 1])
+    radius = int(np.clip(np.ceil(display_max_freq / step), 8, centre))
+    window = (slice(centre - radius, centre + radius), slice(centre - radius, centre + radius))
+    shown, shown_freq = data[window], freq[window]
+    low, high = fit_band
+    outside_low = shown_freq >= low
+    shown = _equalise_rings(shown, np.rint(shown_freq / step).astype(np.int64), outside_low)
+    reference = shown[outside_low] if outside_low.sum() > 16 else shown
+    median = float(np.median(reference))
+    spread = 1.4826 * float(np.median(np.abs(reference - median)))
+    lo, hi = median - _SPECTRUM_STRETCH_SIGMA * spread, median + _SPECTRUM_STRETCH_SIGMA * spread
+    grey = np.clip((shown - lo) / max(float(hi - lo), 1e-12) * 255.0, 0, 255)
+    right = np.zeros_like(outside_low)
+    right[:, radius:] = True
+    band = outside_low & (shown_freq <= high)
+    if fit is not None:
+        model = np.asarray(fit, dtype=np.float32)[window]
+        replace = right & band
+        grey[replace] = 40.0 + 175.0 * np.clip(model[replace], 0.0, 1.0)
+    picture = Image.fromarray(grey.astype(np.uint8), mode="L").convert("RGB")
+    picture = picture.resize((size_px, size_px), Image.Resampling.LANCZOS if 2 * radius > size_px
+                             else Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(picture)
+    font = _font(max(11, size_px // 32))
+    scale = size_px / (2.0 * radius * step)  # canvas px per 1/Å
+    mid = size_px / 2.0
+    for index, frequency in enumerate((low, high)):
+        r = frequency * scale
+        if 2 < r < mid * 1.42:
+            draw.ellipse((mid - r, mid - r, mid + r, mid + r), outline=_RING, width=1)
+            label = _resolution_label(1.0 / frequency) + (" (fit)" if index else "")
+            y = min(mid + r + 2, size_px - font.size - 2)
+            draw.text((mid + 4, y), label, fill=_RING, font=font, anchor="la")
+    draw.line((mid, 0, mid, size_px), fill=(90, 90, 90), width=1)
+    draw.text((6, 4), "data", fill=_RING, font=font)
+    draw.text((size_px - 6, 4), "fit", fill=_RING, font=font, anchor="ra")
+    return picture
+
+
+def _polyline(draw: ImageDraw.ImageDraw, to_canvas: Callable[[float, float], tuple[float, float]], x: np.ndarray,
+              y: np.ndarray, colour: tuple[int, int, int], width: int = 2, dashed: bool = False) -> None:
+    points = [to_canvas(float(a), float(b)) for a, b in zip(x, y)]
+    if len(points) < 2:
+        return
+    if not dashed:
+        draw.line(points, fill=colour, width=width, joint="curve")
+        return
+    for index in range(0, len(points) - 1, 4):
+        draw.line(points[index: index + 3], fill=colour, width=width)
+
+
+def ctf_profile_plot(freq: np.ndarray, data: np.ndarray, fit: np.ndarray, cc: np.ndarray, noise_2sigma: np.ndarray,
+                     fit_band: tuple[float, float], display_max_freq: float, size_px: tuple[int, int] = (640, 420)
+                     ) -> Image.Image:
+    """The 1D fit: rotational average (on the fit's scale) and fitted CTF² over the fitted band, the local CC
+    of data and fit and the 2σ CC of noise, against frequency (1/Å below, resolution in Å above)."""
+    width, height = size_px
+    picture = Image.new("RGB", size_px, _BACKGROUND)
+    draw = ImageDraw.Draw(picture)
+    font = _font(max(11, height // 30))
+    box = (width * 0.09, height * 0.12, width * 0.97, height * 0.76)
+    left, top, right, bottom = box
+    low, high = fit_band
+    x_low = 0.0
+    x_high = float(display_max_freq)
+    shown = (freq >= low) & (freq <= x_high)
+    values = np.concatenate([data[shown], fit[shown], [0.0, 1.0]])
+    y_low, y_high = float(np.percentile(values, 0.5)), float(np.percentile(values, 99.5))
+    y_low, y_high = min(y_low, -0.1), max(y_high, 1.1)
+    # Shade what lies outside the fitted band, then draw the frame over it.
+    def x_canvas(x: float) -> float:
+        return left + (x - x_low) / (x_high - x_low) * (right - left)
+
+    draw.rectangle((left, top, x_canvas(low), bottom), fill=_OUTSIDE_FIT)
+    if high < x_high:
+        draw.rectangle((x_canvas(high), top, right, bottom), fill=_OUTSIDE_FIT)
+    to_canvas = plot_frame(draw, font, box, (x_low, x_high), (y_low, y_high),
+                           (_nice_step(x_high - x_low), _nice_step(y_high - y_low, 5)))
+    last_label_x = -np.inf
+    for resolution_a in _RESOLUTION_LABELS_A:
+        cx, _ = to_canvas(1.0 / resolution_a, y_high)
+        if left < cx < right and cx - last_label_x > 3.5 * font.size:
+            draw.line((cx, top - 5, cx, top), fill=_INK)
+            draw.text((cx, top - 7), _resolution_label(resolution_a), fill=_INK, font=font, anchor="md")
+            last_label_x = cx
+    draw.text(((left + right) / 2, bottom + font.size + 12), "spatial frequency (1/Å)", fill=_INK, font=font,
+              anchor="ma")
+
+    inside = (freq >= low) & (freq <= x_high)
+    band = (freq >= low) & (freq <= high)
+    _polyline(draw, to_canvas, freq[inside], np.clip(data[inside], y_low, y_high), _TRACE, width=1)
+    _polyline(draw, to_canvas, freq[band], fit[band], _FIT_LINE, width=2)
+    _polyline(draw, to_canvas, freq[inside], noise_2sigma[inside], _NOISE_LINE, width=1, dashed=True)
+    _polyline(draw, to_canvas, freq[inside], np.clip(cc[inside], y_low, y_high), _CC_LINE, width=2)
+    cx, _ = to_canvas(high, y_low)
+    draw.line((cx, top, cx, bottom), fill=_FIT_LINE, width=1)
+    draw.text((cx - 4, bottom - 4), f"fit to {_resolution_label(1.0 / high)}", fill=_FIT_LINE, font=font,
+              anchor="rd")
+    legend_x, legend_y = left, bottom + 2 * font.size + 22
+    for index, (label, colour) in enumerate((("spectrum, background subtracted", _TRACE), ("CTF² fit", _FIT_LINE),
+                                             ("CC of spectrum and fit", _CC_LINE), ("2σ CC of noise", _NOISE_LINE))):
+        x = legend_x + (index % 2) * (right - left) / 2
+        y = legend_y + (index // 2) * (font.size + 6)
+        draw.line((x, y + font.size / 2, x + 22, y + font.size / 2), fill=colour, width=3)
+        draw.text((x + 28, y), label, fill=_INK, font=font)
+    return picture
+
+
+def side_by_side(path: str | Path, panels: Sequence[Image.Image], caption: str = "") -> Path:
+    """Save `panels` in one row, tops aligned, with an optional one-line caption underneath."""
+    font = _font(15)
+    caption_px = font.size + 10 if caption else 0
+    gap = 6
+    width = sum(panel.width for panel in panels) + gap * (len(panels) - 1)
+    height = max(panel.height for panel in panels) + caption_px
+    picture = Image.new("RGB", (width, height), _BACKGROUND)
+    x = 0
+    for panel in panels:
+        picture.paste(panel.convert("RGB"), (x, 0))
+        x += panel.width + gap
+    if caption:
+        ImageDraw.Draw(picture).text((6, height - caption_px + 4), caption, fill=_INK, font=font)
     return _save(picture, path)
 
 

@@ -1,23 +1,20 @@
 """CTFFIND 4 and 5 (Rohou & Grigorieff 2015; Elferich et al. 2024): answers on stdin, results from files.
 
 The answers follow the order the programs ask them (as cryoem-services feeds them, notes §3).
-The `<output>.txt` last line holds: micrograph number, defocus 1 (Å), defocus 2 (Å), azimuth of
-astigmatism (°), additional phase shift (rad), cross correlation, resolution of the fitted Thon
-rings (Å), and for CTFFIND 5 also tilt axis (°), tilt angle (°) and sample thickness (Å).
+The result files (`<output>.txt`, `<output>_avrot.txt`) are read by io.ctffind_text, which also writes
+them for the built-in engine.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from airflow_provider_cryoem.execution.spec import CommandSpec
-from airflow_provider_cryoem.io.errors import ImageFileError
+from airflow_provider_cryoem.io.ctffind_text import parse_avrot, parse_output_txt
 
-_AVROT_ROWS = ("spatial_frequency_per_a", "rotational_average_no_astigmatism", "rotational_average", "ctf_fit",
-               "fit_cross_correlation", "noise_2sigma")
+__all__ = ["CtffindInputs", "answers", "command", "parse_avrot", "parse_output_txt", "parse_result"]
 
 
 class CtffindInputs(BaseModel):
@@ -73,51 +70,6 @@ def command(inputs: CtffindInputs) -> CommandSpec:
     return CommandSpec(program=program, stdin_text="\n".join(answers(inputs)) + "\n",
                        cwd=str(Path(inputs.output_path).parent),
                        log_path=str(Path(inputs.output_path).with_suffix("")) + f"_ctffind{inputs.version}.log")
-
-
-def _numeric_rows(path: Path) -> list[list[float]]:
-    rows = []
-    for line_number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-        if line.strip() and not line.lstrip().startswith("#"):
-            try:
-                rows.append([float(value) for value in line.split()])
-            except ValueError:
-                raise ImageFileError(path, f"line {line_number}: non-numeric CTFFIND output") from None
-    return rows
-
-
-def parse_output_txt(path: str | Path) -> dict[str, Any]:
-    """CTF result dict (engine keys) from the last line of `<output>.txt`; U ≥ V, angle in [0, 180)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageFileError(path, "CTFFIND result file not found")
-    rows = _numeric_rows(path)
-    if not rows or len(rows[-1]) < 7:
-        raise ImageFileError(path, "expected a CTFFIND result line with at least 7 columns")
-    values = rows[-1]
-    defocus_1_a, defocus_2_a, azimuth_deg = values[1], values[2], values[3]
-    if defocus_2_a > defocus_1_a:  # keep U the larger defocus; its direction turns by 90°
-        defocus_1_a, defocus_2_a, azimuth_deg = defocus_2_a, defocus_1_a, azimuth_deg + 90.0
-    result: dict[str, Any] = {
-        "defocus_u_a": defocus_1_a, "defocus_v_a": defocus_2_a,
-        "astigmatism_a": defocus_1_a - defocus_2_a, "astigmatism_angle_deg": azimuth_deg % 180.0,
-        "phase_shift_deg": math.degrees(values[4]), "cc": values[5],
-        "fit_resolution_a": values[6] if math.isfinite(values[6]) and values[6] > 0 else float("inf"),
-    }
-    if len(values) >= 10:  # CTFFIND 5
-        result.update(tilt_axis_deg=values[7], tilt_angle_deg=values[8], sample_thickness_a=values[9])
-    return result
-
-
-def parse_avrot(path: str | Path) -> dict[str, list[float]]:
-    """The six rows of `<output>_avrot.txt` (last micrograph): frequency (1/Å), spectra, fit, CC, noise."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageFileError(path, "CTFFIND rotational average file not found")
-    rows = _numeric_rows(path)
-    if len(rows) < len(_AVROT_ROWS) or len({len(row) for row in rows[-6:]}) != 1:
-        raise ImageFileError(path, "expected 6 equally long rows per micrograph in the _avrot.txt file")
-    return {name: list(row) for name, row in zip(_AVROT_ROWS, rows[-6:])}
 
 
 def parse_result(inputs: CtffindInputs) -> dict[str, Any]:
