@@ -30,11 +30,18 @@ SPA = "Single particle analysis"
 TOMOGRAPHY = "Tomography"
 PATHS = "Paths"
 SESSION = "Session"
+QUALITY = "Quality limits"
 
 # Conf fields naming files or folders: each must lie under CRYOEM_DATA_ROOTS (checked when a session opens).
 PATH_FIELDS = ("watch_dir", "processing_dir", "gain_reference_path", "defect_file_path", "initial_model_path")
 # Of those, the files that must exist when the session opens (a missing one would fail every movie).
 INPUT_FILE_FIELDS = ("gain_reference_path", "defect_file_path", "initial_model_path")
+
+# The session's per-movie quality limits: recorded with the session (results `session.quality_limits`) and drawn
+# on the dashboard's plots; movies beyond them are counted there, not dropped by the pipeline.
+QUALITY_LIMIT_FIELDS = ("max_total_motion_a", "min_defocus_a", "max_defocus_a", "max_astigmatism_a",
+                        "max_ctf_fit_resolution_a", "min_relative_ice_thickness", "max_relative_ice_thickness",
+                        "min_particles_per_micrograph")
 
 # Relion/cryoem-services candidate sizes for the downscaled particle box.
 _SMALL_BOX_CANDIDATES_PX = (64, 96, 128, 160, 192, 256, 288, 300, 320, 360, 384, 400, 420, 450, 480, 512,
@@ -120,6 +127,24 @@ class SessionConfig(BaseModel):
     tilt_series_idle_s: float = _field(300.0, "A tilt series with no new tilt for this long is complete, even "
                                               "if its mdoc lists more.", TOMOGRAPHY, gt=0, le=7 * 24 * 3600)
 
+    # Quality limits (drawn on the dashboard; nothing is dropped by them)
+    max_total_motion_a: float | None = _field(40.0, "Most total motion (drift) a good movie has (Å); empty: no "
+                                                    "limit.", QUALITY, gt=0, le=10_000)
+    min_defocus_a: float | None = _field(5000.0, "Lower end of the wanted defocus range (Å, underfocus "
+                                                 "positive); empty: no limit.", QUALITY, ge=0, le=200_000)
+    max_defocus_a: float | None = _field(35000.0, "Upper end of the wanted defocus range (Å); empty: no limit.",
+                                         QUALITY, gt=0, le=200_000)
+    max_astigmatism_a: float | None = _field(1000.0, "Most astigmatism (defocus U − V) a good movie has (Å); "
+                                                     "empty: no limit.", QUALITY, gt=0, le=100_000)
+    max_ctf_fit_resolution_a: float | None = _field(6.0, "Worst CTF fit resolution a good movie has (Å); empty: "
+                                                         "no limit.", QUALITY, gt=0, le=100)
+    min_relative_ice_thickness: float | None = _field(None, "Thinnest relative ice wanted (IceBreaker's median, "
+                                                            "no unit); empty: no limit.", QUALITY, ge=0, le=1000)
+    max_relative_ice_thickness: float | None = _field(None, "Thickest relative ice wanted (IceBreaker's median, "
+                                                            "no unit); empty: no limit.", QUALITY, gt=0, le=1000)
+    min_particles_per_micrograph: int = _field(0, "Fewest picks a good micrograph has (0: no limit).", QUALITY,
+                                               ge=0, le=100_000)
+
     # Paths
     watch_dir: str = _field("", "Folder the microscope writes movies into (must be under an allowed root).",
                             PATHS, max_length=4096)
@@ -150,6 +175,19 @@ class SessionConfig(BaseModel):
             raise ValueError(f"downscaled_box_size_px ({self.downscaled_box_size_px}) must not exceed the "
                              f"extraction box ({self.extraction_box_px})")
         return self
+
+    @model_validator(mode="after")
+    def _ranges_in_order(self) -> "SessionConfig":
+        for low, high in (("min_defocus_a", "max_defocus_a"),
+                          ("min_relative_ice_thickness", "max_relative_ice_thickness")):
+            low_value, high_value = getattr(self, low), getattr(self, high)
+            if low_value is not None and high_value is not None and low_value >= high_value:
+                raise ValueError(f"{low} ({low_value}) must be below {high} ({high_value})")
+        return self
+
+    def quality_limits(self) -> dict[str, float | None]:
+        """The per-movie quality limits as recorded with the session (QUALITY_LIMIT_FIELDS; None: no limit)."""
+        return {name: getattr(self, name) for name in QUALITY_LIMIT_FIELDS}
 
     @computed_field  # type: ignore[prop-decorator]
     @property

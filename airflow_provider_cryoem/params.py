@@ -16,7 +16,7 @@ _UNIT_SUFFIXES = (("_e_a2", "e⁻/Å²"), ("_kv", "kV"), ("_mm", "mm"), ("_deg",
                   ("_s", "s"), ("_a", "Å"))
 
 
-_ACRONYMS = {"eer": "EER", "class2d": "Class2D", "class3d": "Class3D"}
+_ACRONYMS = {"eer": "EER", "class2d": "Class2D", "class3d": "Class3D", "ctf": "CTF"}
 
 
 def form_title(field_name: str) -> str:

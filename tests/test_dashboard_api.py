@@ -4,6 +4,8 @@ the database's, Airflow's authentication and DAG permissions apply, images come 
 under the data roots."""
 from __future__ import annotations
 
+import io
+import json
 import os
 import subprocess
 import sys
@@ -19,17 +21,22 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.engine import make_url
 
+from airflow_provider_cryoem.config import SessionConfig
 from airflow_provider_cryoem.dashboard import queries
 from airflow_provider_cryoem.dashboard.app import URL_PREFIX, create_app
 from airflow_provider_cryoem.devtools.session_results import (
+    BFACTOR_A2,
     FAILURE_REASON,
     FAILURE_STAGE,
+    ParticleResults,
     SimulatedSession,
     record_movie,
+    record_particle_results,
     record_session,
+    record_tilt_series,
 )
 from airflow_provider_cryoem.hooks.results import ResultsHook
-from airflow_provider_cryoem.results import ResultsStore, engine_from_url, schema
+from airflow_provider_cryoem.results import ResultsInputError, ResultsStore, engine_from_url, schema
 from airflow_provider_cryoem.simulate import SpaSimulationSettings
 
 from ._pg import fresh_database
@@ -50,6 +57,7 @@ class Results:
     ended: SimulatedSession
     tomo: SimulatedSession
     tomogram_id: int
+    particles: ParticleResults
 
 
 @pytest.fixture(scope="module")
@@ -85,26 +93,6 @@ def restricted_viewer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(SimpleAuthManager, "is_authorized_dag", is_authorized_dag)
 
 
-def _record_tomography(store: ResultsStore, session: SimulatedSession) -> int:
-    """The tomo session's movies as one tilt series of a complete tilt range, reconstructed with images."""
-    series_id = store.get_or_create_tilt_series(session.session_id, "TS_01", None, 85.0, expected_tilts=7)
-    angles = [0.0, 3.0, -3.0, -6.0, 6.0, 9.0]
-    for order, (movie_id, angle) in enumerate(zip(session.movies, angles), start=1):
-        store.add_tilt(series_id, movie_id, order - 1, angle, order, 3.0 * (order - 1))
-    store.complete_tilt_series(series_id, "idle")
-    slice_png = session.processing_dir / "TS_01_slice.png"
-    from PIL import Image
-
-    Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(slice_png)
-    tomogram_job = store.start_processing_job(session.session_id, "tomo_live", "tomogram", False, session.run_id)
-    return store.record_tomogram(tomogram_job, series_id, {
-        "volume": str(session.processing_dir / "TS_01.mrc"), "pixel_size_a": 10.0, "tilt_axis_deg": 84.2,
-        "mean_residual_px": 1.25, "residual_sd_px": 0.5, "central_slice": str(slice_png)},
-        [{"movie_id": movie_id, "refined_tilt_angle_deg": angle + 0.1, "shift_x_px": 1.0, "shift_y_px": -1.0,
-          "residual_px": 1.0 + abs(angle) / 10, "excluded": False}
-         for movie_id, angle in zip(session.movies, angles)])
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
     """A live SPA session (24 movies, every 6th failing CTF, thumbnails for two), an ended one and a
@@ -132,10 +120,12 @@ def results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
                                images_for=0, end_reason="end marker END_OF_SESSION found")
         tomo = record_session(store, "visit-tomo", data_root, SpaSimulationSettings(n_movies=6, seed=5),
                               recipe="tomo_live", images_for=0)
-        tomogram_id = _record_tomography(store, tomo)
+        tomogram_id = record_tilt_series(store, tomo)
+        particles = record_particle_results(store, spa)
         try:
             yield Results(url=url, engine=store.engine, store=store, data_root=data_root, spa=spa, ended=ended,
-                          tomo=tomo, tomogram_id=tomogram_id)
+                          tomo=tomo, tomogram_id=tomogram_id,
+                          particles=particles)
         finally:
             store.engine.dispose()
             if context is not None:
@@ -244,6 +234,119 @@ def test_session_detail_counters_series_histograms_and_movie_page_equal_the_data
     assert detail["newest_movie"]["movie_number"] == 2  # the newest movie with thumbnails
     assert set(detail["newest_movie"]["images"]) == {"micrograph", "drift", "ctf_fit", "picks"}
     assert detail["tilt_series"] == []
+
+
+def test_the_sessions_quality_limits_come_with_the_plots_and_movies_beyond_them_are_counted(
+        results: Results, client: TestClient, tokens: dict[str, str]):
+    sid = results.spa.session_id
+    detail = client.get(f"{URL_PREFIX}/api/sessions/{sid}", headers=auth(tokens["viewer"])).json()
+    recorded = json.loads(scalar(results.engine, select(schema.session.c.quality_limits)
+                                 .where(schema.session.c.session_id == sid)))
+    assert recorded == SessionConfig().quality_limits()  # what a run's opening records
+    limits = detail["limits"]
+    assert limits["ctf_resolution_a"] == {"low": None, "high": recorded["max_ctf_fit_resolution_a"],
+                                          "settings": ["max_ctf_fit_resolution_a"]}
+    assert limits["defocus_u_a"]["low"] == limits["defocus_v_a"]["low"] == recorded["min_defocus_a"]
+    assert "ice_thickness" not in limits and "particles" not in limits  # no limit set by default
+    worse = per_movie(results.engine, sid, "r.estimated_resolution_a", "ctf")
+    beyond = sum(value > recorded["max_ctf_fit_resolution_a"] for value in worse)
+    assert detail["beyond_limits"]["ctf_resolution_a"] == beyond > 0
+    assert detail["beyond_limits"]["total_motion_a"] == sum(
+        value > recorded["max_total_motion_a"] for value in per_movie(results.engine, sid, "r.total_motion_a",
+                                                                     "motion_correction"))
+
+    # A run that opens the session with other limits replaces them; an unset side is no limit.
+    results.store.set_quality_limits(sid, SessionConfig(max_ctf_fit_resolution_a=None, min_particles_per_micrograph=25,
+                                                        max_relative_ice_thickness=1.0).quality_limits())
+    try:
+        detail = client.get(f"{URL_PREFIX}/api/sessions/{sid}", headers=auth(tokens["viewer"])).json()
+        assert "ctf_resolution_a" not in detail["limits"]
+        assert detail["limits"]["particles"]["low"] == 25 and detail["limits"]["ice_thickness"]["high"] == 1.0
+        picks = per_movie(results.engine, sid, "r.number_of_particles", "particle_picker")
+        assert detail["beyond_limits"]["particles"] == sum(value < 25 for value in picks)
+    finally:
+        results.store.set_quality_limits(sid, SessionConfig().quality_limits())
+    with pytest.raises(ResultsInputError, match="max_total_motion_a"):
+        results.store.set_quality_limits(sid, {"max_total_motion_a": float("nan")})
+
+
+def test_class_batches_show_each_class_with_its_selection_score_and_image(
+        results: Results, client: TestClient, tokens: dict[str, str]):
+    headers = auth(tokens["viewer"])
+    detail = client.get(f"{URL_PREFIX}/api/sessions/{results.spa.session_id}", headers=headers).json()
+    table = schema.particle_classification
+    with results.engine.connect() as connection:
+        rows = {(row.particle_classification_group_id, row.class_number): row
+                for row in connection.execute(select(table))}
+    batches = detail["classes_2d"]
+    assert [batch["group_id"] for batch in batches] == results.particles.class2d_groups[::-1]  # newest first
+    for batch in batches:
+        assert len(batch["classes"]) == batch["classes_per_batch"] == 12
+        particles = [one["particles"] for one in batch["classes"]]
+        assert particles == sorted(particles, reverse=True)
+        for one in batch["classes"]:
+            row = rows[(batch["group_id"], one["class_number"])]
+            assert (one["selected"], one["score"], one["particles"]) == (row.selected, row.selection_score,
+                                                                          row.particles_per_class)
+        selected = [one["score"] for one in batch["classes"] if one["selected"]]
+        rejected = [one["score"] for one in batch["classes"] if not one["selected"]]
+        assert selected and rejected and min(selected) >= SessionConfig().class_selection_min_score > max(rejected)
+    one = batches[0]["classes"][0]
+    image = client.get(f"{URL_PREFIX}/api/images/class2d/{one['image_id']}", headers=headers)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    from PIL import Image
+
+    drawn = Image.open(io.BytesIO(image.content))
+    assert drawn.size == (128, 128) and drawn.mode == "L"  # the 64-px average enlarged twice
+
+    (classes_3d,) = detail["classes_3d"]
+    assert classes_3d["initial_model_resolution_a"] == 16.0
+    assert [one["class_number"] for one in classes_3d["classes"] if one["selected"]] == [1]
+    volume = client.get(f"{URL_PREFIX}/api/images/class3d/{classes_3d['classes'][0]['image_id']}", headers=headers)
+    assert volume.status_code == 200 and Image.open(io.BytesIO(volume.content)).size == (96, 96)
+
+    # A recorded stack outside the data roots is refused like any image.
+    with results.engine.begin() as connection:
+        connection.execute(table.update().where(table.c.particle_classification_id == one["image_id"])
+                           .values(class_image_full_path="000001@/etc/outside.mrcs"))
+    try:
+        assert client.get(f"{URL_PREFIX}/api/images/class2d/{one['image_id']}", headers=headers).status_code == 403
+    finally:
+        with results.engine.begin() as connection:
+            connection.execute(table.update().where(table.c.particle_classification_id == one["image_id"])
+                               .values(class_image_full_path=rows[(batches[0]["group_id"], one["class_number"])]
+                                       .class_image_full_path))
+
+
+def test_refinements_come_with_relions_fsc_curve_and_the_bfactor_series_with_its_fit(
+        results: Results, client: TestClient, tokens: dict[str, str]):
+    detail = client.get(f"{URL_PREFIX}/api/sessions/{results.spa.session_id}", headers=auth(tokens["viewer"])).json()
+    (refined,) = detail["refinements"]
+    assert refined["refinement_id"] == results.particles.refinement_id and refined["fsc_problem"] is None
+    fsc = refined["fsc"]
+    crossing = next(f for f, c in zip(fsc["frequency_inv_a"], fsc["corrected"]) if c < 0.143)
+    assert 1 / crossing <= refined["resolution_a"] < 1 / crossing + 0.5  # the shell after the recorded resolution
+    bfactor = detail["bfactor"]
+    assert bfactor["particles"] == sorted(bfactor["particles"]) and len(bfactor["particles"]) == 4
+    assert bfactor["bfactor_a2"] == pytest.approx(BFACTOR_A2)  # the series was recorded along B = BFACTOR_A2
+    assert bfactor["bfactor_a2"] == pytest.approx(results.store.session_summary(results.spa.session_id).bfactor_a2)
+
+
+def test_the_fsc_curve_is_read_from_a_real_relion_postprocess_star(tmp_path: Path):
+    """tests/fixtures/tools/relion_3.1.3_postprocess.star: written by Relion 3.1.3's relion_postprocess (Debian
+    package) on two simulated 48³ half maps at 2 Å/px with a soft spherical mask (final resolution 5.33 Å)."""
+    fixture = Path(__file__).parent / "fixtures" / "tools" / "relion_3.1.3_postprocess.star"
+    curve = queries.fsc_curve(fixture, [fixture.parent])
+    assert len(curve.frequency_inv_a) == len(curve.corrected) == len(curve.unmasked) == 25
+    assert curve.frequency_inv_a[-1] == pytest.approx(0.25)  # Nyquist at 2 Å/px
+    first_below = next(index for index, value in enumerate(curve.corrected) if value < 0.143)
+    assert 1 / curve.frequency_inv_a[first_below - 1] == pytest.approx(5.333333, abs=1e-3)  # rlnFinalResolution
+    with pytest.raises(ValueError, match="outside"):
+        queries.fsc_curve(fixture, [tmp_path])
+    broken = tmp_path / "postprocess.star"
+    broken.write_text("data_general\n\n_rlnFinalResolution 4.0\n")
+    with pytest.raises(ValueError, match="data_fsc"):
+        queries.fsc_curve(broken, [tmp_path])
 
 
 def test_the_movie_table_is_sorted_paged_and_filtered_in_sql_with_failure_reasons(

@@ -31,6 +31,7 @@ from sqlalchemy import Connection
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..hooks.results import ResultsHook
+from ..io import ImageFileError
 from ..pipeline.session import RESULTS_CONN_ENV
 from ..results import ResultsNotFoundError, ResultsStore, ResultsUnavailableError
 from ..results.engine import SQLITE_ENV
@@ -144,20 +145,24 @@ def create_app(store: StoreFactory = configured_store) -> FastAPI:
         return read(reader)
 
     @app.get("/api/images/{kind}/{row_id}")
-    def image(user: CurrentUser, kind: Literal[images.IMAGE_KINDS], row_id: int) -> FileResponse:  # type: ignore[valid-type]
+    def image(user: CurrentUser, kind: Literal[images.IMAGE_KINDS], row_id: int) -> Response:  # type: ignore[valid-type]
         def reader(connection: Connection) -> images.RecordedImage:
             recorded = images.recorded_image(connection, kind, row_id)
             _visible(connection, user, recorded.session_id)
             return recorded
         recorded = read(reader)
+        headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=60"}
         try:
+            if kind in images.CLASS_IMAGE_KINDS:
+                return Response(images.class_image_png(recorded), media_type="image/png", headers=headers)
             path = images.servable_path(recorded)
         except images.ImageRefusedError as exc:
             raise HTTPException(403, str(exc)) from None
         except ResultsNotFoundError as exc:
             raise HTTPException(404, str(exc)) from None
-        return FileResponse(path, media_type=images.MEDIA_TYPES[path.suffix.lower()],
-                            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=60"})
+        except ImageFileError:  # its message names the file: not for the browser
+            raise HTTPException(404, "the recorded class image is not a readable MRC file") from None
+        return FileResponse(path, media_type=images.MEDIA_TYPES[path.suffix.lower()], headers=headers)
 
     @app.get("/static/{name}")
     def static(user: CurrentUser, name: str) -> FileResponse:

@@ -5,15 +5,26 @@ the path is the one the results database holds for that row. It is served only w
 followed) under the configured data roots (CRYOEM_DATA_ROOTS, see config.allowed_data_roots), has an
 image suffix, and is an existing file. A relative recorded path is taken inside the session's
 processing folder.
+
+Class images are recorded as Relion records them, `NNNNNN@run_itNNN_classes.mrcs` (a 2D class average) or
+a map (a 3D class): those are drawn into a PNG here (the stack's image; the map's projection along z),
+under the same checks with MRC suffixes instead of image ones.
 """
 from __future__ import annotations
 
+import functools
+import io
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from sqlalchemy import Connection, Table, select
 
 from ..config import ConfigError, check_under_roots
+from ..engines.thumbnails import stretch_to_uint8
+from ..io import read_mrc
 from ..results import schema
 from ..results.errors import ResultsNotFoundError
 from ..results.summary import CTF, MOTION_CORRECTION, PARTICLE_PICKING
@@ -49,8 +60,11 @@ _SOURCES: dict[str, tuple[Table, str]] = {  # kind -> (table, path column), look
                PARTICLE_PICKING: schema.particle_picker}[image.stage], image.column)
        for kind, image in MOVIE_IMAGE_KINDS.items()},
     **{kind: (schema.tomogram, column) for kind, column in TOMOGRAM_IMAGE_KINDS.items()},
-    "class2d": (schema.particle_classification, "class_image_full_path"),
+    **{kind: (schema.particle_classification, "class_image_full_path") for kind in ("class2d", "class3d")},
 }
+CLASS_IMAGE_KINDS = ("class2d", "class3d")  # drawn from the recorded MRC stack or map
+MRC_SUFFIXES = (".mrcs", ".mrc")
+CLASS_IMAGE_MIN_PX = 96  # small class averages are enlarged (nearest neighbour) to at least this
 IMAGE_KINDS = tuple(_SOURCES)
 
 
@@ -83,14 +97,13 @@ def recorded_image(connection: Connection, kind: str, row_id: int) -> RecordedIm
     return RecordedImage(session_id=row.session_id, processing_directory=row.processing_directory, path=row[0])
 
 
-def servable_path(image: RecordedImage, roots: list[Path] | None = None) -> Path:
-    """The file to send: resolved, an image, under the data roots (default CRYOEM_DATA_ROOTS), existing."""
-    path = Path(image.path)
+def _checked_file(recorded: str, image: RecordedImage, suffixes: tuple[str, ...], roots: list[Path] | None) -> Path:
+    path = Path(recorded)
     if not path.is_absolute():
         path = Path(image.processing_directory) / path
     resolved = path.resolve()
-    if resolved.suffix.lower() not in MEDIA_TYPES:
-        raise ImageRefusedError(f"not an image type the dashboard serves ({', '.join(MEDIA_TYPES)})")
+    if resolved.suffix.lower() not in suffixes:
+        raise ImageRefusedError(f"not a file type the dashboard serves ({', '.join(suffixes)})")
     try:
         check_under_roots(resolved, "image", roots)
     except ConfigError:
@@ -98,3 +111,37 @@ def servable_path(image: RecordedImage, roots: list[Path] | None = None) -> Path
     if not resolved.is_file():
         raise ResultsNotFoundError("the recorded image file does not exist (any more)")
     return resolved
+
+
+def servable_path(image: RecordedImage, roots: list[Path] | None = None) -> Path:
+    """The file to send: resolved, an image, under the data roots (default CRYOEM_DATA_ROOTS), existing."""
+    return _checked_file(image.path, image, tuple(MEDIA_TYPES), roots)
+
+
+def class_image_png(image: RecordedImage, roots: list[Path] | None = None) -> bytes:
+    """A class's image as PNG: image NNNNNN of the recorded stack (`NNNNNN@stack.mrcs`), or the recorded
+    map projected along z; the stack or map checked as servable_path checks an image."""
+    number, _, recorded = image.path.rpartition("@")
+    if number and not number.isdigit():
+        raise ImageRefusedError("the recorded class image is not NNNNNN@<stack>")
+    path = _checked_file(recorded, image, MRC_SUFFIXES, roots)
+    return _class_png(str(path), int(number) if number else 0, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=512)
+def _class_png(path: str, number: int, mtime_ns: int) -> bytes:
+    """Drawn once per file version (mtime in the key): a gallery's polls then cost a stat per class."""
+    data = read_mrc(path)
+    if number:
+        stack = data.reshape(-1, *data.shape[-2:])
+        if not 1 <= number <= len(stack):
+            raise ResultsNotFoundError(f"class image {number} is not in its stack of {len(stack)}")
+        picture = np.asarray(stack[number - 1], dtype=np.float32)
+    else:
+        picture = np.asarray(data, dtype=np.float32)
+        picture = picture.sum(axis=0) if picture.ndim == 3 else picture
+    scale = max(1, -(-CLASS_IMAGE_MIN_PX // max(picture.shape)))
+    pixels = np.kron(stretch_to_uint8(picture, 0.5, 99.5), np.ones((scale, scale), dtype=np.uint8))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()

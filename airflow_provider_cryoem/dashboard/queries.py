@@ -10,14 +10,22 @@ a session belongs to the DAGs whose runs wrote its processing jobs (recipe name 
 """
 from __future__ import annotations
 
+import functools
+import json
+import math
 from collections.abc import Collection, Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
-from sqlalchemy import Connection, Row, Table, and_, case, distinct, func, select
+from sqlalchemy import Connection, Float, Row, Table, and_, case, distinct, func, literal, select
 
+from ..config import ConfigError, check_under_roots
+from ..engines.bfactor import BFactorPoint, fit_bfactor
+from ..io import ImageFileError, read_star
+from ..pipeline.session import relion_project_dir
 from ..results import schema
 from ..results.errors import ResultsNotFoundError
 from ..results.migrations import current_version
@@ -168,6 +176,75 @@ class TiltSeriesView(BaseModel):
     tomogram: TomogramView | None  # the newest job's
 
 
+class Limit(BaseModel):
+    """A metric's quality limits from the session's settings; None: no limit on that side."""
+
+    low: float | None
+    high: float | None
+    settings: list[str]  # the session settings they come from (config.QUALITY_LIMIT_FIELDS)
+
+
+class ClassView(BaseModel):
+    class_number: int
+    particles: int
+    distribution: float
+    resolution_a: float | None
+    selected: bool
+    score: float | None  # automatic selection's score (2D), when recorded
+    image_id: int | None  # for /api/images/class2d|class3d/{image_id}, when an image is recorded
+
+
+class ClassBatch(BaseModel):
+    """One 2D or 3D classification batch with its classes (and, in 3D, its initial model)."""
+
+    group_id: int
+    type: Literal["2D", "3D"]
+    batch_number: int
+    particles: int
+    classes_per_batch: int
+    symmetry: str
+    run_id: str
+    reprocess: bool
+    finished: datetime | None
+    initial_model_resolution_a: float | None
+    initial_model_particles: int | None
+    classes: list[ClassView]  # most particles first
+
+
+class FscCurve(BaseModel):
+    """Relion post-processing's FSC (postprocess.star, data_fsc) against spatial frequency (1/Å)."""
+
+    frequency_inv_a: list[float]
+    corrected: list[float]  # rlnFourierShellCorrelationCorrected: the one the resolution is read from
+    unmasked: list[float] | None
+    masked: list[float] | None
+
+
+class RefinementView(BaseModel):
+    refinement_id: int
+    run_id: str
+    reprocess: bool
+    symmetry: str
+    class_number: int | None
+    resolution_a: float
+    bfactor_a2: float | None
+    particles: int
+    pixel_size_a: float | None
+    fsc: FscCurve | None
+    fsc_problem: str | None  # why there is no curve (file missing, outside the data roots, malformed)
+
+
+class BFactorView(BaseModel):
+    """The newest B-factor series (Rosenthal-Henderson): 1/d² against ln N and its straight-line fit."""
+
+    run_id: str
+    particles: list[int]
+    resolution_a: list[float]
+    bfactor_a2: float | None  # None: fewer than two particle counts, or a slope that is not positive
+    slope_per_a2: float | None
+    intercept_per_a2: float | None
+
+
 class SessionDetail(BaseModel):
     session: SessionRow
     summary: SessionSummary  # failures: whole-job failures only; movie failures are in the movie table
@@ -177,6 +254,12 @@ class SessionDetail(BaseModel):
     movies: MoviePage
     newest_movie: MovieRow | None  # the newest movie with an image
     tilt_series: list[TiltSeriesView]
+    limits: dict[str, Limit]  # metric key -> the session's quality limits (metrics that have one)
+    beyond_limits: dict[str, int]  # metric key -> movies whose value lies outside its limits
+    classes_2d: list[ClassBatch]
+    classes_3d: list[ClassBatch]
+    refinements: list[RefinementView]
+    bfactor: BFactorView | None
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -230,7 +313,8 @@ def session_rows(connection: Connection, session_ids: Sequence[int]) -> list[Ses
     if not session_ids:
         return []
     session, movie, job, claim = schema.session, schema.movie, schema.processing_job, schema.session_file
-    sessions = _per_session(connection, select(session.c.session_id, session).where(session.c.session_id.in_(session_ids)))
+    listed = [column for column in session.c if column.name != "quality_limits"]  # readable before migration 6
+    sessions = _per_session(connection, select(session.c.session_id, *listed).where(session.c.session_id.in_(session_ids)))
     claims = _per_session(connection, select(claim.c.session_id, func.count(), func.max(claim.c.claimed_at))
                           .where(claim.c.session_id.in_(session_ids)).group_by(claim.c.session_id))
     movies = _per_session(connection, select(
@@ -448,6 +532,185 @@ def tilt_series_views(connection: Connection, session_id: int) -> list[TiltSerie
     return views
 
 
+# --- quality limits -------------------------------------------------------------------------------------
+
+# metric key -> (session setting of its lower limit, of its upper limit); config.QUALITY_LIMIT_FIELDS
+LIMIT_SETTINGS: dict[str, tuple[str | None, str | None]] = {
+    "total_motion_a": (None, "max_total_motion_a"),
+    "defocus_u_a": ("min_defocus_a", "max_defocus_a"),
+    "defocus_v_a": ("min_defocus_a", "max_defocus_a"),
+    "astigmatism_a": (None, "max_astigmatism_a"),
+    "ctf_resolution_a": (None, "max_ctf_fit_resolution_a"),
+    "ice_thickness": ("min_relative_ice_thickness", "max_relative_ice_thickness"),
+    "particles": ("min_particles_per_micrograph", None),
+}
+DASHBOARD_COLUMNS_VERSION = 6  # results migration that added session.quality_limits and selection_score
+
+
+def session_limits(connection: Connection, session_id: int) -> dict[str, Limit]:
+    """The limits the session's newest run recorded, per metric; none for a session from before them.
+    A lower limit of 0 or less excludes nothing (every metric here is positive) and is left out."""
+    if current_version(connection) < DASHBOARD_COLUMNS_VERSION:
+        return {}
+    recorded = connection.execute(select(schema.session.c.quality_limits)
+                                  .where(schema.session.c.session_id == session_id)).scalar_one_or_none()
+    try:
+        settings = json.loads(recorded) if recorded else {}
+    except ValueError:
+        settings = {}
+    if not isinstance(settings, dict):
+        return {}
+
+    def value(name: str | None, lower: bool) -> float | None:
+        found = settings.get(name) if name else None
+        if not isinstance(found, (int, float)) or not math.isfinite(found) or (lower and found <= 0):
+            return None
+        return float(found)
+
+    limits = {}
+    for key, (low_name, high_name) in LIMIT_SETTINGS.items():
+        low, high = value(low_name, True), value(high_name, False)
+        if low is not None or high is not None:
+            limits[key] = Limit(low=low, high=high, settings=[name for name, bound in ((low_name, low), (high_name, high))
+                                                              if bound is not None])
+    return limits
+
+
+def beyond_limits(values: dict[str, np.ndarray], limits: dict[str, Limit]) -> dict[str, int]:
+    """Per metric with limits: how many movies' values lie outside them (missing values are not counted)."""
+    counts = {}
+    for key, limit in limits.items():
+        known = values[key][~np.isnan(values[key])]
+        outside = np.zeros(known.shape, dtype=bool)
+        if limit.low is not None:
+            outside |= known < limit.low
+        if limit.high is not None:
+            outside |= known > limit.high
+        counts[key] = int(outside.sum())
+    return counts
+
+
+# --- classification and 3D ------------------------------------------------------------------------------
+
+def class_batches(connection: Connection, session_id: int, kind: Literal["2D", "3D"]) -> list[ClassBatch]:
+    """The session's 2D or 3D classification batches, newest job first, each with its classes."""
+    group, classes, job = schema.particle_classification_group, schema.particle_classification, schema.processing_job
+    initial = schema.cryoem_initial_model
+    groups = connection.execute(
+        select(group, job.c.run_id, job.c.reprocess, job.c.processing_end_time,
+               initial.c.resolution_a.label("initial_resolution_a"),
+               initial.c.number_of_particles.label("initial_particles"))
+        .select_from(group.join(job).outerjoin(initial))
+        .where(job.c.session_id == session_id, group.c.type == kind)
+        .order_by(group.c.processing_job_id.desc(), group.c.batch_number.desc())).all()
+    if not groups:
+        return []
+    score = (classes.c.selection_score if current_version(connection) >= DASHBOARD_COLUMNS_VERSION
+             else literal(None, Float))
+    by_group: dict[int, list[ClassView]] = {}
+    for row in connection.execute(
+            select(classes.c.particle_classification_group_id, classes.c.particle_classification_id,
+                   classes.c.class_number, classes.c.particles_per_class, classes.c.class_distribution,
+                   classes.c.estimated_resolution_a, classes.c.selected, classes.c.class_image_full_path,
+                   score.label("score"))
+            .where(classes.c.particle_classification_group_id.in_([one.particle_classification_group_id
+                                                                   for one in groups]))
+            .order_by(classes.c.particles_per_class.desc(), classes.c.class_number)):
+        by_group.setdefault(row.particle_classification_group_id, []).append(ClassView(
+            class_number=row.class_number, particles=row.particles_per_class, distribution=row.class_distribution,
+            resolution_a=row.estimated_resolution_a, selected=row.selected, score=row.score,
+            image_id=row.particle_classification_id if row.class_image_full_path else None))
+    return [ClassBatch(
+        group_id=row.particle_classification_group_id, type=kind, batch_number=row.batch_number,
+        particles=row.number_of_particles_per_batch, classes_per_batch=row.number_of_classes_per_batch,
+        symmetry=row.symmetry, run_id=row.run_id, reprocess=row.reprocess, finished=_utc(row.processing_end_time),
+        initial_model_resolution_a=row.initial_resolution_a, initial_model_particles=row.initial_particles,
+        classes=by_group.get(row.particle_classification_group_id, [])) for row in groups]
+
+
+def _fsc_star(processing_directory: str, run_id: str, reprocess: bool, map_path: str | None) -> Path | None:
+    """postprocess.star beside the recorded post-processed map (relative paths are in the run's Relion project)."""
+    if not map_path:
+        return None
+    path = Path(map_path)
+    if not path.is_absolute():
+        path = relion_project_dir(Path(processing_directory), run_id, reprocess) / path
+    return path.parent / "postprocess.star"
+
+
+def fsc_curve(star: Path, roots: list[Path] | None = None) -> FscCurve:
+    """The FSC table of a Relion postprocess.star under the data roots; ValueError says why there is none."""
+    resolved = check_under_roots(star, "postprocess.star", roots)
+    if not resolved.is_file():
+        raise ValueError("postprocess.star is not there (any more)")
+    return _read_fsc(str(resolved), resolved.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_fsc(path: str, mtime_ns: int) -> FscCurve:
+    """Read once per file version: the page polls every few seconds."""
+    try:
+        table = read_star(path).get("fsc")
+    except ImageFileError:
+        raise ValueError("postprocess.star is not a readable STAR file") from None
+    wanted = ("rlnResolution", "rlnFourierShellCorrelationCorrected")
+    if table is None or any(column not in table for column in wanted):
+        raise ValueError("postprocess.star has no data_fsc table with rlnResolution and "
+                         "rlnFourierShellCorrelationCorrected")
+
+    def column(name: str) -> list[float] | None:
+        return [round(float(one), 4) for one in table[name]] if name in table else None
+
+    return FscCurve(frequency_inv_a=column("rlnResolution") or [],
+                    corrected=column("rlnFourierShellCorrelationCorrected") or [],
+                    unmasked=column("rlnFourierShellCorrelationUnmaskedMaps"),
+                    masked=column("rlnFourierShellCorrelationMaskedMaps"))
+
+
+def refinement_views(connection: Connection, session_id: int) -> list[RefinementView]:
+    """The session's refinements, newest first, each with its FSC curve read from Relion's postprocess.star."""
+    refinement, job, session = schema.refinement, schema.processing_job, schema.session
+    views = []
+    for row in connection.execute(
+            select(refinement, job.c.run_id, job.c.reprocess, session.c.processing_directory)
+            .select_from(refinement.join(job).join(session)).where(job.c.session_id == session_id)
+            .order_by(refinement.c.processing_job_id.desc(), refinement.c.refinement_id.desc())):
+        star = _fsc_star(row.processing_directory, row.run_id, row.reprocess, row.map_full_path)
+        curve, problem = None, "no post-processed map recorded"
+        if star is not None:
+            try:
+                curve, problem = fsc_curve(star), None
+            except ConfigError:  # its message names the folders
+                problem = "postprocess.star lies outside the data roots"
+            except ValueError as exc:
+                problem = str(exc)
+        views.append(RefinementView(
+            refinement_id=row.refinement_id, run_id=row.run_id, reprocess=row.reprocess, symmetry=row.symmetry,
+            class_number=row.class_number, resolution_a=row.estimated_resolution_a, bfactor_a2=row.b_factor_a2,
+            particles=row.number_of_particles, pixel_size_a=row.pixel_size_a, fsc=curve, fsc_problem=problem))
+    return views
+
+
+def bfactor_view(connection: Connection, session_id: int) -> BFactorView | None:
+    """The newest job's B-factor points (as the session summary takes them) and their fit."""
+    points, job = schema.bfactor_fit, schema.processing_job
+    rows = connection.execute(select(points, job.c.run_id).select_from(points.join(job))
+                              .where(job.c.session_id == session_id)
+                              .order_by(points.c.processing_job_id.desc(), points.c.number_of_particles)).all()
+    if not rows:
+        return None
+    newest = [row for row in rows if row.processing_job_id == rows[0].processing_job_id]
+    view = BFactorView(run_id=newest[0].run_id, particles=[row.number_of_particles for row in newest],
+                       resolution_a=[row.resolution_a for row in newest], bfactor_a2=None, slope_per_a2=None,
+                       intercept_per_a2=None)
+    if len(set(view.particles)) >= 2:
+        fit = fit_bfactor([BFactorPoint(number_of_particles=n, resolution_a=d)
+                           for n, d in zip(view.particles, view.resolution_a)])
+        view.slope_per_a2, view.intercept_per_a2 = fit.slope_per_a2, fit.intercept_per_a2
+        view.bfactor_a2 = fit.bfactor_a2 if math.isfinite(fit.bfactor_a2) else None
+    return view
+
+
 # --- one session ----------------------------------------------------------------------------------------
 
 def session_detail(connection: Connection, session_id: int, offset: int = 0, limit: int = 50,
@@ -461,7 +724,11 @@ def session_detail(connection: Connection, session_id: int, offset: int = 0, lim
     summary = summary.model_copy(update={"failures": [one for one in summary.failures if one.movie is None]})
     times, values, newest_movie = _plot_values(connection, session_id)
     series, histograms = plots(times, values)
+    limits = session_limits(connection, session_id)
     return SessionDetail(
         session=rows[0], summary=summary, metrics=METRICS, series=series, histograms=histograms,
         movies=movie_page(connection, session_id, offset, limit, sort, order, status), newest_movie=newest_movie,
-        tilt_series=tilt_series_views(connection, session_id))
+        tilt_series=tilt_series_views(connection, session_id), limits=limits,
+        beyond_limits=beyond_limits(values, limits), classes_2d=class_batches(connection, session_id, "2D"),
+        classes_3d=class_batches(connection, session_id, "3D"), refinements=refinement_views(connection, session_id),
+        bfactor=bfactor_view(connection, session_id))

@@ -64,7 +64,8 @@ def select_classes(project: RelionProject, class2d: Class2DResult,
 
 
 def record_selection(store: ResultsStore, classification_group_id: int, result: ClassSelectionResult) -> None:
-    store.record_class_selection(classification_group_id, result.selected_classes)
+    store.record_class_selection(classification_group_id, result.selected_classes,
+                                 {score.class_number: score.score for score in result.scores})
 
 
 def class3d_due(total_selected: int, previous_run_sizes: list[int], class3d_batch_size: int,

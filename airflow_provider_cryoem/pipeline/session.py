@@ -38,14 +38,20 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
+def relion_project_dir(processing: Path, run_id: str, reprocess: bool) -> Path:
+    """The Relion project of a run: `relion` in the processing folder, a folder of its own per reprocess run."""
+    return processing / (f"reprocess_{_safe_name(run_id)}" if reprocess else "relion")
+
+
 def _open_one(config: SessionConfig, watch_dir: Path, processing: Path, recipe_name: str, run_id: str,
               reprocess: bool, stable_for_s: float, relion_dialect: str, experiment: str) -> dict[str, Any]:
     processing.mkdir(parents=True, exist_ok=True)
     conn_id = results_conn_id()
     store = results_store(conn_id, str(processing))
     session_id = store.get_or_create_session(config.session_name, str(watch_dir), str(processing))
+    store.set_quality_limits(session_id, config.quality_limits())
     job_id = store.start_processing_job(session_id, recipe_name, "preprocessing", reprocess=reprocess, run_id=run_id)
-    relion_dir = processing / (f"reprocess_{_safe_name(run_id)}" if reprocess else "relion")
+    relion_dir = relion_project_dir(processing, run_id, reprocess)
     watch = WatchSettings(session_id=session_id, watch_dir=str(watch_dir), movie_glob=config.movie_glob,
                           end_marker=config.end_marker, stable_for_s=stable_for_s,
                           idle_timeout_s=config.idle_timeout_s, max_movies=config.max_movies,

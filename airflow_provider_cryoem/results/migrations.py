@@ -123,12 +123,20 @@ def _series_completing_run(connection: Connection) -> None:
     _add_missing_columns(connection, (("tilt_series", "completed_by_run_id", "VARCHAR(250)"),))
 
 
+def _dashboard_columns(connection: Connection) -> None:
+    """The session's quality limits (drawn on the dashboard's plots) and each 2D class's selection score
+    (shown in the class galleries). Nullable: older sessions and classes do not know them."""
+    _add_missing_columns(connection, (("session", "quality_limits", "TEXT"),
+                                      ("particle_classification", "selection_score", "FLOAT")))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ISPyB-shaped cryo-EM result tables and the session_file ingest table", _create_v1_tables),
     Migration(2, "sessions identified by name and watched folder", _session_identity),
     Migration(3, "tomography: tilt series, tilts, tomograms and tilt image alignments", _tomography_tables),
     Migration(4, "pixel size of refinements and B-factor points", _refinement_pixel_size),
     Migration(5, "the run that completed a tilt series", _series_completing_run),
+    Migration(6, "session quality limits and class selection scores", _dashboard_columns),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

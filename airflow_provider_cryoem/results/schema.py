@@ -64,6 +64,7 @@ session = Table(
     Column("created", DateTime(timezone=True), nullable=False),
     Column("end_time", DateTime(timezone=True)),  # set when a live session ended by itself
     Column("end_reason", Text),
+    Column("quality_limits", Text),  # JSON: config.QUALITY_LIMIT_FIELDS of the newest run (migration 6)
 )
 
 # ISPyB ProcessingJob + AutoProcProgram: one stage of one DAG run; a reprocess run gets new rows.
@@ -211,6 +212,7 @@ particle_classification = Table(
     Column("estimated_resolution_a", Float),
     Column("overall_fourier_completeness", Float),
     Column("selected", Boolean, nullable=False),
+    Column("selection_score", Float),  # automatic class selection's score, 0-1 (migration 6)
     UniqueConstraint("particle_classification_group_id", "class_number"),
 )
 

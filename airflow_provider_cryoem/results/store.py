@@ -7,6 +7,8 @@ beside the live run's rows instead of over them.
 """
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -195,6 +197,17 @@ class ResultsStore:
             return None
         return (latest if latest.tzinfo else latest.replace(tzinfo=timezone.utc)).timestamp()
 
+    def set_quality_limits(self, session_id: int, limits: Mapping[str, float | None]) -> None:
+        """Record the session's per-movie quality limits (the newest run's settings; None: no limit)."""
+        bad = [name for name, value in limits.items()
+               if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value))]
+        if bad:
+            raise ResultsInputError("quality limits", bad[0], "must be a finite number or None")
+        table = schema.session
+        with self._transaction() as connection:
+            connection.execute(table.update().where(table.c.session_id == session_id)
+                               .values(quality_limits=json.dumps(dict(limits), sort_keys=True)))
+
     def end_session(self, session_id: int, reason: str) -> None:
         """Record that the live session ended by itself, and why (kept from the first call)."""
         table = schema.session
@@ -271,13 +284,19 @@ class ResultsStore:
                 table.c.class_number.not_in([values["class_number"] for values in class_values])))
             return group_id
 
-    def record_class_selection(self, group_id: int, selected_class_numbers: Iterable[int]) -> None:
-        """Mark exactly these classes of the group as selected (automatic class selection's outcome)."""
+    def record_class_selection(self, group_id: int, selected_class_numbers: Iterable[int],
+                               scores: Mapping[int, float] | None = None) -> None:
+        """Mark exactly these classes of the group as selected (automatic class selection's outcome), with
+        each scored class's selection score when given."""
         table = schema.particle_classification
         chosen = [int(number) for number in selected_class_numbers]
         with self._transaction() as connection:
             connection.execute(table.update().where(table.c.particle_classification_group_id == group_id)
                                .values(selected=table.c.class_number.in_(chosen)))
+            for number, score in (scores or {}).items():
+                connection.execute(table.update().where(table.c.particle_classification_group_id == group_id,
+                                                        table.c.class_number == int(number))
+                                   .values(selection_score=float(score)))
 
     def record_initial_model(self, group_id: int, result: ResultLike) -> int:
         """The initial model of a 3D classification batch."""
