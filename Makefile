@@ -9,7 +9,9 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	# torch pinned to the CPU build on disk in the same command, so that topaz-em (and its torchvision) do not
+	# pull a CUDA build of several GB
+	$(BIN)/pip install --quiet -e '.[test,topaz]' 'torch==2.13.0'
 	touch $(STAMP)
 
 system-deps:

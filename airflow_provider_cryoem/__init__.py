@@ -13,7 +13,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 # `airflow providers get airflow-provider-cryoem` lists them without importing Airflow's task SDK.
 STEP_OPERATORS = ("MotionCorrectionOperator", "CtfEstimationOperator", "ParticlePickingOperator",
                   "IceThicknessOperator", "ParticleExtractionOperator", "ParticleRebatchOperator",
-                  "Class2DOperator", "ClassSelectionOperator", "Class3DOperator", "Refine3DOperator",
+                  "Class2DOperator", "ClassSelectionOperator", "Class3DOperator", "ClassReextractionOperator",
+                  "Refine3DOperator",
                   "BFactorOperator", "TiltSeriesOperator", "TomogramOperator")
 
 

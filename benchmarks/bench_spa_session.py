@@ -13,7 +13,7 @@ preprocessing, Relion 3.1 for 2D, initial model, 3D, refinement, post-processing
   folders of their own, on the same input files.
 
 The refinement runs on the best class re-extracted at the micrograph's pixel size (the recipe default);
-`--no-reextract` refines the classification's binned particles instead (refine3d `reextract: false`).
+`--no-reextract` refines the classification's binned particles instead (the demo recipe without its `reextract` stage).
 
     .venv/bin/python benchmarks/bench_spa_session.py [--movies 8] [--seed 5] [--no-reextract]
 """
@@ -61,12 +61,13 @@ AIRFLOW = str(Path(sys.executable).parent / "airflow")
 
 
 def recipes_dir(work: Path, reextract: bool) -> Path:
-    """The demo recipes, or a copy whose refine3d stage refines the binned particles (no re-extraction)."""
+    """The demo recipes, or a copy without the reextract stage: refine3d refines the binned particles."""
     demo = REPO / "recipes" / "demo"
     if reextract:
         return demo
     recipe = yaml.safe_load((demo / "spa_live.yaml").read_text())
-    recipe["stages"]["refine3d"].setdefault("params", {})["reextract"] = False
+    del recipe["stages"]["reextract"]
+    recipe["stages"]["refine3d"]["after"] = ["class3d"]
     folder = work / "recipes"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spa_live.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--replay-seeds", type=int, nargs="*", default=[], metavar="SEED",
                         help="also replay the refinement → mask → post-processing with these --random_seed values")
     parser.add_argument("--no-reextract", action="store_true",
-                        help="refine the classification's binned particles (refine3d reextract: false)")
+                        help="refine the classification's binned particles (no reextract stage)")
     args = parser.parse_args(argv)
     settings = SpaSimulationSettings(n_movies=args.movies, **{**SIMULATION, "seed": args.seed,
                                                               "dose_per_frame_e_a2": args.dose_per_frame,

@@ -173,7 +173,8 @@ def test_live_dag_is_built_from_one_step_operator_per_stage(monkeypatch):
                  "pick": "ParticlePickingOperator", "extract": "ParticleExtractionOperator",
                  "select_particles": "ParticleRebatchOperator", "class2d": "Class2DOperator",
                  "select_classes": "ClassSelectionOperator", "class3d": "Class3DOperator",
-                 "refine3d": "Refine3DOperator", "bfactor": "BFactorOperator"}
+                 "reextract": "ClassReextractionOperator", "refine3d": "Refine3DOperator",
+                 "bfactor": "BFactorOperator"}
     assert set(recipe.stages) == set(operators)
     for stage in recipe.stages:
         task = dag.get_task(stage)
@@ -190,7 +191,7 @@ def test_live_dag_is_built_from_one_step_operator_per_stage(monkeypatch):
     class3d = dag.get_task("class3d")
     assert type(class3d).__name__ == "Class3DOperator" and class3d.trigger_rule == "none_failed"
     assert class3d.upstream_task_ids == {"select_classes", "wait_for_movies"}
-    for name, upstream in (("refine3d", "class3d"), ("bfactor", "refine3d")):
+    for name, upstream in (("reextract", "class3d"), ("refine3d", "reextract"), ("bfactor", "refine3d")):
         assert type(dag.get_task(name)).__name__ == "MappedOperator"
         assert dag.get_task(name).upstream_task_ids == {upstream}
 

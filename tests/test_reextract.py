@@ -33,7 +33,7 @@ from airflow_provider_cryoem.io import read_mrc, read_mrc_pixel_size_a, read_sta
 from airflow_provider_cryoem.io.star import write_star
 from airflow_provider_cryoem.pipeline import map_stages
 from airflow_provider_cryoem.pipeline.stores import relion_project, results_store
-from airflow_provider_cryoem.recipes.stages import BFactorParams, Refine3DParams
+from airflow_provider_cryoem.recipes.stages import BFactorParams, ClassReextractionParams, Refine3DParams
 from airflow_provider_cryoem.relion_project import OpticsGroup, read_pipeline
 from airflow_provider_cryoem.results import schema
 
@@ -146,7 +146,7 @@ def test_geometry_defaults_to_the_full_box_at_the_micrograph_pixel_size():
     wider = reextraction_geometry(2.0, 78, 96)
     assert (wider.cut_box_px, wider.box_px, wider.pixel_size_a) == (96, 96, 2.0)
     with pytest.raises(ValueError, match="even"):
-        Refine3DParams(reextract_box_px=77)
+        ClassReextractionParams(box_px=77)
 
 
 def test_class_is_re_extracted_at_full_scale_recentred_with_its_ctf(session):
@@ -243,7 +243,9 @@ def _recording(monkeypatch) -> list[tuple[str, str, float]]:
 
 def test_refinement_runs_on_the_re_extracted_particles_and_records_the_pixel_size(session, monkeypatch):
     calls = _recording(monkeypatch)
-    item = map_stages.refine_best_class(CONFIG, Refine3DParams(), "local", session["item"])
+    reextracted = map_stages.reextract_best_class(CONFIG, ClassReextractionParams(), session["item"])
+    assert map_stages.reextract_best_class(CONFIG, ClassReextractionParams(), reextracted) is reextracted  # once
+    item = map_stages.refine_best_class(CONFIG, Refine3DParams(), "local", reextracted)
     assert "skipped" not in item
     done = item["reextract"]
     assert calls == [(done["particles_star"], done["reference_map"], 2.0)]
@@ -265,9 +267,9 @@ def test_refinement_runs_on_the_re_extracted_particles_and_records_the_pixel_siz
     assert series == [(done["particles_star"], done["reference_map"], 2.0)]
 
 
-def test_a_recipe_can_switch_re_extraction_off(session, monkeypatch):
+def test_without_re_extraction_the_classification_particles_are_refined(session, monkeypatch):
     calls = _recording(monkeypatch)
-    item = map_stages.refine_best_class(CONFIG, Refine3DParams(reextract=False), "local", session["item"])
+    item = map_stages.refine_best_class(CONFIG, Refine3DParams(), "local", session["item"])
     class3d = session["class3d"]
     assert "reextract" not in item
     assert calls == [(class3d.best_class_particles_star, class3d.best_class_map, BINNED_PX)]

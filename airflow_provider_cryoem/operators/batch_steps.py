@@ -140,8 +140,25 @@ class ClassSelectionOperator(BatchStepOperator):
         return select_good_classes(config, self.item)
 
 
+class ClassReextractionOperator(BatchStepOperator):
+    """Re-extracts the particles of a 3D round's best class from the motion-corrected micrographs at their
+    full pixel size, recentred on the classification's origins (CTF and angles kept), and rescales the class
+    map to match (``relion_image_handler``), so that the refinement after it is not limited by the
+    classification's downscaled boxes. Writes a Relion Extract (re-extract) job. Tool: ``builtin``; settings:
+    :class:`~airflow_provider_cryoem.recipes.stages.ClassReextractionParams`."""
+
+    step = "reextract"
+    ui_color = "#e8d5f0"
+
+    def process(self, config: Any) -> dict[str, Any]:
+        from ..pipeline.map_stages import reextract_best_class
+
+        return reextract_best_class(config, self.step_settings(), self.item)
+
+
 class Refine3DOperator(BatchStepOperator):
-    """3D auto-refinement of the best 3D class of a round, then post-processing (mask, FSC, sharpening).
+    """3D auto-refinement of the best 3D class of a round (its re-extracted particles when a
+    ClassReextractionOperator ran before it), then post-processing (mask, FSC, sharpening).
     Tool: ``relion``; settings: :class:`~airflow_provider_cryoem.recipes.stages.Refine3DParams`."""
 
     step = "refine3d"
@@ -193,5 +210,5 @@ class TomogramOperator(BatchStepOperator):
 GATHERING_STEP_OPERATORS: dict[str, type[GatheringStepOperator]] = {
     operator.step: operator for operator in (ParticleRebatchOperator, Class3DOperator, TiltSeriesOperator)}
 BATCH_STEP_OPERATORS: dict[str, type[BatchStepOperator]] = {
-    operator.step: operator for operator in (Class2DOperator, ClassSelectionOperator, Refine3DOperator,
-                                             BFactorOperator, TomogramOperator)}
+    operator.step: operator for operator in (Class2DOperator, ClassSelectionOperator, ClassReextractionOperator,
+                                             Refine3DOperator, BFactorOperator, TomogramOperator)}

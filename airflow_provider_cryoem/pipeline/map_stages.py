@@ -43,7 +43,7 @@ from ..engines.bfactor import subset_sizes
 from ..execution import Execute
 from ..io import read_star
 from ..io.star import write_star
-from ..recipes.stages import BFactorParams, Class3DParams, Refine3DParams
+from ..recipes.stages import BFactorParams, Class3DParams, ClassReextractionParams, Refine3DParams
 from ..relion_project import NodeType, OpticsGroup, RelionProject
 from .batch_outcome import run_or_skip
 from .external import placement_threads, stage_executor
@@ -171,18 +171,17 @@ def refine_settings(config: SessionConfig, params: Refine3DParams, pixel_size_a:
         bfactor_low_resolution_a=params.bfactor_low_resolution_a)
 
 
-def reextract_best_class(config: SessionConfig, params: Refine3DParams, runs_on: str | dict[str, Any],
+def reextract_best_class(config: SessionConfig, params: ClassReextractionParams,
                          item: dict[str, Any]) -> dict[str, Any]:
-    """Re-extract the best 3D class's particles at full scale (Refine3DParams.reextract, reextract_box_px)
-    and rescale its map to match, as cryoem-services' ExtractClass does before refining; the item then
-    carries `reextract` (ReextractResult), which the refinement and B-factor series use. Done once per
-    item; nothing to do when the recipe switches it off."""
-    if "skipped" in item or "reextract" in item or not params.reextract:
+    """Re-extract the best 3D class's particles at full scale and rescale its map to match, as
+    cryoem-services' ExtractClass does before refining; the item then carries `reextract`
+    (ReextractResult), which the refinement and B-factor series use. Done once per item."""
+    if "skipped" in item or "reextract" in item:
         return item
     class3d = Class3DResult.model_validate(item["class3d"])
     project = _project(config, item)
     geometry = reextraction_geometry(config.motion_corrected_pixel_size_a, config.extraction_box_px,
-                                     params.reextract_box_px)
+                                     params.box_px)
     settings = ReextractSettings(geometry=geometry, threads=available_cores())
     alias = f"class{class3d.best_class}_particles_{class3d.particles_per_batch}"
     ctf_job = project.existing_job("ctffind")
@@ -191,7 +190,7 @@ def reextract_best_class(config: SessionConfig, params: Refine3DParams, runs_on:
         result = reextract_class(project, class3d.best_class_particles_star, class3d.best_class_map,
                                  class3d.best_class, settings, alias=alias,
                                  micrographs_star=ctf_job.output_node_name() if ctf_job else None,
-                                 execute=_executor("refine3d", runs_on, item))
+                                 execute=_executor("reextract", "local", item))
         return item | {"reextract": result.model_dump(mode="json")}
 
     return run_or_skip(item, f"reextract {alias}", reextract)
@@ -209,9 +208,8 @@ def refinement_inputs(item: dict[str, Any]) -> tuple[str, str, float]:
 
 def refine_best_class(config: SessionConfig, params: Refine3DParams, runs_on: str | dict[str, Any],
                       item: dict[str, Any]) -> dict[str, Any]:
-    """Auto-refine the best 3D class (re-extracted at full scale first unless the recipe says not to) from
-    its own map, mask it, post-process; recorded as a refinement with the pixel size refined at."""
-    item = reextract_best_class(config, params, runs_on, item)
+    """Auto-refine the best 3D class (its re-extracted particles when the item has them) from its own map,
+    mask it, post-process; recorded as a refinement with the pixel size refined at."""
     if "skipped" in item:
         return item
     class3d = Class3DResult.model_validate(item["class3d"])

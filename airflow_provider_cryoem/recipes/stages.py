@@ -151,21 +151,28 @@ class Class3DParams(_StageParams):
     threads: int | None = Field(None, ge=1, le=256, description="Default: the worker's cores (Slurm: its cpus).")
 
 
-class Refine3DParams(_StageParams):
-    """Auto-refine of the best 3D class, then relion_mask_create and relion_postprocess.
+class ClassReextractionParams(_StageParams):
+    """Re-extraction of the best 3D class's particles from the motion-corrected micrographs at the
+    micrographs' pixel size, recentred on their 3D-classification origins, each particle's CTF and angles
+    kept, and the class map rescaled to match (cryoem-services' ExtractClass), so that refinement is not
+    limited by the classification's downscaled boxes."""
 
-    Before it, by default, the class's particles are re-extracted from the motion-corrected micrographs at
-    the micrograph's pixel size, recentred on their 3D-classification origins, and the class map rescaled
-    to match (cryoem-services' ExtractClass); the B-factor series refines the same particles."""
-
-    reextract: bool = Field(True, description=(
-        "Re-extract the best 3D class's particles at full scale (recentred, each particle's CTF kept) and "
-        "refine those from the class map rescaled by relion_image_handler. Off: refine the classification's "
-        "own (downscaled) particles, limited to their Nyquist."))
-    reextract_box_px: int | None = Field(None, ge=16, le=4096, description=(
+    box_px: int | None = Field(None, ge=16, le=4096, description=(
         "Box of the re-extracted particles (even). Default: the session's extraction box at the micrograph's "
         "pixel size. Smaller: that box Fourier-cropped to this (pixel size scaled up by the ratio); larger: "
         "a wider field at the micrograph's pixel size."))
+
+    @field_validator("box_px")
+    @classmethod
+    def _even_box(cls, value: int | None) -> int | None:
+        if value is not None and value % 2:
+            raise ValueError(f"box_px must be even, got {value}")
+        return value
+
+
+class Refine3DParams(_StageParams):
+    """Auto-refine of the best 3D class (re-extracted at full scale when a `reextract` stage comes first),
+    then relion_mask_create and relion_postprocess; the B-factor series refines the same particles."""
 
     healpix_order: int = Field(2, ge=0, le=6)
     auto_local_healpix_order: int = Field(4, ge=0, le=8)
@@ -179,13 +186,6 @@ class Refine3DParams(_StageParams):
     threads: int | None = Field(None, ge=1, le=256, description="Per MPI rank; default 1.")
     bfactor_low_resolution_a: float = Field(10.0, gt=0, le=100, description="Sharpening B-factor fit "
                                                                              "from here (relion_postprocess).")
-
-    @field_validator("reextract_box_px")
-    @classmethod
-    def _even_box(cls, value: int | None) -> int | None:
-        if value is not None and value % 2:
-            raise ValueError(f"reextract_box_px must be even, got {value}")
-        return value
 
 
 class BFactorParams(_StageParams):
@@ -248,6 +248,8 @@ STAGES: dict[str, StageDefinition] = {
         StageDefinition("select_classes", frozenset({"builtin"}), SelectClassesParams, needs=("class2d",),
                         scope="particles"),
         StageDefinition("class3d", frozenset({"relion"}), Class3DParams, needs=("select_classes",),
+                        scope="particles"),
+        StageDefinition("reextract", frozenset({"builtin"}), ClassReextractionParams, needs=("class3d",),
                         scope="particles"),
         StageDefinition("refine3d", frozenset({"relion"}), Refine3DParams, needs=("class3d",), scope="particles"),
         StageDefinition("bfactor", frozenset({"relion"}), BFactorParams, needs=("refine3d",), scope="particles"),
