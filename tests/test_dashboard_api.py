@@ -467,6 +467,27 @@ def test_images_are_served_by_row_id_only_from_recorded_paths_under_the_data_roo
     assert client.get(f"{URL_PREFIX}/api/images/micrograph/999999", headers=headers).status_code == 404
 
 
+def test_ctf_image_is_the_picture_beside_the_recorded_diagnostic_spectrum(
+        results: Results, client: TestClient, tokens: dict[str, str], tmp_path: Path):
+    """A CTF row records the .ctf MRC (Relion's rlnCtfImage); the dashboard serves `<stem>_ctf.png` beside it."""
+    session = record_session(results.store, f"visit-ctf-{tmp_path.name}", results.data_root,
+                             SpaSimulationSettings(n_movies=1, seed=7), images_for=1)
+    ctf = schema.ctf
+    with results.engine.begin() as connection:
+        row_id, picture = connection.execute(select(ctf.c.ctf_id, ctf.c.fft_theoretical_full_path)
+                                             .where(ctf.c.movie_id == session.movies[0])).one()
+        spectrum = session.processing_dir / "CtfFind" / "mic.ctf"
+        spectrum.parent.mkdir(parents=True, exist_ok=True)
+        spectrum.write_bytes(b"MRC spectrum, not for browsers")
+        connection.execute(ctf.update().where(ctf.c.ctf_id == row_id).values(fft_theoretical_full_path=str(spectrum)))
+    url = f"{URL_PREFIX}/api/images/ctf_fit/{row_id}"
+    assert client.get(url, headers=auth(tokens["viewer"])).status_code == 404  # no picture drawn beside it yet
+    spectrum.with_name("mic_ctf.png").write_bytes(Path(picture).read_bytes())
+    served = client.get(url, headers=auth(tokens["viewer"]))
+    assert served.status_code == 200 and served.headers["content-type"] == "image/png"
+    assert served.content == Path(picture).read_bytes()
+
+
 def test_pages_and_static_files_are_served_with_the_api_path_of_the_mount(results: Results, client: TestClient,
                                                                           tokens: dict[str, str]):
     headers = auth(tokens["viewer"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import io
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 from PIL import Image
@@ -48,6 +48,9 @@ MOVIE_IMAGE_KINDS = {
     "ctf_fit": MovieImage(CTF, "fft_theoretical_full_path", "ctf_id"),
     "picks": MovieImage(PARTICLE_PICKING, "summary_image_full_path", "particle_picker_id"),
 }
+# A CTF row records its diagnostic spectrum, an MRC (what Relion's rlnCtfImage names); the picture for people
+# lies beside it as `<stem>_ctf.png` (written by the built-in engine and, for CTFFIND, by the recorder).
+_PICTURE_BESIDE = {"ctf_fit": "_ctf.png"}
 TOMOGRAM_IMAGE_KINDS = {  # kind -> tomogram column
     "central_slice": "central_slice_image",
     "projection_xy": "projection_xy_image",
@@ -94,7 +97,10 @@ def recorded_image(connection: Connection, kind: str, row_id: int) -> RecordedIm
     row = connection.execute(statement.where(next(iter(table.primary_key.columns)) == row_id)).first()
     if row is None or row[0] is None:
         raise ResultsNotFoundError(f"no {kind} image recorded for row {row_id}")
-    return RecordedImage(session_id=row.session_id, processing_directory=row.processing_directory, path=row[0])
+    path = row[0]
+    if kind in _PICTURE_BESIDE and PurePath(path).suffix.lower() not in MEDIA_TYPES:
+        path = str(PurePath(path).with_name(PurePath(path).stem + _PICTURE_BESIDE[kind]))
+    return RecordedImage(session_id=row.session_id, processing_directory=row.processing_directory, path=path)
 
 
 def _checked_file(recorded: str, image: RecordedImage, suffixes: tuple[str, ...], roots: list[Path] | None) -> Path:
