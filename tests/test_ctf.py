@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from airflow_provider_cryoem.cli import main
-from airflow_provider_cryoem.engines.ctf import CtfInputs, CtfResult, run_ctf_estimation
+from airflow_provider_cryoem.engines.ctf import CtfInputs, CtfResult, ctffind_diagnostic_picture, run_ctf_estimation
 from airflow_provider_cryoem.io import ImageFileError, write_mrc
 from airflow_provider_cryoem.tools import ctffind
 from airflow_provider_cryoem.simulate import SpaSimulationSettings, simulate_movie
@@ -163,6 +164,20 @@ def test_diagnostic_picture_is_a_modest_png_with_the_spectrum_and_the_1d_fit(res
     with Image.open(results["df8000"].diagnostic_thumbnail) as picture:
         assert picture.format == "PNG" and picture.mode == "RGB"
         assert 800 <= picture.width <= 1200 and 350 <= picture.height <= 500
+
+
+def test_ctffind_outputs_get_the_same_diagnostic_picture(results, tmp_path):
+    """CTFFIND's diagnostic image and _avrot.txt (here: the engine's files in CTFFIND's layout) are drawn too."""
+    source = Path(results["df8000"].diagnostic_image)
+    for suffix in (".ctf", ".txt", "_avrot.txt"):
+        shutil.copy(source.with_name(source.stem + suffix), tmp_path / f"ctffind{suffix}")
+    inputs = ctffind.CtffindInputs(micrograph_path="mic.mrc", output_path=str(tmp_path / "ctffind.ctf"),
+                                   pixel_size_a=PIXEL_SIZE_A)
+    picture = ctffind_diagnostic_picture(ctffind.parse_result(inputs) | {"diagnostic_image": inputs.output_path},
+                                         min_resolution_a=30.0)
+    assert picture == tmp_path / "ctffind_ctf.png"
+    with Image.open(picture) as opened:
+        assert opened.format == "PNG" and 800 <= opened.width <= 1200
 
 
 def test_phase_shift_search_finds_no_shift_on_a_plain_micrograph(micrographs):

@@ -9,7 +9,9 @@ Angles follow docs/conventions.md: U ≥ V, angle of U counter-clockwise from +x
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -173,9 +175,10 @@ def run_ctf_estimation(inputs: CtfInputs) -> CtfResult:
     diagnostic = Path(inputs.diagnostic_path or default_diagnostic_path(inputs.micrograph_path))
     fit = params.ctf_squared(optics, freq, azimuth).astype(np.float32)
     mrc_path = _write_diagnostic_mrc(diagnostic, flat, fit, freq, profile.fit_band, pixel_a)
-    text_path, avrot_path = _write_ctffind_text(inputs, diagnostic, params, cc, profile)
-    png_path = _write_picture(diagnostic, flat, fit, freq, profile, max(profile.fit_band[1], max_frequency),
-                              _caption(params, cc, profile.fit_resolution_a))
+    text_path, avrot_path, rows = _write_ctffind_text(inputs, diagnostic, params, cc, profile)
+    caption = _caption(params, cc, profile.fit_resolution_a)
+    png_path = diagnostic_picture(diagnostic, flat, fit, pixel_a, rows, profile.fit_band,
+                                  max(profile.fit_band[1], max_frequency), caption)
     return CtfResult(
         micrograph_path=str(inputs.micrograph_path), defocus_u_a=params.defocus_u_a, defocus_v_a=params.defocus_v_a,
         astigmatism_angle_deg=params.astigmatism_angle_deg, astigmatism_a=params.astigmatism_a,
@@ -251,7 +254,7 @@ def _write_diagnostic_mrc(path: Path, flat: np.ndarray, fit: np.ndarray, freq: n
 
 
 def _write_ctffind_text(inputs: CtfInputs, diagnostic: Path, params: CtfParameters, cc: float,
-                        profile: FitProfile) -> tuple[Path, Path]:
+                        profile: FitProfile) -> tuple[Path, Path, dict[str, np.ndarray]]:
     """`<diagnostic>.txt` and `<diagnostic>_avrot.txt` in CTFFIND 4.1's layout, so programs that read
     CTFFIND's results (Relion, CCP-EM doppio, cryoem-services' parsers) read ours."""
     header = header_lines("the built-in CTF engine of airflow-provider-cryoem (CTFFIND 4.1 layout)",
@@ -267,7 +270,7 @@ def _write_ctffind_text(inputs: CtfInputs, diagnostic: Path, params: CtfParamete
             "rotational_average": profile.renormalised(profile.equiphase_average),
             "ctf_fit": profile.ctf_squared, "fit_cross_correlation": profile.local_cc,
             "noise_2sigma": profile.noise_cc_2sigma}
-    return text, write_avrot(f"{base}_avrot.txt", header, rows)
+    return text, write_avrot(f"{base}_avrot.txt", header, rows), rows
 
 
 def _caption(params: CtfParameters, cc: float, fit_resolution_a: float) -> str:
@@ -276,15 +279,42 @@ def _caption(params: CtfParameters, cc: float, fit_resolution_a: float) -> str:
             f"CC {cc:.3f}, fit to {fit_resolution_a:.1f} Å")
 
 
-def _write_picture(diagnostic: Path, flat: np.ndarray, fit: np.ndarray, freq: np.ndarray, profile: FitProfile,
-                   fitted_to_freq: float, caption: str) -> Path:
-    """`<diagnostic stem>_ctf.png`: the spectrum halves and the 1D fit, up to a little past the fitted band."""
-    nyquist = float(freq.max()) / np.sqrt(2.0)
-    display_max = min(nyquist, _PICTURE_MARGIN * fitted_to_freq)
+def diagnostic_picture(diagnostic: Path, spectrum: np.ndarray, fit: np.ndarray | None, pixel_size_a: float,
+                       avrot: Mapping[str, Sequence[float]], fit_band: tuple[float, float], fitted_to_freq: float,
+                       caption: str) -> Path:
+    """`<diagnostic stem>_ctf.png`: the spectrum halves and the 1D fit, up to a little past `fitted_to_freq`.
+
+    `spectrum` is the centred background-subtracted spectrum, `fit` CTF² on its grid (None: the right half
+    of `spectrum` already holds the fit, as in CTFFIND's diagnostic image), `avrot` the six rows of a
+    CTFFIND `_avrot.txt`, `fit_band` the (low, high) frequencies (1/Å) of the fit.
+    """
+    freq, _ = centred_frequency_grid(spectrum.shape[0], pixel_size_a)
+    display_max = min(0.5 / pixel_size_a, _PICTURE_MARGIN * fitted_to_freq)
     # Per-pixel speckle hides the rings from the eye (not from the fit): smooth a little, and along the rings.
-    shown = azimuthal_smoothing(gaussian_filter(flat, _PICTURE_SMOOTHING_PX), _PICTURE_RING_SMOOTHING_DEG)
-    panel = ctf_spectrum_panel(shown, fit, freq, profile.fit_band, display_max)
-    plot = ctf_profile_plot(profile.freq, profile.renormalised(profile.equiphase_average), profile.ctf_squared,
-                            profile.local_cc, profile.noise_cc_2sigma, profile.fit_band, display_max,
+    shown = azimuthal_smoothing(gaussian_filter(spectrum, _PICTURE_SMOOTHING_PX), _PICTURE_RING_SMOOTHING_DEG)
+    panel = ctf_spectrum_panel(shown, fit, freq, fit_band, display_max)
+    rows = {name: np.asarray(values, dtype=np.float64) for name, values in avrot.items()}
+    plot = ctf_profile_plot(rows["spatial_frequency_per_a"], rows["rotational_average"], rows["ctf_fit"],
+                            rows["fit_cross_correlation"], rows["noise_2sigma"], fit_band, display_max,
                             size_px=(640, panel.height))
     return side_by_side(diagnostic.with_name(f"{diagnostic.stem}_ctf.png"), [panel, plot], caption)
+
+
+def ctffind_diagnostic_picture(result: Mapping[str, Any], min_resolution_a: float) -> Path:
+    """The same picture for CTFFIND's outputs: its diagnostic image (data left, fit right) and `_avrot.txt`
+    rows (`result["rotational_average"]`, as tools.ctffind.parse_result gives them)."""
+    diagnostic = Path(result["diagnostic_image"])
+    image = np.asarray(read_mrc(diagnostic, mmap=False), dtype=np.float32)
+    image = image[0] if image.ndim == 3 else image
+    if image.ndim != 2 or image.shape[0] != image.shape[1]:
+        raise ImageFileError(diagnostic, f"expected a square CTFFIND diagnostic spectrum, got shape {image.shape}")
+    avrot = result["rotational_average"]
+    freq = avrot["spatial_frequency_per_a"]
+    # CTFFIND may resample before fitting: its bins, 1/(box · fitting pixel), give the spectrum's pixel size.
+    pixel_size_a = 1.0 / (image.shape[0] * (freq[1] - freq[0]))
+    high = 1.0 / result["fit_resolution_a"] if np.isfinite(result["fit_resolution_a"]) else 1.0 / min_resolution_a
+    caption = (f"CTFFIND: defocus U {result['defocus_u_a'] / 1e4:.3f} µm, V {result['defocus_v_a'] / 1e4:.3f} µm, "
+               f"angle {result['astigmatism_angle_deg']:.0f}°, CC {result['cc']:.3f}, "
+               f"fit to {result['fit_resolution_a']:.1f} Å")
+    return diagnostic_picture(diagnostic, image, None, pixel_size_a, avrot, (1.0 / min_resolution_a, high), high,
+                              caption)

@@ -5,6 +5,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..engines.ctf import ctffind_diagnostic_picture
 from ..engines.thumbnails import drift_plot, micrograph_jpeg, picks_overlay
 from ..io import read_mrc
 from ..relion_project import CtfValues
@@ -38,6 +39,8 @@ def _motioncorr(ctx: MovieContext, result: dict[str, Any], store: ResultsStore, 
 
 
 def _ctf(ctx: MovieContext, result: dict[str, Any], store: ResultsStore, job_id: int, movie_id: int) -> None:
+    if not result.get("diagnostic_thumbnail") and result.get("rotational_average"):  # CTFFIND draws none
+        result["diagnostic_thumbnail"] = str(ctffind_diagnostic_picture(result, ctx.params.min_resolution_a))
     store.record_ctf(job_id, movie_id, result)  # first: a fit with no finite resolution must not reach the STAR
     if ctx.item["experiment"] == "spa":
         ctx.project.add_ctf(ctx.upstream["motioncorr"]["micrograph"], ctf_values(result), result["diagnostic_image"])
