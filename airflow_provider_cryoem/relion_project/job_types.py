@@ -98,6 +98,12 @@ JOB_KINDS: dict[str, JobKind] = {kind.name: kind for kind in (
             is_tomo=True),
     JobKind("tomograms", "Tomograms", 56, "relion.reconstructtomograms", "Live_tomograms", "tomo.reconstruct",
             is_tomo=True),
+    # Relion 5's PROC_TOMO_DENOISE_TOMOGRAM (its own runs are cryoCARE; cryoem-services files Topaz here too).
+    JobKind("denoise", "Denoise", 58, "relion.denoisetomo", "Live_denoise", "tomo.denoise", is_tomo=True),
+    # Not a Relion process: ccpem-pipeliner's membrain-seg job type and cryoem-services' Segmentation folder,
+    # an External job (99) to Relion.
+    JobKind("segment", "Segmentation", 99, "membrain.segment", "Live_membrain", "membrain.segment",
+            is_tomo=True),
 )}
 
 

@@ -46,6 +46,7 @@ _CHAIN_OUTPUT: dict[str, tuple[str, NodeType]] = {
     "aligntiltseries_imod_patchtrack": (tomo_files.ALIGNED.file_name, NodeType.TOMOGRAMS),
     "aligntiltseries_builtin": (tomo_files.ALIGNED.file_name, NodeType.TOMOGRAMS),
     "tomograms": (tomo_files.TOMOGRAMS.file_name, NodeType.TOMOGRAMS),
+    "denoise": (tomo_files.DENOISED.file_name, NodeType.TOMOGRAMS),
 }
 # Tilt-series alignment, by tool: the job kind of each (one Relion process, the method a job option).
 ALIGNER_KINDS = {"aretomo": "aligntiltseries_aretomo", "imod_fiducial": "aligntiltseries_imod_fiducial",
@@ -66,6 +67,7 @@ _CHAIN_INPUTS: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {
     "exclude_tilts": ((("tomo_ctffind",), "in_tiltseries"),),
     **{kind: ((("exclude_tilts", "tomo_ctffind"), "in_tiltseries"),) for kind in ALIGNER_KINDS.values()},
     "tomograms": ((tuple(ALIGNER_KINDS.values()), "in_tiltseries"),),
+    "denoise": ((("tomograms",), "in_tomoset"),),
 }
 SPA_PREPROCESSING = ("import", "motioncorr", "ctffind", "autopick", "extract")
 # IceBreaker's per-micrograph jobs, numbered together in this order (cryoem-services: micrographs,
@@ -514,6 +516,35 @@ class RelionProject:
                 raise ImageFileError(tomo_files.series_file(upstream, name), "missing: align the series first")
             tomo_files.replace_series(job.path, job.name, tomo_files.TOMOGRAMS, name, rows, self._tomo_optics(),
                                       extra)
+
+    def denoised_tomogram_dir(self) -> Path:
+        """Where the Denoise job keeps denoised tomograms: `Denoise/jobNNN/tomograms/`."""
+        return self.job("denoise").path / tomo_files.TOMOGRAM_FOLDER
+
+    def add_denoised_tomogram(self, series: str, denoised_path: str | Path) -> None:
+        """List the series in the Denoise job's tomograms.star: the Tomograms job's row (per-series tilts and
+        global values) with rlnTomoReconstructedTomogramDenoised, as Relion 5's denoising writes it."""
+        name = self._tomo_series(series)
+        job = self.job("denoise")
+        upstream = self._upstream_dir(job)
+        with project_lock(self.root):
+            rows = list(tomo_files.upstream_rows(upstream, name).values())
+            if not rows:
+                raise ImageFileError(tomo_files.series_file(upstream, name), "missing: reconstruct the series first")
+            reconstructed = tomo_files.global_values(upstream, tomo_files.TOMOGRAMS, name)
+            extra: dict[str, Value] = {column: reconstructed[column] for column in tomo_files.TOMOGRAMS_GLOBAL
+                                       if column not in tomo_files.TILT_SERIES_GLOBAL}
+            extra[tomo_files.DENOISED_COLUMN] = self.relative(denoised_path)
+            tomo_files.replace_series(job.path, job.name, tomo_files.DENOISED, name, rows, self._tomo_optics(),
+                                      extra)
+
+    def segmentation_dir(self, source_kind: str) -> Path:
+        """Where the membrain-seg job writes: `Segmentation/jobNNN/tomograms/`; the job reads the tomograms.star
+        of `source_kind` (`denoise` or `tomograms`), registered as its input when the job is made."""
+        job = self.job("segment")
+        source = self.job(source_kind)
+        job.add_input(source.output_node_name(), NodeType.TOMOGRAMS)
+        return job.path / tomo_files.TOMOGRAM_FOLDER
 
     def _tomo_series(self, series: str) -> str:
         if self.dialect != "relion5":

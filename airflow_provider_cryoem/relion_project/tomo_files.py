@@ -50,6 +50,10 @@ TILT_SERIES_GLOBAL = IMPORT_GLOBAL + ("rlnTomoTiltSeriesPixelSize",)
 # reconstruct_tomogram.cpp: binning, bin-1 size ("Width of a bin-1 tomogram in pixels") and the volume.
 TOMOGRAMS_GLOBAL = TILT_SERIES_GLOBAL + ("rlnTomoTomogramBinning", "rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ",
                                          "rlnTomoReconstructedTomogram")
+# Relion 5's Denoise job keeps the tomograms.star row and adds the denoised volume (cryoem-services' node
+# creator writes the same for its Topaz runs).
+DENOISED_COLUMN = "rlnTomoReconstructedTomogramDenoised"
+DENOISED_GLOBAL = TOMOGRAMS_GLOBAL + (DENOISED_COLUMN,)
 
 # Per-tilt columns: serialem.py's _generate_tilt_image_dataframe, in its order.
 IMPORT_TILT = (MOVIE_COLUMN, "rlnTomoTiltMovieFrameCount", "rlnTomoNominalStageTiltAngle",
@@ -79,6 +83,7 @@ CTFFIND = TomoTable("tilt_series_ctf.star", TILT_SERIES_GLOBAL, CTF_TILT)
 SELECTED = TomoTable("selected_tilt_series.star", TILT_SERIES_GLOBAL, CTF_TILT)
 ALIGNED = TomoTable("aligned_tilt_series.star", TILT_SERIES_GLOBAL, ALIGNED_TILT)
 TOMOGRAMS = TomoTable("tomograms.star", TOMOGRAMS_GLOBAL, ALIGNED_TILT)
+DENOISED = TomoTable("tomograms.star", DENOISED_GLOBAL, ALIGNED_TILT)
 
 
 class TiltAlignmentValues(BaseModel):
@@ -183,6 +188,20 @@ def upsert_series(job_dir: Path, job_name: str, table: TomoTable, name: str, opt
     upsert_rows(job_dir / table.file_name, loop_header(GLOBAL_BLOCK, table.global_columns, VERSION),
                 GLOBAL_BLOCK, table.global_columns, NAME_COLUMN, name,
                 [global_row(table, name, series_star, optics, extra)])
+
+
+def global_values(job_dir: Path, table: TomoTable, name: str) -> dict[str, str]:
+    """Series `name`'s row of a job's global file (`table.file_name`), by column; an error names the file."""
+    path = job_dir / table.file_name
+    try:
+        block = parse_star(path.read_text())[GLOBAL_BLOCK]
+        key = block.column(NAME_COLUMN)
+    except (OSError, KeyError, ValueError) as exc:
+        raise ImageFileError(path, f"no global table of tilt series ({exc})") from None
+    for row in block.rows:
+        if row[key] == name:
+            return dict(zip(block.columns, row))
+    raise ImageFileError(path, f"has no row for tilt series {name}")
 
 
 def tomogram_file(job_dir: Path, name: str) -> Path:

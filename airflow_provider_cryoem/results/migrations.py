@@ -130,6 +130,11 @@ def _dashboard_columns(connection: Connection) -> None:
                                       ("particle_classification", "selection_score", "FLOAT")))
 
 
+def _processed_tomograms(connection: Connection) -> None:
+    """Denoised and segmented volumes of a tomogram (ISPyB ProcessedTomogram)."""
+    _create_tables(connection, ("processed_tomogram",))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ISPyB-shaped cryo-EM result tables and the session_file ingest table", _create_v1_tables),
     Migration(2, "sessions identified by name and watched folder", _session_identity),
@@ -137,6 +142,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "pixel size of refinements and B-factor points", _refinement_pixel_size),
     Migration(5, "the run that completed a tilt series", _series_completing_run),
     Migration(6, "session quality limits and class selection scores", _dashboard_columns),
+    Migration(7, "processed tomograms (denoised, segmented)", _processed_tomograms),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -119,6 +119,12 @@ TOMOGRAM = {
     "tilt_series_movie": _opt("movie"),
     "alignment_plot": _opt("alignment_plot"),
 }
+PROCESSED_TOMOGRAM = {
+    "processing_type": Field("processing_type"),
+    "file_path": Field("path"),
+    "central_slice_image": _opt("central_slice"),
+    "projection_xy_image": _opt("projection_xy"),
+}
 # Shifts as tools/aretomo.parse_aln names them; an excluded tilt may leave the alignment values out.
 TILT_IMAGE_ALIGNMENT = {
     "movie_id": Field("movie_id"),

@@ -315,6 +315,19 @@ tomogram = Table(
     UniqueConstraint("processing_job_id", "tilt_series_id"),
 )
 
+# ISPyB ProcessedTomogram: a volume made from one tomogram (processingType "Denoised", "Segmented"), with the
+# pictures a person checks it by (not ISPyB columns: ISPyB keeps those as program attachments).
+processed_tomogram = Table(
+    "processed_tomogram", metadata,
+    _id("processed_tomogram_id"),
+    _fk("tomogram_id", "tomogram.tomogram_id"),
+    Column("processing_type", String(32), nullable=False),  # ISPyB processingType: Denoised, Segmented
+    Column("file_path", PATH, nullable=False),  # ISPyB filePath
+    Column("central_slice_image", PATH),  # denoised: raw | denoised; segmented: mask over the denoised slice
+    Column("projection_xy_image", PATH),  # segmented: the membrane mask projected along z
+    UniqueConstraint("tomogram_id", "processing_type"),
+)
+
 # ISPyB TiltImageAlignment: where one tilt sits in one tomogram's alignment.
 tilt_image_alignment = Table(
     "tilt_image_alignment", metadata,

@@ -434,6 +434,31 @@ class ResultsStore:
                 table.c.tomogram_id == tomogram_id, table.c.movie_id.not_in([one["movie_id"] for one in per_tilt])))
             return tomogram_id
 
+    def record_processed_tomogram(self, job_id: int, tilt_series_id: int, result: ResultLike) -> int:
+        """A volume made from the series' tomogram of job `job_id` (ISPyB ProcessedTomogram: `processing_type`
+        Denoised or Segmented, `path`, optional `central_slice` / `projection_xy` images); a retry replaces it."""
+        values = records.row_values("processed tomogram", schema.processed_tomogram, result,
+                                    records.PROCESSED_TOMOGRAM)
+        tomogram = schema.tomogram
+        what = f"{values['processing_type']} tomogram of processing job {job_id}, tilt series {tilt_series_id}"
+        with self._writing(what) as connection:
+            tomogram_id = connection.execute(select(tomogram.c.tomogram_id).where(
+                tomogram.c.processing_job_id == job_id, tomogram.c.tilt_series_id == tilt_series_id)).scalar()
+            if tomogram_id is None:
+                raise ResultsNotFoundError(f"no tomogram of tilt series {tilt_series_id} from processing job "
+                                           f"{job_id}: record the tomogram first")
+            return upsert(connection, schema.processed_tomogram, {"tomogram_id": tomogram_id, **values},
+                          ["tomogram_id", "processing_type"])
+
+    def processed_tomograms(self, tilt_series_id: int) -> list[dict[str, object]]:
+        """Every processed volume of the series' tomograms, oldest first, as column dicts."""
+        table, tomogram = schema.processed_tomogram, schema.tomogram
+        with self._transaction() as connection:
+            rows = connection.execute(select(table).join(tomogram, tomogram.c.tomogram_id == table.c.tomogram_id)
+                                      .where(tomogram.c.tilt_series_id == tilt_series_id)
+                                      .order_by(table.c.processed_tomogram_id)).mappings().all()
+        return [dict(row) for row in rows]
+
     # -- reading --------------------------------------------------------------------------------------
     def session_summary(self, session: int | str) -> SessionSummary:
         """Summary of the session with this id, or of the only session with this name."""

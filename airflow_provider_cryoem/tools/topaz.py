@@ -106,3 +106,65 @@ def parse_picks(path: str | Path, scale: int) -> dict[str, Any]:
     order = np.argsort(-table[:, 2], kind="stable")
     return {"coordinates_px": (table[order, :2] * scale).tolist(), "figures_of_merit": table[order, 2].tolist(),
             "particle_count": int(order.size)}
+
+
+# --- 3D denoising (Topaz-Denoise, Bepler et al. 2020) ------------------------------------------------------
+# Pretrained 3D models in the topaz wheel (topaz/pretrained/denoise/), by the voxel size (Å) of the
+# tomograms they were trained on: `unet-3d` is Topaz's alias of unet-3d-10a.
+PRETRAINED_3D_VOXEL_A = {"unet-3d-10a": 10.0, "unet-3d-20a": 20.0}
+DENOISED_SUFFIX = ".denoised"
+# How Topaz's denoiser is started: its entry point (`topaz denoise3d`), its command module
+# (`python -m topaz.commands.denoise3d`), or this provider's memory-bounded runner over Topaz's network
+# (`python -m airflow_provider_cryoem.tools.topaz_denoise3d`, same flags; see that module for why).
+DENOISE_LAUNCHES = {"entry_point": ["denoise3d"], "topaz_module": ["-m", "topaz.commands.denoise3d"],
+                    "bounded_runner": ["-m", "airflow_provider_cryoem.tools.topaz_denoise3d"]}
+
+
+def pretrained_3d_model(voxel_size_a: float) -> str:
+    """The pretrained 3D model trained nearest this voxel size (geometric distance: 14 Å is nearer 10 Å)."""
+    return min(PRETRAINED_3D_VOXEL_A, key=lambda name: abs(np.log(PRETRAINED_3D_VOXEL_A[name] / voxel_size_a)))
+
+
+class TopazDenoiseInputs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tomogram_path: str = Field(min_length=1)
+    out_dir: str = Field(min_length=1)
+    model: str = Field("unet-3d-10a", min_length=1, description="Pretrained 3D model or a saved model file (-m).")
+    patch_size_px: int = Field(96, ge=1, description="Cube edge denoised at once (-s).")
+    padding_px: int = Field(48, ge=0, description="Context around each cube, cut off again (-p).")
+    device: int = Field(-1, ge=-1, description="GPU index (-d); -1: the CPU.")
+    threads: int = Field(0, ge=0, description="torch threads (-j); 0: torch's default.")
+    program: str = "topaz"
+    launch: str = Field("entry_point", pattern="^(entry_point|topaz_module|bounded_runner)$")
+
+
+def denoised_path(inputs: TopazDenoiseInputs) -> Path:
+    """Where `topaz denoise3d -o DIR --suffix .denoised` writes: DIR/<stem>.denoised<ext> (as its runner does)."""
+    source = Path(inputs.tomogram_path)
+    return Path(inputs.out_dir) / f"{source.stem}{DENOISED_SUFFIX}{source.suffix}"
+
+
+def denoise3d_command(inputs: TopazDenoiseInputs) -> CommandSpec:
+    """`topaz denoise3d VOLUME -o DIR --suffix .denoised -m MODEL -s PATCH -p PADDING -d DEVICE -j THREADS`,
+    the flags cryoem-services' Denoise services pass, started as `inputs.launch` says."""
+    return CommandSpec(
+        program=inputs.program, cwd=inputs.out_dir, threads=max(1, inputs.threads),
+        gpus=1 if inputs.device >= 0 else 0,
+        log_path=str(Path(inputs.out_dir) / f"{Path(inputs.tomogram_path).stem}_topaz_denoise3d.log"),
+        args=[*DENOISE_LAUNCHES[inputs.launch], inputs.tomogram_path, "-o", inputs.out_dir,
+              "--suffix", DENOISED_SUFFIX, "-m", inputs.model, "-s", str(inputs.patch_size_px),
+              "-p", str(inputs.padding_px), "-d", str(inputs.device), "-j", str(inputs.threads)])
+
+
+def parse_denoised(inputs: TopazDenoiseInputs) -> dict[str, Any]:
+    """The denoised tomogram Topaz wrote: a volume of the input's shape, else an error naming the file."""
+    from ..io.mrc import read_mrc_shape
+
+    path = denoised_path(inputs)
+    if not path.is_file():
+        raise ImageFileError(path, "denoised tomogram not found (did topaz denoise3d finish?)")
+    shape, source_shape = read_mrc_shape(path), read_mrc_shape(inputs.tomogram_path)
+    if tuple(shape) != tuple(source_shape):
+        raise ImageFileError(path, f"denoised volume is {tuple(shape)}, the tomogram {tuple(source_shape)}")
+    return {"denoised_path": str(path), "shape_zyx_px": list(shape), "model": inputs.model}
