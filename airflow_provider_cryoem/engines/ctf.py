@@ -175,7 +175,7 @@ def run_ctf_estimation(inputs: CtfInputs) -> CtfResult:
     diagnostic = Path(inputs.diagnostic_path or default_diagnostic_path(inputs.micrograph_path))
     fit = params.ctf_squared(optics, freq, azimuth).astype(np.float32)
     mrc_path = _write_diagnostic_mrc(diagnostic, flat, fit, freq, profile.fit_band, pixel_a)
-    text_path, avrot_path, rows = _write_ctffind_text(inputs, diagnostic, params, cc, profile)
+    text_path, avrot_path, rows = _write_ctffind_text(inputs, box_px, diagnostic, params, cc, profile)
     caption = _caption(params, cc, profile.fit_resolution_a)
     png_path = diagnostic_picture(diagnostic, flat, fit, pixel_a, rows, profile.fit_band,
                                   max(profile.fit_band[1], max_frequency), caption)
@@ -253,13 +253,13 @@ def _write_diagnostic_mrc(path: Path, flat: np.ndarray, fit: np.ndarray, freq: n
     return write_mrc(path, combined.astype(np.float32), pixel_size_a)
 
 
-def _write_ctffind_text(inputs: CtfInputs, diagnostic: Path, params: CtfParameters, cc: float,
+def _write_ctffind_text(inputs: CtfInputs, box_px: int, diagnostic: Path, params: CtfParameters, cc: float,
                         profile: FitProfile) -> tuple[Path, Path, dict[str, np.ndarray]]:
     """`<diagnostic>.txt` and `<diagnostic>_avrot.txt` in CTFFIND 4.1's layout, so programs that read
     CTFFIND's results (Relion, CCP-EM doppio, cryoem-services' parsers) read ours."""
     header = header_lines("the built-in CTF engine of airflow-provider-cryoem (CTFFIND 4.1 layout)",
                           inputs.micrograph_path, inputs.pixel_size_a, inputs.voltage_kv, inputs.cs_mm,
-                          inputs.amplitude_contrast, inputs.box_size_px, inputs.min_resolution_a,
+                          inputs.amplitude_contrast, box_px, inputs.min_resolution_a,
                           inputs.max_resolution_a, inputs.min_defocus_a, inputs.max_defocus_a)
     base = diagnostic.with_suffix("")
     text = write_output_txt(f"{base}.txt", header, params.defocus_u_a, params.defocus_v_a,
