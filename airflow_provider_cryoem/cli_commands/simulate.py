@@ -12,6 +12,7 @@ from ..simulate import SpaSimulationSettings, run_live_session, write_spa_sessio
 from ..simulate.tilt_series import run_live_tomo_session, write_tomo_session
 from ..simulate.tomo_settings import TomoSimulationSettings
 from ..simulate.session import GROUND_TRUTH_NAME
+from ..simulate.settings import PRESETS
 
 # option -> settings field, for the options whose names are shorter than the field names
 _OPTIONS = {
@@ -50,6 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--gain-rotation", type=int, help="Rotation the written gain needs (0-3, default 0).")
     parser.add_argument("--gain-flip", type=int, help="Flip the written gain needs (0-2, default 0).")
     parser.add_argument("--drift-a-per-frame", type=float, help="Late-frame drift in Å/frame (default 0.8).")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="easy",
+                        help="Starting settings: easy (clear particles on flat ice, ideal detector; quick tests) "
+                             "or realistic (a 250 kDa protein at its true contrast in amorphous ice with "
+                             "gradients, carbon rim, contaminants, counting camera, 50 e⁻/Å² over 50 frames); "
+                             "--settings-json and the options above override it.")
     parser.add_argument("--settings-json", help="Any SpaSimulationSettings fields as a JSON object.")
     parser.add_argument("--tomo", action="store_true",
                         help="Write tilt series (movies in dose-symmetric order, SerialEM mdoc, phantom volumes) "
@@ -72,6 +78,8 @@ def _settings(args: argparse.Namespace) -> SpaSimulationSettings | TomoSimulatio
     options = _TOMO_OPTIONS if args.tomo else _OPTIONS
     refused = [f"--{option.replace('_', '-')}" for option in (_OPTIONS.keys() | _TOMO_OPTIONS.keys()) - options.keys()
                if getattr(args, option) is not None]
+    if args.tomo and args.preset != "easy":
+        refused.append("--preset")
     if refused:
         print(f"error: {', '.join(sorted(refused))} not allowed {'with' if args.tomo else 'without'} --tomo",
               file=sys.stderr)
@@ -83,6 +91,8 @@ def _settings(args: argparse.Namespace) -> SpaSimulationSettings | TomoSimulatio
         raise SystemExit(2) from None
     given.update({field: getattr(args, option) for option, field in options.items()
                   if getattr(args, option) is not None})
+    if not args.tomo:
+        given = {**PRESETS[args.preset], **given}
     try:
         return model.model_validate(given)
     except ValidationError as exc:

@@ -24,6 +24,7 @@ from .tomo_settings import TomoSimulationSettings
 from .tomo_truth import TiltSeriesTruth, TiltTruth, TomoObjectTruth, TomoSessionTruth
 from .truth import (
     CarbonEdgeTruth,
+    ContaminantTruth,
     LocalMotionTruth,
     MovieTruth,
     ParticleTruth,
@@ -32,7 +33,8 @@ from .truth import (
 )
 
 __all__ = [
-    "END_MARKER_NAME", "GAIN_REFERENCE_NAME", "GROUND_TRUTH_NAME", "CarbonEdgeTruth", "LocalMotionTruth",
+    "END_MARKER_NAME", "GAIN_REFERENCE_NAME", "GROUND_TRUTH_NAME", "CarbonEdgeTruth", "ContaminantTruth",
+    "LocalMotionTruth",
     "MovieTruth", "ParticleTruth", "SessionTruth", "SimulatedMovie", "SpaSimulationSettings", "StructureTruth",
     "euler_matrix", "gain_as_written", "make_structure", "orient_gain", "prepare_session_folder", "render_volume",
     "run_live_session",

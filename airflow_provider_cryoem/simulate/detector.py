@@ -10,6 +10,12 @@ import numpy as np
 from .settings import SpaSimulationSettings
 
 MIN_SENSITIVITY = 0.3
+# A counting camera (K3, Falcon 4 class): each electron is counted in one pixel, so the noise stays white
+# while the signal is blurred by the pixel's area (sinc) and the spread of its localisation (Gaussian);
+# MTF at Nyquist ≈ 0.4. DQE(0) below 1 comes from electrons lost to coincidence and thresholding: counting
+# a random share keeps the counts Poisson at a lower rate, which is exactly a DQE(0) of that share.
+COUNTING_LOCALISATION_SIGMA_PX = 0.3
+COUNTING_DQE_ZERO = 0.85
 
 
 def sensitivity(settings: SpaSimulationSettings) -> np.ndarray:
@@ -36,6 +42,15 @@ def gain_as_written(gain: np.ndarray, rotation: int, flip: int) -> np.ndarray:
 def gain_reference(settings: SpaSimulationSettings) -> np.ndarray:
     """The gain reference file content (1/sensitivity, float32), rotated/flipped as the settings say it is written."""
     return gain_as_written(1.0 / sensitivity(settings), settings.gain_rotation, settings.gain_flip).astype(np.float32)
+
+
+def detector_transfer(settings: SpaSimulationSettings, shape: tuple[int, int]) -> np.ndarray | float:
+    """Signal transfer of the detector on an rfft grid of `shape` (MTF × DQE(0)); 1 for the ideal detector."""
+    if settings.detector == "ideal":
+        return 1.0
+    fy, fx = np.fft.fftfreq(shape[0])[:, None], np.fft.rfftfreq(shape[1])[None, :]
+    mtf = np.sinc(fy) * np.sinc(fx) * np.exp(-2 * np.pi**2 * COUNTING_LOCALISATION_SIGMA_PX**2 * (fy**2 + fx**2))
+    return (COUNTING_DQE_ZERO * mtf).astype(np.float32)
 
 
 def record_frame(rng: np.random.Generator, expected_e: np.ndarray, sensitivity_map: np.ndarray,

@@ -10,7 +10,7 @@ import scipy.fft
 from scipy.ndimage import map_coordinates
 
 from .density import FFT_WORKERS
-from .detector import counts_dtype, gain_reference, record_frame, sensitivity
+from .detector import counts_dtype, detector_transfer, gain_reference, record_frame, sensitivity
 from .motion import global_shifts_px, local_motion, max_displacement_px
 from .optics import contrast_image, critical_exposure_e_a2, exposure_filter
 from .settings import SpaSimulationSettings
@@ -52,11 +52,15 @@ def simulate_movie(settings: SpaSimulationSettings, index: int) -> SimulatedMovi
     defocus_u_a, defocus_v_a = defocus_mean_a + 0.5 * astigmatism_a, defocus_mean_a - 0.5 * astigmatism_a
     angle_deg = float(rng.uniform(0.0, 180.0)) if astigmatism_a > 0 else 0.0
     specimen = build_specimen(rng, settings, make_structure(settings), margin_px,
-                              micrograph_ice_thickness_a(settings, index))
+                              micrograph_ice_thickness_a(settings, index),
+                              realism_rng=np.random.default_rng([settings.seed, 4, index]))
     contrast = contrast_image(specimen.phase_rad, specimen.transmission, settings.pixel_size_a, defocus_u_a,
                               defocus_v_a, angle_deg, settings.voltage_kv, settings.cs_mm,
                               settings.amplitude_contrast, settings.envelope_bfactor_a2)
-    frames, clean = _record_movie(rng, settings, specimen.transmission, contrast, shifts_px, local, margin_px)
+    steady = None if specimen.steady_phase_rad is None else contrast_image(
+        specimen.steady_phase_rad, specimen.transmission, settings.pixel_size_a, defocus_u_a, defocus_v_a, angle_deg,
+        settings.voltage_kv, settings.cs_mm, settings.amplitude_contrast, settings.envelope_bfactor_a2)
+    frames, clean = _record_movie(rng, settings, specimen.transmission, contrast, shifts_px, local, margin_px, steady)
     frames = counts_dtype(frames)
     crop = slice(margin_px, margin_px + settings.image_size_px)
     stem = movie_stem(settings, index)
@@ -73,7 +77,7 @@ def simulate_movie(settings: SpaSimulationSettings, index: int) -> SimulatedMovi
         astigmatism_angle_deg=round(angle_deg, 4),
         ice_thickness_centre_a=specimen.ice_thickness_centre_a,
         ice_gradient_direction_deg=round(specimen.ice_gradient_direction_deg, 4),
-        carbon_edge=specimen.carbon_edge, particles=specimen.particles)
+        carbon_edge=specimen.carbon_edge, particles=specimen.particles, contaminants=specimen.contaminants)
     return SimulatedMovie(frames=frames, gain=gain_reference(settings), clean_micrograph=clean,
                           projected_potential=np.ascontiguousarray(specimen.phase_rad[crop, crop]),
                           truth=truth, settings=settings)
@@ -91,13 +95,17 @@ def _canvas_margin_px(settings: SpaSimulationSettings, displacement_px: float) -
 
 def _record_movie(rng: np.random.Generator, settings: SpaSimulationSettings, transmission: np.ndarray,
                   contrast: np.ndarray, shifts_px: np.ndarray, local: LocalMotionTruth,
-                  margin_px: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every frame (moved specimen, dose damage, counts) and the clean dose-integrated image at frame 0."""
+                  margin_px: int, steady_contrast: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every frame (moved specimen, dose damage, counts) and the clean dose-integrated image at frame 0;
+    `steady_contrast` (amorphous ice and carbon texture) is not faded by dose."""
     shape = transmission.shape
     size = settings.image_size_px
     dose_px = settings.dose_per_frame_e_a2 * settings.pixel_size_a**2
-    mean_spectrum = scipy.fft.rfft2(transmission, workers=FFT_WORKERS)
-    contrast_spectrum = scipy.fft.rfft2(contrast, workers=FFT_WORKERS)
+    transfer = detector_transfer(settings, shape)
+    mean_spectrum = scipy.fft.rfft2(transmission, workers=FFT_WORKERS) * transfer
+    contrast_spectrum = scipy.fft.rfft2(contrast, workers=FFT_WORKERS) * transfer
+    if steady_contrast is not None:
+        mean_spectrum = mean_spectrum + scipy.fft.rfft2(steady_contrast, workers=FFT_WORKERS) * transfer
     critical = critical_exposure_e_a2(shape, settings.pixel_size_a, settings.voltage_kv) \
         if settings.radiation_damage else None
     warp = _LocalWarp(local, size, margin_px, shape) if settings.local_motion_a > 0 else None

@@ -8,7 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class SpaSimulationSettings(BaseModel):
-    """Every knob of the SPA simulator; the same settings and seed always give the same files."""
+    """Every knob of the SPA simulator; the same settings and seed always give the same files.
+
+    The field defaults are the "easy" preset (clear particles on flat ice, ideal detector), kept for quick
+    unit tests; `SpaSimulationSettings.realistic()` gives micrographs as hard as real ones (see PRESETS).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -42,6 +46,26 @@ class SpaSimulationSettings(BaseModel):
     atom_sigma_a: float = Field(4.0, gt=0, le=50, description="Width (σ) of each pseudo-atom (Å).")
     junk_fraction: float = Field(0.0, ge=0, le=1, description="Fraction of placed particles that are "
                                                               "dense aggregates (is_junk).")
+    particle_mass_kda: float | None = Field(None, gt=5, le=20_000,
+                                            description="Protein mass (kDa). When set the particle is a "
+                                                        "residue-level model at protein density and its phase "
+                                                        "follows from the mass (particle_phase_rad, n_atoms and "
+                                                        "atom_sigma_a then only shape junk); unset = the easy "
+                                                        "pseudo-atom lobes.")
+    particle_shape: Literal["globular", "elongated"] = Field(
+        "globular", description="With particle_mass_kda: domains packed in a ball, or in a rod whose length is "
+                                "particle_diameter_a.")
+    n_conformations: int = Field(1, ge=1, le=10, description="With particle_mass_kda: conformations (one domain "
+                                                            "hinged by a further 12° each), drawn per particle.")
+    particle_min_separation: float = Field(1.0, gt=0, le=3,
+                                           description="Closest centre distance allowed, in mean diameters of "
+                                                       "the two objects (1 = discs touch, < 1 = they overlap).")
+    particle_cluster_fraction: float = Field(0.0, ge=0, le=1,
+                                             description="Share of particles placed right next to an earlier "
+                                                         "one (touching), as in real grids.")
+    carbon_particle_fraction: float = Field(0.0, ge=0, le=1,
+                                            description="Share of particles placed on the carbon film (needs "
+                                                        "carbon_edge).")
 
     ice_thickness_a: float = Field(300.0, ge=0, le=5000, description="Ice thickness at the image centre (Å).")
     ice_gradient_a: float = Field(100.0, ge=0, le=5000,
@@ -52,8 +76,22 @@ class SpaSimulationSettings(BaseModel):
     ice_texture_rad: float = Field(0.12, ge=0, le=3,
                                    description="RMS per-pixel phase of amorphous ice at ice_thickness_a (rad); "
                                                "it gives the Thon rings.")
+    ice_spectrum: Literal["white", "amorphous"] = Field(
+        "white", description="Ice phase texture: white noise of RMS ice_texture_rad, or amorphous ice from its "
+                             "water density and structure factor (ring at 3.7 Å; ice_texture_rad unused).")
+    ice_variation_a: float = Field(0.0, ge=0, le=5000,
+                                   description="RMS of smooth random ice-thickness variation on top of the "
+                                               "gradient (Å).")
+    ice_variation_length_a: float = Field(2000.0, gt=0, le=100_000,
+                                          description="Correlation length of that variation (Å).")
+    ice_contaminants_per_um2: float = Field(0.0, ge=0, le=10_000,
+                                            description="Mean number of crystalline-ice contaminants (dark "
+                                                        "hexagonal crystals with lattice fringes) per µm².")
     carbon_edge: bool = Field(False, description="Cover one side of the image with a carbon film (step edge).")
     carbon_thickness_a: float = Field(150.0, ge=0, le=5000, description="Thickness of the carbon film (Å).")
+    carbon_hole_radius_a: float | None = Field(None, gt=0, le=1_000_000,
+                                               description="Radius of the foil hole (Å): the carbon edge is its "
+                                                           "rim, curved; unset = a straight edge.")
 
     drift_a_per_frame: float = Field(0.8, ge=0, le=100, description="Stage/beam drift speed in late frames (Å/frame).")
     initial_drift_factor: float = Field(4.0, ge=1, le=50,
@@ -62,6 +100,9 @@ class SpaSimulationSettings(BaseModel):
                                   description="Largest local (non-rigid) displacement at the last frame (Å).")
     integer_shifts: bool = Field(False, description="Round global shifts to whole pixels (for exact tests).")
 
+    detector: Literal["ideal", "counting"] = Field(
+        "ideal", description="ideal: every electron counted where it lands; counting: a counting camera's "
+                             "MTF (pixel sinc × charge spread) and DQE(0) (a share of electrons not counted).")
     counting_noise: bool = Field(True, description="Draw Poisson counts; off gives float32 expected counts.")
     gain_variation: float = Field(0.05, ge=0, le=0.5, description="RMS spread of per-pixel detector sensitivity.")
     gain_rotation: Literal[0, 1, 2, 3] = Field(0, description="90° counter-clockwise turns the WRITTEN gain needs "
@@ -82,6 +123,8 @@ class SpaSimulationSettings(BaseModel):
         if self.ice_thickness_spread_a > self.ice_thickness_a:
             raise ValueError(f"ice_thickness_spread_a ({self.ice_thickness_spread_a}) must not exceed "
                              f"ice_thickness_a ({self.ice_thickness_a}): ice cannot be thinner than none")
+        if self.carbon_particle_fraction > 0 and not self.carbon_edge:
+            raise ValueError("carbon_particle_fraction needs carbon_edge: there is no carbon to place particles on")
         diameter_px = self.particle_diameter_a / self.pixel_size_a
         if self.particles_per_micrograph and 1.5 * diameter_px > self.image_size_px:
             raise ValueError(f"image_size_px ({self.image_size_px}) is too small for particle_diameter_a "
@@ -91,3 +134,44 @@ class SpaSimulationSettings(BaseModel):
     @property
     def particle_diameter_px(self) -> float:
         return self.particle_diameter_a / self.pixel_size_a
+
+    @classmethod
+    def easy(cls, **overrides: object) -> "SpaSimulationSettings":
+        """The quick unit-test preset: strong contrast, flat white-noise ice, ideal detector (the defaults)."""
+        return cls.model_validate({**PRESETS["easy"], **overrides})
+
+    @classmethod
+    def realistic(cls, **overrides: object) -> "SpaSimulationSettings":
+        """Micrographs as hard as real ones: a 250 kDa elongated protein at its true scattering strength in
+        amorphous ice with gradients, a counting camera at 50 e⁻/Å² over 50 frames, a foil-hole carbon rim,
+        crystalline-ice contaminants, aggregates and touching particles."""
+        return cls.model_validate({**PRESETS["realistic"], **overrides})
+
+    @classmethod
+    def preset(cls, name: str, **overrides: object) -> "SpaSimulationSettings":
+        if name not in PRESETS:
+            raise ValueError(f"unknown simulation preset {name!r}; choose from {', '.join(PRESETS)}")
+        return cls.model_validate({**PRESETS[name], **overrides})
+
+
+# Named settings; overrides (image size, seed, ...) go on top. Realistic values: 40-60 e⁻/Å² over 40-60 frames
+# is the usual exposure on a counting camera; ice 20-50 nm in a good hole; Quantifoil holes 1.2-2 µm across
+# with 12-25 nm carbon. Matched to fei-extended.mrc (benchmarks/bench_simulator_realism.py): B = 80 Å²
+# (coherence envelope plus residual blur) puts the 3.7 Å ice ring as far above the shot noise as there, and a
+# 250 kDa rod 130 Å long gives its particle contrast and low-frequency power.
+PRESETS: dict[str, dict[str, object]] = {
+    "easy": {},
+    "realistic": {
+        "n_frames": 50, "dose_per_frame_e_a2": 1.0, "defocus_min_a": 8000.0, "defocus_max_a": 25000.0,
+        "astigmatism_max_a": 400.0, "envelope_bfactor_a2": 80.0,
+        "particle_mass_kda": 250.0, "particle_shape": "elongated", "particle_diameter_a": 130.0,
+        "n_conformations": 2, "junk_fraction": 0.1, "particle_min_separation": 0.7,
+        "particle_cluster_fraction": 0.3, "carbon_particle_fraction": 0.1,
+        "ice_thickness_a": 350.0, "ice_gradient_a": 100.0, "ice_thickness_spread_a": 100.0,
+        "ice_spectrum": "amorphous", "ice_variation_a": 20.0, "ice_variation_length_a": 2000.0,
+        "ice_contaminants_per_um2": 3.0,
+        "carbon_edge": True, "carbon_thickness_a": 250.0, "carbon_hole_radius_a": 6000.0,
+        "drift_a_per_frame": 0.5, "initial_drift_factor": 5.0, "local_motion_a": 2.0,
+        "detector": "counting", "gain_variation": 0.05,
+    },
+}

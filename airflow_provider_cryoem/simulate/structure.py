@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .density import render_gaussians
+from .protein import make_protein
 from .settings import SpaSimulationSettings
 from .truth import StructureTruth
 
@@ -15,7 +16,16 @@ N_LOBES = 5
 
 
 def make_structure(settings: SpaSimulationSettings) -> StructureTruth:
-    """A lumpy, asymmetric particle of the asked diameter, the same for every movie of a session.
+    """The session's particle, the same for every movie: a protein of `particle_mass_kda` (see `protein`),
+    or else the easy preset's pseudo-atom lobes."""
+    if settings.particle_mass_kda is not None:
+        return make_protein(settings.seed, settings.particle_mass_kda, settings.particle_shape,
+                            settings.particle_diameter_a, settings.voltage_kv, settings.n_conformations)
+    return _lobes(settings)
+
+
+def _lobes(settings: SpaSimulationSettings) -> StructureTruth:
+    """A lumpy, asymmetric particle of the asked diameter.
 
     Atoms fill a few overlapping spheres ("domains") of different sizes placed off-centre; the atom
     weights sum to the phase `particle_phase_rad` spread over the particle's projected disc.
@@ -64,9 +74,11 @@ def random_orientations(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.stack([rot, tilt, psi], axis=1)
 
 
-def projected_atoms_xy_a(structure: StructureTruth, rot_deg: float, tilt_deg: float, psi_deg: float) -> np.ndarray:
+def projected_atoms_xy_a(structure: StructureTruth, rot_deg: float, tilt_deg: float, psi_deg: float,
+                         conformation: int = 0) -> np.ndarray:
     """(n, 2) [x, y] positions (Å, relative to the particle centre) of the atoms seen in this orientation."""
-    rotated = np.asarray(structure.atoms_xyz_a) @ euler_matrix(rot_deg, tilt_deg, psi_deg).T
+    atoms = np.asarray(structure.conformation_xyz_a(conformation))
+    rotated = atoms @ euler_matrix(rot_deg, tilt_deg, psi_deg).T
     return rotated[:, :2]
 
 

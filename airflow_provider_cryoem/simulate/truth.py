@@ -10,11 +10,16 @@ from .settings import SpaSimulationSettings
 
 
 class StructureTruth(BaseModel):
-    """The synthetic particle: Gaussian pseudo-atoms (Å, centred on the origin) with relative weights."""
+    """The synthetic particle: Gaussian pseudo-atoms (Å, centred on the origin) with their phase weights
+    (rad·Å²); further conformations move the same atoms (conformation 0 is `atoms_xyz_a`)."""
 
     atoms_xyz_a: list[list[float]]
     weights: list[float]
     atom_sigma_a: float
+    conformations_xyz_a: list[list[list[float]]] = Field(default_factory=list)
+
+    def conformation_xyz_a(self, conformation: int) -> list[list[float]]:
+        return self.atoms_xyz_a if conformation == 0 else self.conformations_xyz_a[conformation - 1]
 
 
 class ParticleTruth(BaseModel):
@@ -27,6 +32,8 @@ class ParticleTruth(BaseModel):
     rot_deg: float = 0.0
     tilt_deg: float = 0.0
     psi_deg: float = 0.0
+    conformation: int = 0
+    on_carbon: bool = False
 
 
 class LocalMotionTruth(BaseModel):
@@ -60,11 +67,33 @@ def local_motion_basis(x_px: np.ndarray, y_px: np.ndarray, image_size_px: int) -
 
 
 class CarbonEdgeTruth(BaseModel):
-    """A straight carbon edge through `point_px`; carbon lies where (p - point)·n > 0, n at `normal_deg`."""
+    """A carbon edge through `point_px` with normal n at `normal_deg` pointing into the carbon: straight
+    (carbon where (p - point)·n > 0), or the rim of a foil hole of `hole_radius_px` centred at
+    point - radius·n (carbon outside the circle)."""
 
     point_px: list[float]
     normal_deg: float
     carbon_area_fraction: float
+    hole_radius_px: float | None = None
+
+    def distance_into_carbon_px(self, x_px: np.ndarray | float, y_px: np.ndarray | float) -> np.ndarray:
+        """Signed distance (px) from the edge, positive on the carbon."""
+        normal = np.array([np.cos(np.deg2rad(self.normal_deg)), np.sin(np.deg2rad(self.normal_deg))])
+        dx = np.asarray(x_px, dtype=np.float64) - self.point_px[0]
+        dy = np.asarray(y_px, dtype=np.float64) - self.point_px[1]
+        if self.hole_radius_px is None:
+            return dx * normal[0] + dy * normal[1]
+        return np.hypot(dx + self.hole_radius_px * normal[0], dy + self.hole_radius_px * normal[1]) \
+            - self.hole_radius_px
+
+
+class ContaminantTruth(BaseModel):
+    """A crystalline-ice contaminant: a hexagonal crystal centred at (x, y) with its circumradius."""
+
+    x_px: float
+    y_px: float
+    radius_px: float
+    thickness_a: float
 
 
 class MovieTruth(BaseModel):
@@ -92,6 +121,7 @@ class MovieTruth(BaseModel):
     ice_gradient_direction_deg: float
     carbon_edge: CarbonEdgeTruth | None = None
     particles: list[ParticleTruth]
+    contaminants: list[ContaminantTruth] = Field(default_factory=list)
 
     @property
     def defocus_mean_a(self) -> float:
