@@ -5,6 +5,7 @@ Poisson counting noise drawn at the total dose, i.e. a perfectly motion-correcte
 table. Reproduce with:
 
     .venv/bin/python benchmarks/bench_ctf.py --defoci 8000 15000 25000 40000 --doses 20 40 --repeats 4
+    .venv/bin/python benchmarks/bench_ctf.py --preset realistic --defoci 8000 15000 25000 --doses 50 --repeats 3
 """
 from __future__ import annotations
 
@@ -31,12 +32,12 @@ def angle_error_deg(estimated_deg: float, true_deg: float) -> float:
 
 
 def simulated_micrograph(defocus_a: float, total_dose_e_a2: float, astigmatism_max_a: float, size_px: int,
-                         seed: int) -> tuple[np.ndarray, dict[str, float]]:
-    """A Poisson micrograph at `total_dose_e_a2` and its true CTF."""
-    settings = SpaSimulationSettings(seed=seed, image_size_px=size_px, n_frames=_FRAMES,
-                                     dose_per_frame_e_a2=total_dose_e_a2 / _FRAMES, defocus_min_a=defocus_a,
-                                     defocus_max_a=defocus_a, astigmatism_max_a=astigmatism_max_a,
-                                     drift_a_per_frame=0.0, local_motion_a=0.0)
+                         seed: int, preset: str = "easy") -> tuple[np.ndarray, dict[str, float]]:
+    """A Poisson micrograph of the simulator preset at `total_dose_e_a2` and its true CTF."""
+    settings = SpaSimulationSettings.preset(preset, seed=seed, image_size_px=size_px, n_frames=_FRAMES,
+                                            dose_per_frame_e_a2=total_dose_e_a2 / _FRAMES, defocus_min_a=defocus_a,
+                                            defocus_max_a=defocus_a, astigmatism_max_a=astigmatism_max_a,
+                                            drift_a_per_frame=0.0, local_motion_a=0.0, pixel_size_a=1.0)
     movie = simulate_movie(settings, 0)
     counts = np.random.default_rng(seed).poisson(np.clip(movie.clean_micrograph, 0, None)).astype(np.float32)
     truth = movie.truth
@@ -44,7 +45,7 @@ def simulated_micrograph(defocus_a: float, total_dose_e_a2: float, astigmatism_m
 
 
 def run_case(defocus_a: float, dose: float, seed: int, args: argparse.Namespace, work_dir: Path) -> dict[str, float]:
-    image, truth = simulated_micrograph(defocus_a, dose, args.astigmatism_max_a, args.size_px, seed)
+    image, truth = simulated_micrograph(defocus_a, dose, args.astigmatism_max_a, args.size_px, seed, args.preset)
     path = write_mrc(work_dir / f"mic_{defocus_a:.0f}_{dose:.0f}_{seed}.mrc", image, 1.0)
     start = time.perf_counter()
     result = run_ctf_estimation(CtfInputs(micrograph_path=str(path), pixel_size_a=1.0))
@@ -69,6 +70,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4, help="Micrographs (seeds) per cell.")
     parser.add_argument("--astigmatism-max-a", type=float, default=1500.0)
     parser.add_argument("--size-px", type=int, default=1024)
+    parser.add_argument("--preset", choices=["easy", "realistic"], default="easy",
+                        help="Simulator preset (realistic: true protein contrast, amorphous ice, carbon rim, "
+                             "counting camera).")
     args = parser.parse_args()
 
     print("| defocus (Å) | dose (e⁻/Å²) | n | median defocus error (%) | max defocus error (%) | "

@@ -3,6 +3,7 @@ the read + FFT floor, and Relion 3.1's own implementation (`relion_run_motioncor
 installed, on the same simulated movies and the same thread count.
 
 Reproduce:  .venv/bin/python benchmarks/bench_motion.py [--sizes 1024 2048] [--threads 2] [--repeats 3] [--no-relion]
+            [--preset realistic]
 Each measurement runs in a fresh subprocess, so its peak memory (ru_maxrss) is its own; ours and the floor
 run alternately `--repeats` times and report the median wall time (Relion runs once).
 """
@@ -120,13 +121,13 @@ def _relion(job: dict, work: Path) -> dict | None:
     return {"wall_s": wall, "max_rss_bytes": rss, "shifts_px": shifts.tolist()}
 
 
-def _simulate(size: int, dose: float, drift: float, folder: Path) -> tuple[dict, np.ndarray, int]:
+def _simulate(size: int, dose: float, drift: float, folder: Path, preset: str = "easy") -> tuple[dict, np.ndarray, int]:
     from airflow_provider_cryoem.io import write_mrc
     from airflow_provider_cryoem.simulate import SpaSimulationSettings, simulate_movie
     from airflow_provider_cryoem.simulate.files import movie_bytes
 
-    settings = SpaSimulationSettings(image_size_px=size, n_frames=N_FRAMES, dose_per_frame_e_a2=dose,
-                                     drift_a_per_frame=drift, seed=11)
+    settings = SpaSimulationSettings.preset(preset, image_size_px=size, n_frames=N_FRAMES, dose_per_frame_e_a2=dose,
+                                            drift_a_per_frame=drift, seed=11, pixel_size_a=1.0)
     movie = simulate_movie(settings, 0)
     folder.mkdir(parents=True, exist_ok=True)
     # MRC for both programs: Relion reads TIFF frames upside down relative to an MRC gain reference.
@@ -143,6 +144,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="fresh runs of ours and the floor (median time)")
     parser.add_argument("--no-relion", action="store_true", help="skip Relion (its columns read n/a)")
+    parser.add_argument("--preset", choices=["easy", "realistic"], default="easy",
+                        help="simulator preset (realistic: true protein contrast, amorphous ice, carbon rim, "
+                             "counting camera, 2 Å local motion)")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "JOB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -154,7 +158,7 @@ def main() -> None:
             cases = [(d, v) for d in DOSES for v in DRIFTS] if size_index == 0 else [(1.0, 2.0)]
             for dose, drift in cases:
                 folder = Path(tmp) / f"{size}_{dose}_{drift}"
-                job, truth, movie_bytes_f32 = _simulate(size, dose, drift, folder)
+                job, truth, movie_bytes_f32 = _simulate(size, dose, drift, folder, args.preset)
                 job["threads"] = args.threads
                 ours, floor = _measure(job, args.repeats)
                 relion = None if args.no_relion else _relion(job, folder)
@@ -182,7 +186,8 @@ def _print_table(rows: list[dict], args: argparse.Namespace) -> None:
               f"{ours['heap_peak_bytes'] / (r['movie_mb'] * 2**20):.2f} | {ours['max_rss_bytes'] / 2**20:.0f} | "
               f"{relion_cells[3]} |")
     print(f"\nReproduce: .venv/bin/python benchmarks/bench_motion.py --sizes {' '.join(map(str, args.sizes))} "
-          f"--threads {args.threads} --repeats {args.repeats}{' --no-relion' if args.no_relion else ''}")
+          f"--threads {args.threads} --repeats {args.repeats}{' --no-relion' if args.no_relion else ''}"
+          f"{' --preset ' + args.preset if args.preset != 'easy' else ''}")
 
 
 if __name__ == "__main__":
