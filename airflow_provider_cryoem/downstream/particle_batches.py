@@ -98,7 +98,7 @@ def add_particles(project: RelionProject, micrograph: str | Path, rows: Sequence
             db.executemany("INSERT INTO particles (micrograph, row) VALUES (?, ?)",
                            [(key, json.dumps([row[column] for column in columns])) for row in rows])
         emitted = _emit(project, job, db, sizes, final=False)
-    _register(project, job, emitted)
+    _register(project, job, emitted, sizes)
     return emitted
 
 
@@ -107,7 +107,7 @@ def flush(project: RelionProject, sizes: BatchSizes) -> list[CompletedBatch]:
     job = batch_job(project)
     with _state(job, sizes) as db:
         emitted = _emit(project, job, db, sizes, final=True)
-    _register(project, job, emitted)
+    _register(project, job, emitted, sizes)
     return emitted
 
 
@@ -227,9 +227,11 @@ def _write_batch(project: RelionProject, path: Path, rows: list[tuple[int, str]]
     os.replace(tmp, path)
 
 
-def _register(project: RelionProject, job: RelionJob, emitted: list[CompletedBatch]) -> None:
-    """List new batch files as the Select job's outputs, read from the Extract job's particles."""
+def _register(project: RelionProject, job: RelionJob, emitted: list[CompletedBatch], sizes: BatchSizes) -> None:
+    """List new batch files as the Select job's outputs, read from the Extract job's particles (job.star:
+    Relion's split by subset size, the first batch's smaller size aside)."""
     if emitted:
         job.add_input(project.job("extract").output_node_name(), NodeType.PARTICLES)
+        job.set_options({"do_split": "Yes", "split_size": sizes.batch_size, "nr_split": -1})
     for batch in emitted:
         job.add_output(batch.star_path, NodeType.PARTICLES)

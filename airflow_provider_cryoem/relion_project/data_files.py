@@ -88,6 +88,19 @@ def ctf_row_values(ctf: CtfValues) -> dict[str, Value]:
             "rlnCtfMaxResolution": ctf.max_resolution_a}
 
 
+# Where Relion's CTFFIND wrapper keeps CTFFIND's output beside `<stem>.ctf`; ccpem-pipeliner's CtfFind results
+# display reads these files' summary lines (defocus, astigmatism azimuth, Thon-ring resolution).
+CTFFIND_LOG_SUFFIX = "_ctffind4.log"
+
+
+def ctffind_log_text(ctf: CtfValues) -> str:
+    """The result lines CTFFIND 4 prints (and Relion keeps in `<stem>_ctffind4.log`) for a fit."""
+    return (f"Estimated defocus values        : {ctf.defocus_u_a:.2f} , {ctf.defocus_v_a:.2f} Angstroms\n"
+            f"Estimated azimuth of astigmatism: {ctf.astigmatism_angle_deg:.2f} degrees\n"
+            f"Score                           : {ctf.figure_of_merit:.5f}\n"
+            f"Thon rings with good fit up to  : {ctf.max_resolution_a:.1f} Angstroms\n")
+
+
 def coordinates_text(coordinates_px: list[tuple[float, float]] | list[list[float]],
                      figures_of_merit: list[float] | None, dialect: Dialect) -> str:
     """A per-micrograph coordinate file (`data_` + X, Y [+ figure of merit]), as Relion's pickers write."""

@@ -5,8 +5,9 @@ import os
 import time
 from pathlib import Path
 
+from ..io import ImageFileError
 from .job_types import STAR_VERSION, Dialect, JobKind
-from .star_text import Value, loop_block, pair_block
+from .star_text import Value, loop_block, pair_block, parse_star
 
 SUCCESS_MARKER = "RELION_JOB_EXIT_SUCCESS"
 FAILURE_MARKER = "RELION_JOB_EXIT_FAILURE"
@@ -30,6 +31,38 @@ def write_job_files(job_dir: Path, kind: JobKind, dialect: Dialect, options: dic
     (job_dir / "job.star").write_text(job_star_text(kind, dialect, options))
     if command:
         append_note(job_dir, command)
+
+
+def read_job_options(job_dir: Path) -> dict[str, str]:
+    """The job options in a job folder's job.star (empty if it has none yet)."""
+    path = job_dir / "job.star"
+    if not path.exists():
+        return {}
+    try:
+        block = parse_star(path.read_text()).get("joboptions_values")
+    except ValueError as exc:
+        raise ImageFileError(path, f"not a readable job.star ({exc})") from None
+    return {row[0]: row[1] for row in block.rows} if block is not None else {}
+
+
+def update_job_options(job_dir: Path, kind: JobKind, dialect: Dialect, options: dict[str, Value]) -> None:
+    """Set some job.star options of an existing job, keeping the others; the file is replaced atomically
+    (doppio and the Relion GUI read it while the session runs)."""
+    merged: dict[str, Value] = {**read_job_options(job_dir), **options}
+    path = job_dir / "job.star"
+    tmp = path.with_name(f".job.star.{os.getpid()}.tmp")
+    tmp.write_text(job_star_text(kind, dialect, merged))
+    os.replace(tmp, path)
+
+
+def log_written_file(job_dir: Path, node: str, count: int) -> None:
+    """Put ` Written: <node> with <count> objects.` into run.out, replacing an earlier line for `node`."""
+    path = job_dir / "run.out"
+    prefix = f" Written: {node} "
+    lines = [line for line in (path.read_text().splitlines() if path.exists() else []) if not line.startswith(prefix)]
+    tmp = path.with_name(f".run.out.{os.getpid()}.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in [*lines, f"{prefix}with {count} objects."]))
+    os.replace(tmp, path)
 
 
 def append_note(job_dir: Path, command: str) -> None:

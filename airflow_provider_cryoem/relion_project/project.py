@@ -14,12 +14,21 @@ from ..io import ImageFileError
 from . import data_files, icebreaker_files, tomo_files
 from .aggregate import upsert_rows
 from .data_files import TableSpec
-from .job_dir import alias_target, append_note, mark_exit, point_alias, write_job_files
+from .job_dir import (
+    alias_target,
+    append_note,
+    log_written_file,
+    mark_exit,
+    point_alias,
+    update_job_options,
+    write_job_files,
+)
+from .job_options import INPUT_OPTIONS, options_from_command
 from .job_types import DIALECTS, Dialect, JobKind, JobStatus, NodeType, job_kind
 from .locking import project_lock, relion_pipeline_lock
 from .models import CtfValues, OpticsGroup
 from .pipeline import NO_ALIAS, Pipeline, Process, read_pipeline
-from .star_text import Value
+from .star_text import Value, parse_star
 from .tomo_files import TiltAlignmentValues
 
 _JOB_DIR = re.compile(r"^job(\d{3,})$")
@@ -95,6 +104,19 @@ def _aligner_kind(aligner: str) -> str:
         raise ValueError(f"unknown tilt-series aligner {aligner!r}; known: {sorted(ALIGNER_KINDS)}") from None
 
 
+# The table a Select job's output of each node type lists its items in.
+_SELECTED_BLOCKS = {NodeType.PARTICLES: "particles", NodeType.MICROGRAPHS: "micrographs"}
+
+
+def _row_count(star: Path, block: str) -> int:
+    """Rows of one table of a STAR file (0 if it has no such table)."""
+    try:
+        table = parse_star(star.read_text()).get(block)
+    except ValueError as exc:
+        raise ImageFileError(star, f"not a readable STAR file ({exc})") from None
+    return len(table.rows) if table is not None else 0
+
+
 def _stack_length(path: str | Path) -> int:
     """Number of images in an MRC stack, from its header."""
     try:
@@ -149,6 +171,10 @@ class RelionJob:
         """
         with self.project.updating_pipeline() as pipeline:
             self.project.register_output(pipeline, self, file, node_type, label_suffix)
+        written = self.project.absolute(self.project.relative(
+            file if Path(file).is_absolute() or "/" in str(file) else self.path / file))
+        if self.kind.name == "select" and node_type in _SELECTED_BLOCKS and written.is_file():
+            self.log_written(written, _row_count(written, _SELECTED_BLOCKS[node_type]))
 
     def add_input(self, file: str | Path, node_type: NodeType, label_suffix: str | None = None) -> None:
         """Register `file` (usually another job's output node) as an input of this job."""
@@ -156,6 +182,21 @@ class RelionJob:
         with self.project.updating_pipeline() as pipeline:
             pipeline.add_node(node, node_type.token(self.project.dialect, node, label_suffix))
             pipeline.add_input_edge(node, self.name)
+            option = INPUT_OPTIONS.get(self.kind.name, {}).get(node_type)
+            if option is not None:  # job.star names the input as Relion's GUI would (doppio rebuilds the job from it)
+                update_job_options(self.path, self.kind, self.project.dialect, {option: node})
+
+    def log_written(self, file: Path, count: int) -> None:
+        """Note in run.out that this Select job wrote `count` items to `file`, in relion_star_handler's line
+        (` Written: <file> with <n> objects.`; doppio's Select metadata counts them from it). A retry's line
+        replaces the earlier one for the same file."""
+        with project_lock(self.project.root):
+            log_written_file(self.path, self.project.relative(file), count)
+
+    def set_options(self, options: dict[str, Value]) -> None:
+        """Set job.star options of this job (parameters it ran with), keeping the others."""
+        with project_lock(self.project.root):
+            update_job_options(self.path, self.kind, self.project.dialect, options)
 
 
 class RelionProject:
@@ -237,9 +278,13 @@ class RelionProject:
             mark_exit(job.path, success)
 
     def add_command(self, job: RelionJob, command: str) -> None:
-        """Record another command run for `job` in its note.txt."""
+        """Record another command run for `job` in its note.txt, and the parameters a Relion command ran
+        with in its job.star (see job_options.py)."""
         with project_lock(self.root):
             append_note(job.path, command)
+            options = options_from_command(job.kind.name, command)
+            if options:
+                update_job_options(job.path, job.kind, self.dialect, options)
 
     def register_output(self, pipeline: Pipeline, job: RelionJob, file: str | Path, node_type: NodeType,
                         label_suffix: str | None = None) -> None:
@@ -280,7 +325,7 @@ class RelionProject:
         job = RelionJob(self, spec, number)
         pipeline.add_process(Process(job.name, NO_ALIAS, spec.type_token(self.dialect), JobStatus.RUNNING))
         pipeline.job_counter = number + 1
-        options = spec.default_options | options
+        options = spec.default_options | (options_from_command(spec.name, command) if command else {}) | options
         if spec.name in _CHAIN_OUTPUT:
             options = self._wire_chain_job(pipeline, job) | options
         write_job_files(job.path, spec, self.dialect, options, command)
@@ -345,6 +390,20 @@ class RelionProject:
             "rlnCtfAstigmatism": abs(ctf.defocus_u_a - ctf.defocus_v_a)}
         spec = data_files.MICROGRAPHS_CTF
         self._upsert(self.job("ctffind"), spec, micrograph, [[values[column] for column in spec.columns]])
+        self._write_ctffind_log(ctf_image_path, ctf)
+
+    def _write_ctffind_log(self, ctf_image_path: str | Path, ctf: CtfValues) -> None:
+        """`<stem>_ctffind4.log` beside the spectrum, unless CTFFIND itself left one there: the fit's summary
+        in CTFFIND's lines, whichever program fitted it, so that doppio's CtfFind display has every micrograph.
+        A retried fit replaces our summary; CTFFIND's own log (its banner names it) is kept."""
+        image = self.absolute(ctf_image_path)
+        log = image.with_name(image.stem + data_files.CTFFIND_LOG_SUFFIX)
+        if log.exists() and "ctffind" in log.read_text(errors="replace").lower():
+            return
+        log.parent.mkdir(parents=True, exist_ok=True)
+        tmp = log.with_name(f".{log.name}.{os.getpid()}.tmp")
+        tmp.write_text(data_files.ctffind_log_text(ctf))
+        os.replace(tmp, log)
 
     def add_picks(self, micrograph_path: str | Path, coordinates_px: Sequence[Sequence[float]],
                   figures_of_merit: Sequence[float] | None = None) -> Path:
