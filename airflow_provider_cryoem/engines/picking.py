@@ -2,13 +2,17 @@
 
 The micrograph is Fourier-cropped so the particle radius spans about ten pixels, filtered with a
 scale-normalised LoG at a few diameters in [min, max], each response turned into robust z-scores; the
-per-pixel best scale gives the figure of merit. Peaks above the threshold are kept greedily from the strongest
-down with a minimum distance, away from the edges. Two checks remove the usual false picks: junk (blobs
-that still respond strongly at 1.25 × the largest diameter, i.e. are larger than a particle, as Relion's
---Log_max_search scan of larger scales does, or whose response is far stronger than the population's) and
-carbon / thick-ice regions (local mean or std at a three-diameter scale far from the micrograph's robust
-median; these pixels are also left out of the z-score statistics). Pure noise gives picks too (LoG maxima
-over 2σ): the threshold trades recall for precision as Relion's LoG threshold does.
+per-pixel best scale gives the figure of merit. Peaks are kept greedily from the strongest down with a
+minimum distance, away from the edges. The threshold adapts to the micrograph: blobs of the opposite contrast
+(bright where particles are dark) come from noise and ice texture alone, so their count above a threshold
+estimates the false picks among the particle-contrast blobs, and the threshold with the best estimated F1 is
+taken (never below `threshold`). A fixed z cut-off assumes the simulator's white noise; on real micrographs it
+kept hundreds of ice blobs or, raised, missed the particles. Two checks remove the usual false picks: junk
+(blobs that still respond strongly at 1.25 × the largest diameter, i.e. are larger than a particle, as
+Relion's --Log_max_search scan of larger scales does, judged against the picks' own spread of that ratio;
+or whose response is far stronger than the population's) and carbon / thick-ice regions (local mean or std
+at a three-diameter scale far from the micrograph's robust median; these pixels are also left out of the
+z-score statistics). Real-data accuracy: BENCHMARKS.md, benchmarks/bench_picking_real.py.
 """
 from __future__ import annotations
 
@@ -33,9 +37,14 @@ _JUNK_SCALE_FACTOR = 1.25
 _JUNK_RESPONSE_RATIO = 0.45
 # ... and that large-scale response must itself be a detection (z), or noise at low dose rejects particles.
 _JUNK_MIN_Z = 2.5
+# ... and above the picks' own ratios by this many robust std (on real micrographs particles keep 0.5-0.95).
+_JUNK_RATIO_MADS = 3.0
 # Local statistics window, in particle diameters, for carbon / thick-ice detection.
 _LOCAL_WINDOW_DIAMETERS = 3.0
 _MAD_TO_STD = 1.4826
+# Default minimum distance between picks, in diameters: touching particles (centres 0.7-1 diameter apart) are
+# both picked; the two lobes of one elongated particle (< 0.6 diameter apart) are not.
+_MIN_DISTANCE_DIAMETERS = 0.7
 
 
 class PickingInputs(BaseModel):
@@ -48,13 +57,16 @@ class PickingInputs(BaseModel):
     particle_diameter_a: float = Field(gt=0)
     min_diameter_a: float | None = Field(None, gt=0, description="Smallest LoG diameter; default 0.8 × diameter.")
     max_diameter_a: float | None = Field(None, gt=0, description="Largest LoG diameter; default 1.2 × diameter.")
-    threshold: float = Field(2.0, description="Minimum figure of merit, in robust standard deviations of the "
-                                              "LoG map (Relion's LoG threshold unit).")
+    threshold: float = Field(2.0, description="Lowest figure of merit, in robust standard deviations of the "
+                                              "LoG map (Relion's LoG threshold unit); the adaptive threshold "
+                                              "may raise it.")
     min_distance_a: float | None = Field(None, gt=0, description="Minimum distance between picks; default "
-                                                                 "0.9 × diameter.")
+                                                                 "0.7 × diameter (touching particles).")
     edge_exclusion_a: float | None = Field(None, ge=0, description="No pick closer than this to the edge; "
                                                                    "default the particle radius.")
     max_particles: int | None = Field(None, ge=1, description="Keep at most this many, the strongest.")
+    adaptive_threshold: bool = Field(True, description="Raise the threshold to the best F1 estimated from the "
+                                                       "micrograph's blobs of the opposite contrast (noise).")
     particles_are_dark: bool = Field(True, description="Protein is dark in an untreated micrograph.")
     reject_carbon: bool = Field(True, description="Drop picks in carbon / thick-ice regions (local statistics).")
     reject_junk: bool = Field(True, description="Drop blobs much larger or far stronger than particles.")
@@ -140,6 +152,27 @@ def _robust_z(values: np.ndarray, reference: np.ndarray | None = None) -> np.nda
     median = np.median(reference)
     spread = _MAD_TO_STD * np.median(np.abs(reference - median))
     return (values - median) / (spread if spread > 0 else 1.0)
+
+
+def _adaptive_threshold(particle_scores: np.ndarray, null_scores: np.ndarray, floor: float) -> float:
+    """The threshold (≥ `floor`) with the best F1 estimated from blobs of the opposite contrast.
+
+    Noise and ice texture make dark and bright blobs alike; particles add only blobs of their own contrast.
+    Above a threshold t, the opposite-contrast blobs estimate how many of the picks are noise, so
+    picks(t) − opposite(t) estimates the true picks, its largest value the particles there are, and from these
+    precision and recall follow: the threshold is set by this micrograph's own statistics, where a fixed z
+    cut-off assumes one noise level (the simulator's white noise) for every micrograph.
+    """
+    candidates = np.sort(particle_scores[particle_scores >= floor])
+    if len(candidates) == 0:
+        return floor
+    picks_above = len(candidates) - np.arange(len(candidates))
+    null_above = len(null_scores) - np.searchsorted(np.sort(null_scores), candidates, side="left")
+    true_above = np.maximum(picks_above - null_above, 0)
+    if true_above.max() == 0:  # nothing stands out from the noise: no picks
+        return float(candidates[-1]) + 1e-6
+    f1 = 2 * true_above / (picks_above + true_above.max())
+    return float(candidates[int(np.argmax(f1))])
 
 
 class _LogFilter:
@@ -245,9 +278,18 @@ def pick_particles(image: np.ndarray,
     best_scale = maps.argmax(axis=0)
     score = maps.max(axis=0)
 
-    min_distance_px = (inputs.min_distance_a or 0.9 * inputs.particle_diameter_a) / small_pixel_a
-    peaks = _local_maxima(score, inputs.threshold, min_distance_px)
+    min_distance_px = (inputs.min_distance_a or _MIN_DISTANCE_DIAMETERS * inputs.particle_diameter_a) / small_pixel_a
     rejected = {"edge": 0, "carbon": 0, "junk": 0, "max_particles": 0}
+    peaks = _local_maxima(score, inputs.threshold, min_distance_px)
+    if inputs.adaptive_threshold and len(peaks):
+        null_score = -maps.min(axis=0)  # blobs of the opposite contrast, at the same scales
+        null_peaks = _local_maxima(null_score, inputs.threshold, min_distance_px)
+        off_carbon = ~carbon_map[peaks[:, 0], peaks[:, 1]]
+        null_off_carbon = ~carbon_map[null_peaks[:, 0], null_peaks[:, 1]]
+        threshold = _adaptive_threshold(score[peaks[off_carbon, 0], peaks[off_carbon, 1]],
+                                        null_score[null_peaks[null_off_carbon, 0], null_peaks[null_off_carbon, 1]],
+                                        inputs.threshold)
+        peaks = peaks[score[peaks[:, 0], peaks[:, 1]] >= threshold]
     if len(peaks) == 0:
         return np.zeros((0, 2)), np.zeros(0), np.zeros(0), rejected
     merits = score[peaks[:, 0], peaks[:, 1]]
@@ -255,7 +297,12 @@ def pick_particles(image: np.ndarray,
 
     if inputs.reject_junk:
         big = log_filter.z_maps(np.array([junk_diameter_px]))[0]
-        too_big = big[peaks[:, 0], peaks[:, 1]] > np.maximum(_JUNK_RESPONSE_RATIO * merits, _JUNK_MIN_Z)
+        big_ratio = big[peaks[:, 0], peaks[:, 1]] / merits
+        ratio_limit = _JUNK_RESPONSE_RATIO
+        if len(merits) >= 10:  # real particles among neighbours keep more of their response than simulated ones
+            ratio_limit = max(ratio_limit, float(np.median(big_ratio) + _JUNK_RATIO_MADS * _MAD_TO_STD
+                                                 * np.median(np.abs(big_ratio - np.median(big_ratio)))))
+        too_big = (big_ratio > ratio_limit) & (big[peaks[:, 0], peaks[:, 1]] > _JUNK_MIN_Z)
         too_strong = _robust_z(merits) > inputs.outlier_mads if len(merits) >= 10 else np.zeros_like(keep)
         junk = too_big | too_strong
         rejected["junk"] = int(np.count_nonzero(junk))

@@ -1,0 +1,346 @@
+"""Picking on real micrographs with reference picks: the built-in picker, relion_autopick --LoG and Topaz.
+
+Data (none of it ships with the project; `--download` fetches it into --data, or lay it out by hand):
+- fei-extended.mrc from mrcfile 1.5.4's source distribution (BSD-3-Clause; `pip download --no-binary :all:
+  --no-deps mrcfile==1.5.4`): 3838 × 3710 px at 0.854 Å/px, scored against the picks annotated by eye in
+  tests/fixtures/picking_real/fei_extended_reference_picks.star (how: that file's header).
+- Ucsf_stack_1142_DW.mrc from micrograph-cleaner-em 1.0.2's source distribution (MIT): a dose-weighted
+  micrograph with Relion autopick coordinates and a contamination mask. Those picks are Relion's, not a
+  ground truth: the row reports agreement with them off the contamination, and picks on the contamination.
+- AutoCryoPicker (github.com/jianlin-cheng/AutoCryoPicker, EMPIAR-10146 apoferritin, binned 16-bit PNG):
+  the 19 micrographs with ground-truth images, particles painted as discs; centres from the discs.
+- CryoPPP subsets in Prompt_sam_cryoPPP (github.com/yangyang-69/Prompt_sam_cryoPPP at 5f7cca15):
+  EMPIAR-10028, 10059 and 10947, 10 micrographs each (1024², 8-bit PNG) with particle masks (discs);
+  centres from the discs.
+
+The PNG sets carry no pixel size: they are picked at 1 Å/px with the particle diameter measured on their
+reference discs, the same numbers for every picker. Scoring: one-to-one matching within a particle radius;
+reference entries and picks within a particle radius of the image edge are left out for every picker;
+a pick on an 'ambiguous' reference entry counts neither way. Relion 3.1's LoG picker runs with the GUI's
+defaults (threshold 0, lowpass 20 Å) over the same diameter range; Topaz's pretrained resnet16 runs as the
+pick stage runs it (downsampling by Relion's rule), at the stage's default threshold -3 and at 0.
+
+    .venv/bin/python benchmarks/bench_picking_real.py --data /tmp/cryoem-real-picking --download
+    .venv/bin/python benchmarks/bench_picking_real.py --data /tmp/cryoem-real-picking [--pickers builtin,relion,topaz]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
+
+from airflow_provider_cryoem.engines.extract import read_coordinates
+from airflow_provider_cryoem.engines.picking import PickingInputs, pick_particles
+from airflow_provider_cryoem.io import read_star, write_mrc
+from airflow_provider_cryoem.tools.topaz import relion_downscale
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_topaz_picking import read_picks, topaz  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "picking_real"
+FEI_REFERENCE = FIXTURES / "fei_extended_reference_picks.star"
+FEI_FIXTURE = FIXTURES / "fei_extended_bin4.mrc"
+FEI_PIXEL_SIZE_A = 0.854
+FIXTURE_BINNING = 4
+CRYOPPP_COMMIT = "5f7cca15"
+SDISTS = {"mrcfile": "1.5.4", "micrograph-cleaner-em": "1.0.2"}
+REPOSITORIES = {"AutoCryoPicker": "https://github.com/jianlin-cheng/AutoCryoPicker",
+                "Prompt_sam_cryoPPP": "https://github.com/yangyang-69/Prompt_sam_cryoPPP"}
+TOPAZ_THRESHOLDS = (-3.0, 0.0)
+
+
+@dataclass
+class Micrograph:
+    """One real micrograph with its reference: `particles` [x, y] px, `ambiguous` counted neither way."""
+
+    name: str
+    image: np.ndarray
+    particles: np.ndarray
+    ambiguous: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    excluded: np.ndarray | None = None  # boolean mask (row, col) of areas where a pick is counted apart
+
+
+@dataclass
+class Dataset:
+    label: str
+    pixel_size_a: float
+    diameter_a: float
+    diameter_range_a: tuple[float, float]
+    micrographs: list[Micrograph]
+    note: str = ""
+
+
+def download(data: Path) -> None:
+    """pip download the two source distributions and unpack them; git clone the two repositories."""
+    data.mkdir(parents=True, exist_ok=True)
+    for name, version in SDISTS.items():
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
+                        f"{name}=={version}", "-d", str(data)], check=True)
+        archive = next(data.glob(f"{name.replace('-', '_')}-{version}.tar.gz"))
+        with tarfile.open(archive) as tar:
+            tar.extractall(data, filter="data")
+    for name, url in REPOSITORIES.items():
+        if not (data / name).exists():
+            subprocess.run(["git", "clone", url, str(data / name)], check=True)
+    subprocess.run(["git", "-C", str(data / "Prompt_sam_cryoPPP"), "checkout", CRYOPPP_COMMIT], check=True)
+
+
+def disc_centres(mask: np.ndarray, radius_px: float) -> np.ndarray:
+    """[x, y] centres of painted discs of one radius, touching or overlapping: maxima of the distance
+    transform at least 0.6 radius deep and 0.8 radius apart (a blob centroid would merge touching discs)."""
+    depth = ndimage.distance_transform_edt(mask)
+    size = max(3, int(round(0.8 * radius_px)) | 1)
+    peaks = (depth == ndimage.maximum_filter(depth, size=size)) & (depth >= 0.6 * radius_px)
+    labels, count = ndimage.label(peaks)  # a flat-topped maximum is one plateau: one centre
+    centres = np.asarray(ndimage.center_of_mass(peaks, labels, range(1, count + 1))).reshape(-1, 2)
+    return centres[:, ::-1]
+
+
+def disc_radius_px(mask: np.ndarray) -> float:
+    """Radius of the painted discs: the median area of the isolated ones (the smaller half of the blobs)."""
+    labels, count = ndimage.label(mask)
+    areas = np.sort(np.bincount(labels.ravel())[1:])
+    return float(np.sqrt(np.median(areas[: max(1, count // 2)]) / np.pi))
+
+
+def fei_path(data: Path) -> Path:
+    return data / "mrcfile-1.5.4" / "tests" / "test_data" / "fei-extended.mrc"
+
+
+def write_fixture(data: Path) -> Path:
+    """tests/fixtures/picking_real/fei_extended_bin4.mrc: the whole micrograph, 4 × 4 pixels averaged (3.415 Å/px)
+    and rounded to uint16 (1.8 MB); the reference picks divided by 4 fit it."""
+    image = np.asarray(mrcfile.read(fei_path(data)), dtype=np.float64)
+    ny, nx = (n // FIXTURE_BINNING * FIXTURE_BINNING for n in image.shape)
+    binned = image[:ny, :nx].reshape(ny // FIXTURE_BINNING, FIXTURE_BINNING, nx // FIXTURE_BINNING,
+                                     FIXTURE_BINNING).mean(axis=(1, 3))
+    return write_mrc(FEI_FIXTURE, np.round(binned).astype(np.uint16), FEI_PIXEL_SIZE_A * FIXTURE_BINNING)
+
+
+def fei_dataset(data: Path) -> Dataset:
+    image = np.asarray(mrcfile.read(fei_path(data)), dtype=np.float32)
+    blocks = read_star(FEI_REFERENCE)
+    particles, ambiguous = (blocks[name][["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(dtype=np.float64)
+                            for name in ("particles", "ambiguous"))
+    return Dataset("fei-extended (annotated by eye)", FEI_PIXEL_SIZE_A, 115.0, (80.0, 150.0),
+                   [Micrograph("fei-extended", image, particles, ambiguous)])
+
+
+def cleaner_dataset(data: Path) -> Dataset:
+    root = data / "micrograph_cleaner_em-1.0.2" / "micrograph_cleaner_em" / "tests" / "data"
+    image = np.asarray(mrcfile.read(root / "mics" / "Ucsf_stack_1142_DW.mrc"), dtype=np.float32)
+    contamination = np.asarray(mrcfile.read(root / "masks" / "Ucsf_stack_1142_DW.mrc")) > 0.5
+    relion = read_coordinates(root / "inCoords" / "relion" / "Ucsf_stack_1142_DW_autopick.star")
+    rows, cols = np.clip(relion[:, ::-1].round().astype(int), 0, np.array(image.shape) - 1).T
+    return Dataset("micrograph-cleaner test micrograph (vs Relion autopick)", 1.0, 36.0, (28.0, 44.0),
+                   [Micrograph("Ucsf_stack_1142_DW", image, relion[~contamination[rows, cols]],
+                               excluded=contamination)],
+                   note="reference = Relion's own autopicks off the contamination mask (not a ground truth)")
+
+
+def autocryopicker_dataset(data: Path) -> Dataset:
+    root = data / "AutoCryoPicker" / "cryo-EM Dataset"
+    micrographs, radii = [], []
+    for truth_path in sorted((root / "Apoferritin cryo-EM Ground Truth").glob("*.png")):
+        stem = truth_path.stem.rsplit("_", 1)[0]  # May08_03.05.02.bin_avg / .bin_GT -> May08_03.05.02.bin
+        image = np.asarray(Image.open(root / "Apoferritin_cryo-EM_Dataset_without_averaging" / f"{stem}.png"),
+                           dtype=np.float32)
+        painted = np.asarray(Image.open(truth_path).convert("RGB"))
+        mask = np.all(np.abs(painted.astype(int) - [255, 242, 0]) < 40, axis=-1)
+        scale = image.shape[0] / mask.shape[0]
+        radius = disc_radius_px(mask)
+        radii.append(radius * scale)
+        micrographs.append(Micrograph(stem, image, disc_centres(mask, radius) * scale))
+    diameter = 2 * float(np.median(radii))
+    return Dataset("AutoCryoPicker apoferritin (EMPIAR-10146)", 1.0, diameter, (0.8 * diameter, 1.2 * diameter),
+                   micrographs)
+
+
+def cryoppp_dataset(data: Path, entry: str) -> Dataset:
+    root = data / "Prompt_sam_cryoPPP" / "dataset" / entry
+    micrographs, radii = [], []
+    for label_path in sorted(root.glob("*/labels/*.png")):
+        image = np.asarray(Image.open(label_path.parent.parent / "images" / label_path.name), dtype=np.float32)
+        mask = np.asarray(Image.open(label_path).convert("L")) > 127
+        scale = image.shape[0] / mask.shape[0]
+        radius = disc_radius_px(mask)
+        radii.append(radius * scale)
+        micrographs.append(Micrograph(label_path.stem, image, disc_centres(mask, radius) * scale))
+    diameter = 2 * float(np.median(radii))
+    return Dataset(f"CryoPPP EMPIAR-{entry}", 1.0, diameter, (0.8 * diameter, 1.2 * diameter), micrographs)
+
+
+def load_datasets(data: Path) -> list[Dataset]:
+    return [fei_dataset(data), cleaner_dataset(data), autocryopicker_dataset(data),
+            *(cryoppp_dataset(data, entry) for entry in ("10028", "10059", "10947"))]
+
+
+def count_matches(picks: np.ndarray, micrograph: Micrograph, radius_px: float) -> tuple[int, int, int]:
+    """(matched, picks counted, reference particles) away from the edge, one-to-one within `radius_px`."""
+    shape = np.array(micrograph.image.shape[::-1], dtype=np.float64)
+
+    def inside(points: np.ndarray) -> np.ndarray:
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        return points[np.all((points >= radius_px) & (points <= shape - 1 - radius_px), axis=1)]
+
+    picks, particles, ambiguous = inside(picks), inside(micrograph.particles), inside(micrograph.ambiguous)
+    if len(picks) and len(ambiguous):
+        to_ambiguous = np.hypot(*(picks[:, None] - ambiguous[None]).transpose(2, 0, 1)).min(axis=1)
+        to_particle = (np.hypot(*(picks[:, None] - particles[None]).transpose(2, 0, 1)).min(axis=1)
+                       if len(particles) else np.full(len(picks), np.inf))
+        picks = picks[~((to_ambiguous <= radius_px) & (to_ambiguous < to_particle))]
+    if len(picks) == 0 or len(particles) == 0:
+        return 0, len(picks), len(particles)
+    distance = np.hypot(*(picks[:, None] - particles[None]).transpose(2, 0, 1))
+    rows, cols = linear_sum_assignment(distance)
+    return int(np.sum(distance[rows, cols] <= radius_px)), len(picks), len(particles)
+
+
+def prf(counts: list[tuple[int, int, int]]) -> tuple[float, float, float]:
+    matched, picked, reference = (sum(c[i] for c in counts) for i in range(3))
+    precision, recall = matched / max(picked, 1), matched / max(reference, 1)
+    return precision, recall, 2 * precision * recall / max(precision + recall, 1e-9)
+
+
+def on_excluded(picks: np.ndarray, micrograph: Micrograph) -> int:
+    if micrograph.excluded is None or len(picks) == 0:
+        return 0
+    rows, cols = np.clip(np.asarray(picks)[:, ::-1].round().astype(int), 0,
+                         np.array(micrograph.excluded.shape) - 1).T
+    return int(np.count_nonzero(micrograph.excluded[rows, cols]))
+
+
+def picking_inputs(dataset: Dataset) -> PickingInputs:
+    return PickingInputs(micrograph_path="(in memory)", pixel_size_a=dataset.pixel_size_a,
+                         particle_diameter_a=dataset.diameter_a, min_diameter_a=dataset.diameter_range_a[0],
+                         max_diameter_a=dataset.diameter_range_a[1])
+
+
+def run_builtin(dataset: Dataset) -> tuple[list[np.ndarray], float]:
+    """Picks per micrograph and the median seconds per micrograph."""
+    picks, seconds = [], []
+    inputs = picking_inputs(dataset)
+    for micrograph in dataset.micrographs:
+        start = time.perf_counter()
+        coordinates = pick_particles(micrograph.image, inputs)[0]
+        seconds.append(time.perf_counter() - start)
+        picks.append(coordinates)
+    return picks, float(np.median(seconds))
+
+
+def write_micrographs(dataset: Dataset, folder: Path) -> list[Path]:
+    paths = []
+    for index, micrograph in enumerate(dataset.micrographs):
+        paths.append(write_mrc(folder / f"mic{index:03d}.mrc", micrograph.image, dataset.pixel_size_a))
+    return paths
+
+
+def run_relion(dataset: Dataset, folder: Path) -> tuple[list[np.ndarray], float]:
+    """relion_autopick --LoG with the GUI defaults over the dataset's diameter range; seconds per micrograph."""
+    paths = write_micrographs(dataset, folder)
+    output = folder / "AutoPick"
+    low, high = dataset.diameter_range_a
+    command = ["relion_autopick", "--i", str(folder / "mic*.mrc"), "--odir", f"{output}/", "--pickname", "autopick",
+               "--LoG", "--LoG_diam_min", f"{low:g}", "--LoG_diam_max", f"{high:g}",
+               "--angpix", f"{dataset.pixel_size_a:g}", "--shrink", "0", "--lowpass", "20",
+               "--LoG_adjust_threshold", "0", "--LoG_upper_threshold", "999"]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, cwd=folder)
+    seconds = (time.perf_counter() - start) / len(paths)
+    picks = []
+    for path in paths:
+        stars = list(output.rglob(f"{path.stem}_autopick.star"))
+        picks.append(read_coordinates(stars[0]) if stars else np.zeros((0, 2)))
+    return picks, seconds
+
+
+def run_topaz(dataset: Dataset, folder: Path) -> tuple[dict[float, list[np.ndarray]], float]:
+    """Topaz resnet16 picks per threshold; seconds per micrograph (both commands over the whole set)."""
+    paths = write_micrographs(dataset, folder)
+    scale = relion_downscale(dataset.diameter_a, dataset.pixel_size_a)
+    radius = max(1, round(dataset.diameter_a / 2 / dataset.pixel_size_a / scale))
+    start = time.perf_counter()
+    table = read_picks(topaz(folder, paths, scale, radius, min(TOPAZ_THRESHOLDS)), scale)
+    seconds = (time.perf_counter() - start) / len(paths)
+    result = {}
+    for threshold in TOPAZ_THRESHOLDS:
+        result[threshold] = []
+        for path in paths:
+            rows = table.get(path.stem, np.zeros((0, 3)))
+            result[threshold].append(rows[rows[:, 2] >= threshold, :2])
+    return result, seconds
+
+
+def cell(dataset: Dataset, picks: list[np.ndarray]) -> str:
+    radius_px = dataset.diameter_a / 2 / dataset.pixel_size_a
+    p, r, f = prf([count_matches(p, m, radius_px) for p, m in zip(picks, dataset.micrographs)])
+    text = f"{p:.2f} / {r:.2f} / **{f:.2f}**"
+    excluded = sum(on_excluded(p, m) for p, m in zip(picks, dataset.micrographs))
+    if any(m.excluded is not None for m in dataset.micrographs):
+        text += f" ({excluded} on contamination)"
+    return text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("/tmp/cryoem-real-picking"))
+    parser.add_argument("--download", action="store_true", help="Fetch the data into --data first.")
+    parser.add_argument("--pickers", default="builtin,relion,topaz")
+    parser.add_argument("--write-fixture", action="store_true", help=f"Write {FEI_FIXTURE.name} and stop.")
+    args = parser.parse_args()
+    if args.download:
+        download(args.data)
+    if args.write_fixture:
+        print(write_fixture(args.data))
+        return 0
+    pickers = set(args.pickers.split(","))
+    if "relion" in pickers and shutil.which("relion_autopick") is None:
+        print("relion_autopick not found: Relion's column left out")
+        pickers.discard("relion")
+    datasets = load_datasets(args.data)
+    header = "| data set | micrographs (reference particles) | diameter |"
+    if "builtin" in pickers:
+        header += " built-in P / R / F1 | built-in s/mic |"
+    if "relion" in pickers:
+        header += " Relion LoG P / R / F1 | Relion s/mic |"
+    if "topaz" in pickers:
+        header += "".join(f" Topaz t={t:g} P / R / F1 |" for t in TOPAZ_THRESHOLDS) + " Topaz s/mic |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for dataset in datasets:
+        reference = sum(len(m.particles) for m in dataset.micrographs)
+        row = (f"| {dataset.label} | {len(dataset.micrographs)} ({reference}) | {dataset.diameter_a:.0f} Å"
+               f"{'' if dataset.pixel_size_a != 1.0 else ' (px)'} |")
+        if "builtin" in pickers:
+            picks, seconds = run_builtin(dataset)
+            row += f" {cell(dataset, picks)} | {seconds:.2f} |"
+        if "relion" in pickers:
+            with tempfile.TemporaryDirectory(prefix="bench-real-relion-") as tmp:
+                picks, seconds = run_relion(dataset, Path(tmp))
+            row += f" {cell(dataset, picks)} | {seconds:.1f} |"
+        if "topaz" in pickers:
+            with tempfile.TemporaryDirectory(prefix="bench-real-topaz-") as tmp:
+                by_threshold, seconds = run_topaz(dataset, Path(tmp))
+            row += "".join(f" {cell(dataset, by_threshold[t])} |" for t in TOPAZ_THRESHOLDS) + f" {seconds:.1f} |"
+        print(row, flush=True)
+    notes = [f"{d.label}: {d.note}" for d in datasets if d.note]
+    if notes:
+        print("\n" + "\n".join(notes))
+    print(f"\nReproduce: .venv/bin/python benchmarks/bench_picking_real.py --data {args.data} --pickers {args.pickers}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
