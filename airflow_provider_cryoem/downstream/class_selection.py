@@ -26,6 +26,10 @@ from .class2d import Class2DResult
 
 SELECT_ALIAS = "Live_best_particles"
 ALL_PARTICLES = "particles_all.star"
+# relion_class_ranker's outputs, which doppio reads for a class selection job
+RANK_MODEL = "rank_model.star"
+CLASS_AVERAGES = "class_averages.star"
+RANKER_PARTICLES = "particles.star"
 
 
 class ClassSelectionResult(BaseModel):
@@ -52,11 +56,16 @@ def select_classes(project: RelionProject, class2d: Class2DResult,
     particles = data["particles"]
     kept = particles[particles["rlnClassNumber"].astype(int).isin(chosen)]
     job = project.job("class_selection", alias=SELECT_ALIAS)
-    batch_star = job.path / f"selected_{class2d.job_dir.replace('/', '_')}.star"
+    batch_name = class2d.job_dir.replace('/', '_')
+    batch_star = job.path / f"selected_{batch_name}.star"
     write_star(batch_star, {"optics": data["optics"], "particles": kept})
+    write_star(job.path / f"scores_{batch_name}.star", {"model_classes": _score_table(project, class2d, scores)})
     total = _combine(job.path)
+    job.set_options({"rank_threshold": settings.min_score})
+    job.add_input(class2d.optimiser_star, NodeType.OPTIMISER)
     job.add_input(class2d.data_star, NodeType.PARTICLES)
     job.add_output(ALL_PARTICLES, NodeType.PARTICLES)
+    job.add_output(CLASS_AVERAGES, NodeType.CLASS_AVERAGES)
     return ClassSelectionResult(class2d_job=class2d.job_dir, scores=scores, selected_classes=chosen,
                                 selected_particles=len(kept), batch_star=project.relative(batch_star),
                                 all_particles_star=project.relative(job.path / ALL_PARTICLES),
@@ -94,8 +103,23 @@ def class_ranker_command(project_dir: str, optimiser_star: str, job_dir: str, mi
         "--min_score", f"{min_score if min_score is not None else 0.0:g}"])
 
 
+def _score_table(project: RelionProject, class2d: Class2DResult, scores: list[ClassScore]) -> pd.DataFrame:
+    """The batch's classes as relion_class_ranker lists them in rank_model.star (image, score), and whether
+    each was selected."""
+    by_number = {score.class_number: score for score in scores}
+    rows = []
+    for row in class2d.classes:
+        index, _, stack = row.image.rpartition("@")
+        score = by_number[row.class_number]
+        rows.append({"rlnReferenceImage": f"{index}@{project.relative(stack)}", "rlnClassScore": score.score,
+                     "rlnSelected": int(score.selected)})
+    return pd.DataFrame(rows, columns=["rlnReferenceImage", "rlnClassScore", "rlnSelected"])
+
+
 def _combine(job_path: Path) -> int:
-    """Rebuild particles_all.star from every batch's selection (one writer at a time)."""
+    """Rebuild particles_all.star from every batch's selection (one writer at a time), and the class lists
+    CCP-EM doppio shows for a class selection as relion_class_ranker names them: rank_model.star (every
+    class and its score), class_averages.star (the selected ones), particles.star (= particles_all.star)."""
     with open(job_path / ".particles_all.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -103,6 +127,14 @@ def _combine(job_path: Path) -> int:
             tables = [p["particles"] for p in parts if len(p.get("particles", ()))]
             combined = pd.concat(tables, ignore_index=True) if tables else parts[0]["particles"].iloc[:0]
             write_star(job_path / ALL_PARTICLES, {"optics": parts[0]["optics"], "particles": combined})
+            classes = pd.concat([read_star(path)["model_classes"] for path in sorted(job_path.glob("scores_*.star"))],
+                                ignore_index=True)
+            write_star(job_path / RANK_MODEL, {"model_classes": classes[["rlnReferenceImage", "rlnClassScore"]]})
+            selected = classes[classes["rlnSelected"].astype(int) == 1]
+            write_star(job_path / CLASS_AVERAGES, {"": selected[["rlnReferenceImage", "rlnClassScore"]]})
+            link = job_path / RANKER_PARTICLES
+            if not link.is_symlink():
+                link.symlink_to(ALL_PARTICLES)
             return len(combined)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
