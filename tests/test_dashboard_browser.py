@@ -21,7 +21,14 @@ from sqlalchemy import text
 
 from airflow_provider_cryoem.dashboard.queries import METRICS
 from airflow_provider_cryoem.devtools.local_airflow import AirflowStack
-from airflow_provider_cryoem.devtools.session_results import SimulatedSession, record_movie, record_session
+from airflow_provider_cryoem.devtools.session_results import (
+    ParticleResults,
+    SimulatedSession,
+    record_movie,
+    record_particle_results,
+    record_session,
+    record_tilt_series,
+)
 from airflow_provider_cryoem.results import ResultsStore, sqlite_engine
 from airflow_provider_cryoem.simulate import SpaSimulationSettings
 
@@ -40,12 +47,15 @@ class Server:
     store: ResultsStore
     spa: SimulatedSession
     ended: SimulatedSession
+    tomo: SimulatedSession
+    particles: ParticleResults
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The api-server alone (the dashboard needs no scheduler) on its own port, SQLite metadata, a results
-    SQLite file with a live session (12 movies, every 5th failing CTF, thumbnails for two) and an ended one."""
+    SQLite file with a live session (12 movies, every 5th failing CTF, thumbnails for two, two 2D batches,
+    a 3D batch, a refinement and a B-factor series), an ended one and a tomography one (a tilt series)."""
     tmp = tmp_path_factory.mktemp("dashboard_browser")
     data = tmp / "data"
     database = data / "results.sqlite"
@@ -55,6 +65,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                          images_for=2)
     ended = record_session(store, "visit-done", data, SpaSimulationSettings(n_movies=3, seed=8), images_for=0,
                            end_reason="idle for 600 s")
+    particles = record_particle_results(store, spa)
+    tomo = record_session(store, "visit-tomo", data, SpaSimulationSettings(n_movies=6, seed=9), recipe="tomo_live",
+                          images_for=0)
+    record_tilt_series(store, tomo)
     home = tmp / "airflow"
     home.mkdir()
     (home / "passwords.json").write_text(json.dumps({USER: PASSWORD, "admin": "admin-password"}))
@@ -65,7 +79,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                   "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json")})
     try:
         stack.start(components=("api-server",))
-        yield Server(base=f"http://127.0.0.1:{stack.api_port}", store=store, spa=spa, ended=ended)
+        yield Server(base=f"http://127.0.0.1:{stack.api_port}", store=store, spa=spa, ended=ended, tomo=tomo,
+                     particles=particles)
     finally:
         stack.stop()
         store.engine.dispose()
@@ -97,12 +112,25 @@ def browser(server: Server) -> Iterator[object]:
 
 
 def wait(driver: object, timeout_s: float = WAIT_S):  # noqa: ANN201
-    """Waits that look again when the page redrew what they were reading (it polls every second)."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    """Waits that look again when the page redrew what they were reading (it polls every second); one that
+    runs out says what the page showed (its error line, whether it ever rendered)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout_s, poll_frequency=0.2,
-                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+    class PageWait(WebDriverWait):
+        def until(self, method, message=""):  # noqa: ANN001, ANN202
+            try:
+                return super().until(method, message)
+            except TimeoutException:
+                state = driver.execute_script(
+                    "const e = document.getElementById('error');"
+                    "return [location.href, e ? e.textContent : null, document.body.dataset.firstRenderMs || null,"
+                    "        document.body.innerText.slice(0, 300)];")
+                raise TimeoutException(f"page {state[0]}: error line {state[1]!r}, first render {state[2]} ms, "
+                                       f"text {state[3]!r}") from None
+
+    return PageWait(driver, timeout_s, poll_frequency=0.2,
+                    ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
 
 
 def field(scope: object, selector: str) -> str:
@@ -128,11 +156,41 @@ def shown_equals(shown: str, value: float | None, decimals: int) -> bool:
     return abs(float(shown) - value) <= 0.5 * 10 ** -decimals + 1e-9
 
 
-def screenshot(driver: object, name: str) -> None:
+def screenshot(driver: object, name: str, element: object | None = None) -> None:
+    """The window, or one element of the page (a section below the window's height)."""
     folder = os.environ.get("CRYOEM_DASHBOARD_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(Path(folder) / name))
+        if element is not None:
+            driver.execute_script("arguments[0].scrollIntoView();", element)
+            element.screenshot(str(Path(folder) / name))
+        else:
+            driver.save_screenshot(str(Path(folder) / name))
+
+
+def drawn_lines(driver: object, holder_id: str) -> list[dict]:
+    """The fixed-value lines (quality limits, FSC 0.143) a chart drew, as its script reports them."""
+    from selenium.webdriver.common.by import By
+
+    return json.loads(driver.find_element(By.ID, holder_id).get_attribute("data-limit-lines") or "[]")
+
+
+def red_along(driver: object, holder_id: str, line: dict, samples: int = 9) -> int:
+    """How many of `samples` canvas pixels along a drawn line are the limit's red (the line is really there)."""
+    from selenium.webdriver.common.by import By
+
+    return driver.execute_script("""
+        const [holder, line, samples] = arguments;
+        const canvas = holder.querySelector("canvas");
+        const context = canvas.getContext("2d");
+        let red = 0;
+        for (let i = 1; i <= samples; i++) {
+          const along = Math.round(line.from + (line.to - line.from) * i / (samples + 1));
+          const [x, y] = line.axis === "y" ? [along, line.at] : [line.at, along];
+          const [r, g, b] = context.getImageData(x, y, 1, 1).data;
+          if (r > 180 && g < 110 && b < 110) red++;
+        }
+        return red;""", driver.find_element(By.ID, holder_id), line, samples)
 
 
 def test_the_real_api_server_refuses_requests_without_a_login_and_lists_the_plugin(server: Server):
@@ -156,7 +214,7 @@ def test_sessions_page_shows_the_databases_numbers_also_inside_airflows_ui(serve
 
     browser.get(f"{server.base}/cryoem/")
     rows = wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sessions tbody tr[data-session-id]"))
-    assert len(rows) == 2
+    assert len(rows) == 3
     screenshot(browser, "dashboard-sessions.png")
     for simulated in (server.spa, server.ended):
         sid = simulated.session_id
@@ -170,6 +228,8 @@ def test_sessions_page_shows_the_databases_numbers_also_inside_airflows_ui(serve
                              ("particle_picking", "particle_picker"), ("ice_thickness", "relative_ice_thickness")):
             assert field(row, f'[data-field="{stage}"]') == str(movies_with(server, table, sid)), stage
         assert field(row, '[data-field="latest_run"]').startswith("spa_live")
+    tomo = browser.find_element(By.CSS_SELECTOR, f'#sessions tbody tr[data-session-id="{server.tomo.session_id}"]')
+    assert field(tomo, '[data-field="experiment"]') == "tomography"
     done = browser.find_element(By.CSS_SELECTOR, f'#sessions tbody tr[data-session-id="{server.ended.session_id}"]')
     assert field(done, '[data-field="state"]') == "ended" and field(done, '[data-field="end_reason"]') == "idle for 600 s"
 
@@ -177,7 +237,7 @@ def test_sessions_page_shows_the_databases_numbers_also_inside_airflows_ui(serve
     frame = wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "iframe[title='Cryo-EM sessions']"))[0]
     browser.switch_to.frame(frame)
     try:
-        assert len(wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sessions tbody tr"))) == 2
+        assert len(wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sessions tbody tr"))) == 3
     finally:
         browser.switch_to.default_content()
     screenshot(browser, "dashboard-in-airflow.png")
@@ -251,3 +311,91 @@ def test_the_session_page_updates_without_reloading_when_a_movie_is_recorded(ser
     wait(browser).until(lambda d: field(d, "#movies tbody tr [data-field='movie_number']") == str(number))
     wait(browser).until(lambda d: field(d, "#newest-name") == name)
     assert browser.execute_script("return window.notReloaded === true;")
+
+
+def test_the_plots_draw_the_sessions_quality_limits_and_count_the_movies_beyond_them(server: Server, browser: object):
+    from selenium.webdriver.common.by import By
+
+    sid = server.spa.session_id
+    browser.get(f"{server.base}/cryoem/sessions/{sid}")
+    limits = json.loads(db(server, "SELECT quality_limits FROM session WHERE session_id = :s", s=sid)[0][0])
+    worst = limits["max_ctf_fit_resolution_a"]
+    lines = wait(browser).until(lambda d: drawn_lines(d, "plot-ctf_resolution"))
+    assert [(line["value"], line["axis"]) for line in lines] == [(worst, "y")]
+    assert red_along(browser, "plot-ctf_resolution", lines[0]) >= 6  # drawn, in red, where the value lies
+    defocus = drawn_lines(browser, "plot-defocus")
+    assert sorted(line["value"] for line in defocus) == [limits["min_defocus_a"], limits["max_defocus_a"]]
+    histogram = wait(browser).until(lambda d: drawn_lines(d, "histogram-ctf_resolution_a"))
+    assert [(line["value"], line["axis"]) for line in histogram] == [(worst, "x")]
+    assert red_along(browser, "histogram-ctf_resolution_a", histogram[0]) >= 6
+    assert drawn_lines(browser, "plot-ice") == []  # no ice limits set
+
+    beyond = db(server, "SELECT count(*) FROM ctf c JOIN processing_job j ON j.processing_job_id = c.processing_job_id "
+                        "WHERE j.session_id = :s AND c.estimated_resolution_a > :w", s=sid, w=worst)[0][0]
+    row = browser.find_element(By.CSS_SELECTOR, '#limits tr[data-metric="ctf_resolution_a"]')
+    assert field(row, '[data-field="beyond"]') == str(beyond) and field(row, '[data-field="range"]') == f"– … {worst:g}"
+    screenshot(browser, "dashboard-limits.png", browser.find_element(By.ID, "plot-ctf_resolution"))
+
+
+def test_class_galleries_mark_the_selected_classes_with_scores_and_3d_shows_fsc_and_bfactor(
+        server: Server, browser: object):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server.base}/cryoem/sessions/{server.spa.session_id}")
+    newest = server.particles.class2d_groups[-1]
+    gallery = wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, f'#classes2d details[data-group-id="{newest}"][open]'))[0]
+    classes = {row[0]: row[1:] for row in db(server, "SELECT class_number, selected, selection_score, particles_per_class "
+                                                     "FROM particle_classification WHERE particle_classification_group_id = :g",
+                                             g=newest)}
+    figures = gallery.find_elements(By.CSS_SELECTOR, "figure[data-class]")
+    assert len(figures) == len(classes) == 12
+    for figure in figures:
+        selected, score, particles = classes[int(figure.get_attribute("data-class"))]
+        assert figure.get_attribute("data-selected") == ("true" if selected else "false")
+        assert ("selected" in figure.get_attribute("class").split()) == bool(selected)
+        assert field(figure, '[data-field="score"]') == f"score {score:.2f}"
+        assert field(figure, '[data-field="particles"]').startswith(f"{particles} ptcl")
+    assert 0 < sum(selected for selected, _, _ in classes.values()) < 12
+    images = gallery.find_elements(By.TAG_NAME, "img")
+    wait(browser).until(lambda d: all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
+                                      for img in images))
+    older = browser.find_element(By.CSS_SELECTOR, f'#classes2d details[data-group-id="{server.particles.class2d_groups[0]}"]')
+    assert older.get_attribute("open") is None  # older batches folded
+    screenshot(browser, "dashboard-classes.png", browser.find_element(By.ID, "classes2d-section"))
+
+    (resolution, bfactor), = db(server, "SELECT estimated_resolution_a, b_factor_a2 FROM refinement")
+    row = browser.find_element(By.CSS_SELECTOR, f'#refinements tr[data-refinement-id="{server.particles.refinement_id}"]')
+    assert shown_equals(field(row, '[data-field="resolution_a"]'), resolution, 2)
+    assert shown_equals(field(row, '[data-field="bfactor_a2"]'), bfactor, 0)
+    from airflow_provider_cryoem.io import read_star
+
+    shells = len(read_star(server.particles.postprocess_star)["fsc"])
+    wait(browser).until(lambda d: d.find_element(By.ID, "plot-fsc").get_attribute("data-points") == str(shells))
+    fsc_lines = drawn_lines(browser, "plot-fsc")
+    assert [line["value"] for line in fsc_lines] == [0.143] and red_along(browser, "plot-fsc", fsc_lines[0]) >= 6
+    points = db(server, "SELECT count(*) FROM bfactor_fit")[0][0]
+    assert browser.find_element(By.ID, "plot-bfactor").get_attribute("data-points") == str(points)
+    assert "B = 300 Å²" in field(browser, "#plot-bfactor .u-title")
+    selected_3d = browser.find_elements(By.CSS_SELECTOR, '#classes3d figure[data-selected="true"]')
+    assert [figure.get_attribute("data-class") for figure in selected_3d] == ["1"]
+    screenshot(browser, "dashboard-3d.png", browser.find_element(By.ID, "map-section"))
+
+
+def test_the_tomography_session_page_shows_series_residuals_and_central_slice(server: Server, browser: object):
+    from selenium.webdriver.common.by import By
+
+    sid = server.tomo.session_id
+    browser.get(f"{server.base}/cryoem/sessions/{sid}")
+    row = wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#series tbody tr[data-series-id]"))[0]
+    (series_id, name, reason), = db(server, "SELECT tilt_series_id, name, completed_reason FROM tilt_series "
+                                            "WHERE session_id = :s", s=sid)
+    tilts = db(server, "SELECT count(*) FROM tilt WHERE tilt_series_id = :t", t=series_id)[0][0]
+    assert field(row, '[data-field="name"]') == name and field(row, '[data-field="tilts"]') == str(tilts)
+    assert field(row, '[data-field="status"]') == f"complete ({reason})"
+    residuals = db(server, "SELECT count(*) FROM tilt_image_alignment a JOIN tomogram t ON t.tomogram_id = a.tomogram_id "
+                           "WHERE t.tilt_series_id = :t AND a.residual_error_px IS NOT NULL", t=series_id)[0][0]
+    wait(browser).until(lambda d: d.find_element(By.ID, "plot-residuals").get_attribute("data-points") == str(residuals))
+    image = browser.find_element(By.CSS_SELECTOR, '#series-thumbs figure[data-kind="central_slice"] img')
+    wait(browser).until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image))
+    assert browser.find_element(By.ID, "classes2d-section").get_attribute("hidden") is not None
+    screenshot(browser, "dashboard-tomography.png", browser.find_element(By.ID, "tomography"))

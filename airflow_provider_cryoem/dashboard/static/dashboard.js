@@ -8,6 +8,7 @@
   const airflow = body.dataset.airflow;
   const pollMs = Number(body.dataset.pollMs) || 5000;
   const COLORS = ["#2b6cb0", "#c05621", "#2f855a", "#6b46c1"];
+  const LIMIT_COLOR = "#e53e3e";  // the session's quality limits and the FSC 0.143 line
   const STAGE_LABELS = {
     motion_correction: "Motion correction", ctf: "CTF", particle_picking: "Particle picking",
     ice_thickness: "Ice thickness", class2d: "2D classification", class3d: "3D classification",
@@ -147,6 +148,54 @@
   }
 
   // --- charts ----------------------------------------------------------------------------------------
+  // Lines at fixed values (the session's quality limits, FSC = 0.143), drawn over a chart after uPlot
+  // draws it: horizontal across the plot for axis "y", vertical for "x". Where they were drawn (canvas
+  // pixels) goes into the holder's data-limit-lines, so a test can look at those pixels.
+  function linesPlugin(axis) {
+    return {hooks: {draw: [(u) => {
+      const drawn = [];
+      const ctx = u.ctx;
+      const {left, top, width, height} = u.bbox;
+      ctx.save();
+      ctx.strokeStyle = LIMIT_COLOR;
+      ctx.fillStyle = LIMIT_COLOR;
+      ctx.lineWidth = 2 * uPlot.pxRatio;
+      ctx.font = `${11 * uPlot.pxRatio}px system-ui, sans-serif`;
+      for (const line of u.lines || []) {
+        const at = Math.round(u.valToPos(line.value, axis === "y" ? "y" : "x", true));
+        if (axis === "y" ? at < top || at > top + height : at < left || at > left + width) continue;
+        ctx.beginPath();
+        if (axis === "y") { ctx.moveTo(left, at); ctx.lineTo(left + width, at); } else { ctx.moveTo(at, top); ctx.lineTo(at, top + height); }
+        ctx.stroke();
+        if (axis === "y") {  // the label at the right end, above the line: clear of the axis' tick labels
+          ctx.textAlign = "right";
+          ctx.fillText(line.label, left + width - 4 * uPlot.pxRatio, at - 4 * uPlot.pxRatio);
+        } else {
+          ctx.textAlign = "left";
+          ctx.fillText(line.label, at + 3 * uPlot.pxRatio, top + 12 * uPlot.pxRatio);
+        }
+        drawn.push({value: line.value, label: line.label, axis, at,
+          from: axis === "y" ? left : top, to: axis === "y" ? left + width : top + height});
+      }
+      ctx.restore();
+      u.root.parentNode.dataset.limitLines = JSON.stringify(drawn);
+    }]}};
+  }
+  // The lines of a metric's limits, labelled with the setting ("max 40 Å").
+  function limitLines(limit, unit) {
+    if (!limit) return [];
+    const text = (word, value) => `${word} ${value}${unit ? " " + unit : ""}`;
+    return [...(limit.low !== null ? [{value: limit.low, label: text("min", limit.low)}] : []),
+      ...(limit.high !== null ? [{value: limit.high, label: text("max", limit.high)}] : [])];
+  }
+  // A scale range that shows the data and the lines, padded as uPlot pads.
+  function rangeWithLines(u, dataMin, dataMax) {
+    const values = (u.lines || []).map((line) => line.value);
+    if (dataMin !== null && dataMin !== undefined) values.push(dataMin, dataMax);
+    if (!values.length) return [0, 1];
+    return uPlot.rangeNum(Math.min(...values), Math.max(...values), 0.1, true);
+  }
+
   // Series of one chart share uPlot's x array: the union of their times, null where a series has none.
   function merged(seriesList) {
     const times = [...new Set(seriesList.flatMap((s) => s.t))].sort((a, b) => a - b);
@@ -160,7 +209,8 @@
     const holder = el("div", {class: "plot", id: `plot-${id}`, "data-points": 0});
     container.append(holder);
     return new uPlot({
-      title, width: 460, height: 230,
+      title, width: 460, height: 230, plugins: [linesPlugin("y")],
+      scales: {y: {range: rangeWithLines}},
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
       series: [{label: "Acquired (UTC)"}, ...names.map((name, i) => ({
         label: name, stroke: COLORS[i], width: 1, spanGaps: true, points: {show: true, size: 4, fill: COLORS[i]},
@@ -172,8 +222,9 @@
     const holder = el("div", {class: "plot", id: `histogram-${metric.key}`});
     container.append(holder);
     const chart = new uPlot({
-      title: withUnit(metric.label, metric.unit), width: 300, height: 200,
-      scales: {x: {time: false, range: (u) => (u.edges && u.edges.length ? [u.edges[0], u.edges[u.edges.length - 1]] : [0, 1])}},
+      title: withUnit(metric.label, metric.unit), width: 300, height: 200, plugins: [linesPlugin("x")],
+      scales: {x: {time: false, range: (u) => rangeWithLines(u, u.edges && u.edges.length ? u.edges[0] : null,
+        u.edges && u.edges.length ? u.edges[u.edges.length - 1] : null)}},
       series: [{label: withUnit(metric.label, metric.unit)}, {
         label: "Movies", stroke: COLORS[0], fill: "rgba(43,108,176,0.35)", width: 1,
         paths: uPlot.paths.bars({align: 1, size: [1, Infinity]}), points: {show: false},
@@ -215,10 +266,11 @@
     let metrics = null;
     let refreshNow = null;
 
-    function setData(chart, chartId, data) {
-      const key = JSON.stringify(data);
+    function setData(chart, chartId, data, lines) {
+      const key = JSON.stringify([data, lines || []]);
       if (drawn[chartId] === key) return;
       drawn[chartId] = key;
+      chart.lines = lines || [];
       chart.setData(data);
       chart.root.parentNode.dataset.points = data[0].length;
     }
@@ -231,14 +283,26 @@
           charts[spec.id] = timeChart(document.getElementById("plots"), spec.id, spec.title || first.label,
             first.unit, spec.keys.map((k) => byKey[k].label));
         }
-        setData(charts[spec.id], spec.id, merged(spec.keys.map((k) => detail.series[k])));
+        setData(charts[spec.id], spec.id, merged(spec.keys.map((k) => detail.series[k])),
+          limitLines(detail.limits[spec.keys[0]], first.unit));
       }
       for (const metric of detail.metrics) {
         if (!histograms[metric.key]) histograms[metric.key] = histogramChart(document.getElementById("histograms"), metric);
         const hist = detail.histograms[metric.key];
         histograms[metric.key].edges = hist.edges;
-        setData(histograms[metric.key], `h-${metric.key}`, [hist.edges.slice(0, -1), hist.counts]);
+        setData(histograms[metric.key], `h-${metric.key}`, [hist.edges.slice(0, -1), hist.counts],
+          limitLines(detail.limits[metric.key], metric.unit));
       }
+      const limited = detail.metrics.filter((m) => detail.limits[m.key]);
+      document.getElementById("limits-section").hidden = limited.length === 0;
+      renderIfChanged(document.querySelector("#limits tbody"), [detail.limits, detail.beyond_limits], () => limited.map((m) => {
+        const limit = detail.limits[m.key];
+        const range = `${limit.low !== null ? limit.low : "–"} … ${limit.high !== null ? limit.high : "–"}`;
+        return el("tr", {"data-metric": m.key}, el("td", {}, withUnit(m.label, m.unit)),
+          el("td", {"data-field": "range", class: "num"}, range),
+          el("td", {"data-field": "beyond", class: detail.beyond_limits[m.key] ? "num beyond" : "num"}, detail.beyond_limits[m.key]),
+          el("td", {"data-field": "of", class: "num"}, detail.series[m.key].count));
+      }));
     }
 
     function movieHeader() {
@@ -333,6 +397,98 @@
       thumbs(document.getElementById("series-thumbs"), shown.tomogram, TOMO_THUMBS, (t) => t.images);
     }
 
+    // A class's picture and numbers; the selected ones (2D: by the automatic selection, 3D: the best
+    // class, taken to refinement) are marked.
+    function classFigure(c, kind) {
+      const caption = [el("span", {"data-field": "class_number"}, `#${c.class_number}`),
+        el("span", {"data-field": "particles"}, `${c.particles} ptcl (${fmt(100 * c.distribution, 1)} %)`)];
+      if (c.score !== null) caption.push(el("span", {"data-field": "score"}, `score ${fmt(c.score, 2)}`));
+      if (c.resolution_a !== null) caption.push(el("span", {"data-field": "resolution_a"}, `${fmt(c.resolution_a, 1)} Å`));
+      if (c.selected) caption.push(el("span", {class: "tick", title: "selected"}, "✓ selected"));
+      return el("figure", {"data-class": c.class_number, "data-selected": c.selected ? "true" : "false",
+        class: c.selected ? "cls selected" : "cls"},
+      c.image_id !== null ? el("img", {src: `${api}/images/${kind}/${c.image_id}`, alt: `Class ${c.class_number}`, loading: "lazy"})
+        : el("div", {class: "noimg"}, "no image"), el("figcaption", {}, ...caption));
+    }
+    // Batches newest first, each folded; the newest open, and what a reader opened stays open.
+    function batches(container, list, kind, summary) {
+      renderIfChanged(container, list, () => {
+        const open = new Set([...container.querySelectorAll("details[open]")].map((d) => d.dataset.groupId));
+        return list.map((b, index) => el("details", {"data-group-id": b.group_id,
+          open: open.size ? open.has(String(b.group_id)) : index === 0},
+        el("summary", {}, summary(b)), el("div", {class: "gallery"}, ...b.classes.map((c) => classFigure(c, kind)))));
+      });
+    }
+    function xyChart(holderId, parent, options) {
+      const holder = el("div", {class: "plot", id: holderId});
+      parent.append(holder);
+      return new uPlot(options, options.series.map(() => []), holder);
+    }
+
+    function drawParticles(detail) {
+      const s2 = document.getElementById("classes2d-section");
+      s2.hidden = detail.classes_2d.length === 0;
+      batches(document.getElementById("classes2d"), detail.classes_2d, "class2d", (b) =>
+        `Batch ${b.batch_number} · ${b.particles} particles · ${b.classes.filter((c) => c.selected).length} of ` +
+        `${b.classes.length} classes selected${b.reprocess ? " · reprocess" : ""} · ${b.run_id}`);
+      const s3 = document.getElementById("map-section");
+      s3.hidden = detail.classes_3d.length === 0 && detail.refinements.length === 0 && !detail.bfactor;
+      if (s3.hidden) return;
+      batches(document.getElementById("classes3d"), detail.classes_3d, "class3d", (b) =>
+        `Batch ${b.batch_number} · ${b.particles} particles · initial model ` +
+        `${b.initial_model_resolution_a !== null ? fmt(b.initial_model_resolution_a, 1) + " Å" : "–"}` +
+        `${b.reprocess ? " · reprocess" : ""} · ${b.run_id}`);
+      renderIfChanged(document.querySelector("#refinements tbody"), detail.refinements, () => detail.refinements.map((r) =>
+        el("tr", {"data-refinement-id": r.refinement_id},
+          el("td", {"data-field": "run_id"}, r.run_id), el("td", {"data-field": "symmetry"}, r.symmetry),
+          el("td", {"data-field": "class_number", class: "num"}, r.class_number ?? "–"),
+          el("td", {"data-field": "particles", class: "num"}, r.particles),
+          el("td", {"data-field": "resolution_a", class: "num"}, fmt(r.resolution_a, 2)),
+          el("td", {"data-field": "bfactor_a2", class: "num"}, fmt(r.bfactor_a2, 0)),
+          el("td", {"data-field": "fsc"}, r.fsc ? `${r.fsc.frequency_inv_a.length} shells` : r.fsc_problem))));
+      const plots = document.getElementById("map-plots");
+      const withFsc = detail.refinements.find((r) => r.fsc);
+      if (withFsc) {
+        if (!charts.fsc) {
+          charts.fsc = xyChart("plot-fsc", plots, {
+            title: "Fourier shell correlation", width: 460, height: 260, plugins: [linesPlugin("y")],
+            scales: {x: {time: false}, y: {range: [-0.1, 1.05]}},
+            series: [{label: "Resolution (Å)", value: (u, f) => (f > 0 ? `${fmt(1 / f, 2)} Å` : "–")},
+              {label: "Corrected", stroke: COLORS[0], width: 2},
+              {label: "Unmasked", stroke: COLORS[1], width: 1},
+              {label: "Masked", stroke: COLORS[2], width: 1}],
+            axes: [{label: "Resolution (Å)", values: (u, ticks) => ticks.map((f) => (f > 0 ? fmt(1 / f, 1) : "∞"))},
+              {label: "FSC", size: 50}],
+          });
+        }
+        const f = withFsc.fsc;
+        charts.fsc.root.querySelector(".u-title").textContent =
+          `Fourier shell correlation · ${fmt(withFsc.resolution_a, 2)} Å at 0.143 · ${withFsc.run_id}`;
+        setData(charts.fsc, "fsc", [f.frequency_inv_a, f.corrected, f.unmasked || f.corrected.map(() => null),
+          f.masked || f.corrected.map(() => null)], [{value: 0.143, label: "0.143"}]);
+      }
+      const b = detail.bfactor;
+      if (b) {
+        if (!charts.bfactor) {
+          charts.bfactor = xyChart("plot-bfactor", plots, {
+            title: "B-factor", width: 460, height: 260, scales: {x: {time: false}},
+            series: [{label: "Particles", value: (u, x) => (x === null ? "–" : Math.round(Math.exp(x)))},
+              {label: "1/d² (Å⁻²)", stroke: COLORS[0], paths: () => null, points: {show: true, size: 7, fill: COLORS[0]},
+                value: (u, v) => (v === null ? "–" : v.toFixed(4))},
+              {label: "Fit", stroke: COLORS[1], width: 1, points: {show: false}}],
+            axes: [{label: "Particles (log scale)", splits: (u) => u.data[0],  // a tick at each refined subset
+              values: (u, ticks) => ticks.map((x) => Math.round(Math.exp(x)))},
+              {label: "1/d² (Å⁻²)", size: 70, values: (u, ticks) => ticks.map((v) => v.toFixed(3))}],
+          });
+        }
+        const x = b.particles.map((n) => Math.log(n));
+        const fit = b.slope_per_a2 !== null ? x.map((v) => b.slope_per_a2 * v + b.intercept_per_a2) : x.map(() => null);
+        charts.bfactor.root.querySelector(".u-title").textContent =
+          `B-factor (Rosenthal–Henderson) · B = ${b.bfactor_a2 !== null ? fmt(b.bfactor_a2, 0) + " Å²" : "–"}`;
+        setData(charts.bfactor, "bfactor", [x, b.resolution_a.map((d) => 1 / (d * d)), fit]);
+      }
+    }
+
     function render(detail) {
       const s = detail.session;
       const summary = detail.summary;
@@ -368,6 +524,7 @@
       document.getElementById("newest-name").textContent = detail.newest_movie ? detail.newest_movie.movie : "";
       thumbs(document.getElementById("newest-thumbs"), detail.newest_movie, THUMBS, (m) => m.images);
       drawCharts(detail);
+      drawParticles(detail);
       drawTomography(detail);
       if (!metrics) {
         metrics = detail.metrics;
