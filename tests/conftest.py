@@ -13,6 +13,7 @@ import pytest
 from airflow_provider_cryoem.devtools.dags_test import dags_test_env
 
 from ._pg import pg_admin_url  # noqa: F401  (fixture: every PG-needing test, whichever module)
+from ._spa_map_session import spa_map_session  # noqa: F401  (fixture: the demo session, run once)
 
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="cryoem-airflow-home-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")

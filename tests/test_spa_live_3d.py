@@ -8,53 +8,30 @@ class at the micrographs' 2 Å (78-px boxes, recentred), auto-refine, mask, post
 """
 from __future__ import annotations
 
-import json
 import math
-import subprocess
 from pathlib import Path
 
 import pytest
 import starfile
 from sqlalchemy import select
 
-from airflow_provider_cryoem.demo import SIMULATION, SMALL_SESSION
-from airflow_provider_cryoem.pipeline.stores import results_store
 from airflow_provider_cryoem.relion_project import read_pipeline
 from airflow_provider_cryoem.results import schema
-from airflow_provider_cryoem.simulate import (
-    END_MARKER_NAME,
-    GAIN_REFERENCE_NAME,
-    SpaSimulationSettings,
-    write_spa_session,
-)
 from airflow_provider_cryoem.simulate.particle_labels import (
     PARTICLE,
     label_particles,
     selection_measure,
 )
 
-from .conftest import AIRFLOW, REPO
+from ._spa_map_session import SETTINGS
 
 pytestmark = [pytest.mark.relion, pytest.mark.integration]
 
-SETTINGS = SpaSimulationSettings(n_movies=8, **SIMULATION)  # the demo's session
-CONF = {"session_name": "to_map", "pixel_size_a": SETTINGS.pixel_size_a, "particle_diameter_a": SETTINGS.particle_diameter_a,
-        "dose_per_frame_e_a2": SETTINGS.dose_per_frame_e_a2, **SMALL_SESSION}
-
 
 @pytest.fixture(scope="module")
-def session(tmp_path_factory, airflow_env):
-    root = tmp_path_factory.mktemp("data")
-    watch_dir = root / "session" / "raw"
-    truth = write_spa_session(SETTINGS, watch_dir)
-    (watch_dir / END_MARKER_NAME).write_text("")
-    conf = {**CONF, "watch_dir": str(watch_dir), "gain_reference_path": str(watch_dir / GAIN_REFERENCE_NAME)}
-    env = {**airflow_env, "CRYOEM_DATA_ROOTS": str(root), "CRYOEM_RECIPES_DIR": str(REPO / "recipes" / "demo")}
-    run = subprocess.run([AIRFLOW, "dags", "test", "spa_live", "--conf", json.dumps(conf)], env=env,
-                         capture_output=True, text=True, timeout=1800)
-    processing = root / "session" / "processing"
-    return {"truth": truth, "run": run, "processing": processing, "relion": processing / "relion",
-            "store": results_store(None, str(processing))}
+def session(spa_map_session):
+    """The demo's session, run once for this module and tests/test_doppio_project.py."""
+    return spa_map_session
 
 
 def test_session_ends_with_a_post_processed_map_and_a_bfactor(session):
