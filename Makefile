@@ -18,9 +18,10 @@ system-deps:
 	bash scripts/install_system_deps.sh
 
 # `make demo TOMO=1`: the live tomography session instead (tomo_live; needs no Relion)
+# `make demo KEEP=1`: keep the session dashboard (its URL is printed at the start) running afterwards, until Ctrl-C
 TOMO_DEMO := $(filter 1,$(TOMO))
 demo: $(STAMP) $(if $(TOMO_DEMO),,system-deps)
-	$(BIN)/python -m airflow_provider_cryoem.demo $(if $(TOMO_DEMO),--tomo)
+	$(BIN)/python -m airflow_provider_cryoem.demo $(if $(TOMO_DEMO),--tomo) $(if $(filter 1,$(KEEP)),--keep-dashboard)
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -ra -q

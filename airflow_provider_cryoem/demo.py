@@ -13,7 +13,10 @@ movies and a growing .mdoc per series) through `tomo_live` with recipes/tomo_liv
 tilt motion-corrected and CTF-estimated as it lands, every series aligned and reconstructed once it is
 complete, with its images and Relion 5 files.
 
-Prints the session summary and where everything is.
+Prints the session summary and where everything is. While the session runs, the session dashboard (the
+provider's Airflow plugin) is served by an Airflow api-server of the demo's own: its URL is printed at the
+start; `--keep-dashboard` (`make demo KEEP=1`) keeps it running after the session until Ctrl-C, otherwise it
+stops with the demo. `--no-dashboard` runs without it.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from sqlalchemy import select
 
 from .cli_commands.summary import format_summary
 from .devtools.dags_test import dags_test_env
+from .devtools.local_airflow import AirflowStack
 from .pipeline.stores import results_store
 from .results import SessionSummary, schema
 from .simulate import (
@@ -90,6 +94,47 @@ def _prepare(session_dir: Path, env: dict[str, str]) -> bool:
     return True
 
 
+class DemoDashboard:
+    """An api-server for the session dashboard alone, over the demo's results file: its own AIRFLOW_HOME and
+    SQLite metadata (the `airflow dags test` runs keep theirs), every visitor an admin (no login: it listens
+    on 127.0.0.1 only). Started in the background so the session does not wait for it."""
+
+    def __init__(self, results_sqlite: Path) -> None:
+        home = OUTPUT / "dashboard_home"
+        home.mkdir(parents=True, exist_ok=True)
+        self.stack = AirflowStack(home, f"sqlite:///{home / 'airflow.db'}", extra_env={
+            "CRYOEM_RESULTS_SQLITE": str(results_sqlite), "CRYOEM_DATA_ROOTS": str(OUTPUT),
+            "CRYOEM_DASHBOARD_POLL_S": "3"})
+        self.url = f"http://127.0.0.1:{self.stack.api_port}/cryoem/"
+        self.problem: str | None = None
+        self._thread = threading.Thread(target=self._start, daemon=True)
+        self._thread.start()
+        print(f"Session dashboard: {self.url} (starting; the Airflow UI's 'Cryo-EM sessions' entry at "
+              f"http://127.0.0.1:{self.stack.api_port}/)", flush=True)
+
+    def _start(self) -> None:
+        try:
+            self.stack.start(components=("api-server",))
+            print(f"Session dashboard is up: {self.url}", flush=True)
+        except Exception as exc:  # the demo goes on without it
+            self.problem = f"{type(exc).__name__}: {exc}"
+            print(f"The session dashboard did not start ({self.problem}); logs in {self.stack.logs_dir}",
+                  file=sys.stderr, flush=True)
+
+    def finish(self, keep: bool) -> None:
+        """Stop the api-server, or with `keep` leave it serving until Ctrl-C."""
+        self._thread.join()
+        try:
+            if keep and self.problem is None:
+                print(f"\nSession dashboard still at {self.url} - Ctrl-C to stop it.", flush=True)
+                while self.stack.processes["api-server"].poll() is None:
+                    time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stack.stop()
+
+
 def _start_microscope(target: Callable[..., Any], *args: Any) -> threading.Thread:
     microscope = threading.Thread(target=target, args=args, daemon=True)
     microscope.start()
@@ -122,13 +167,21 @@ def _where(session_name: str, raw_label: str, watch_dir: Path, processing_dir: P
     print(f"Summary again:   cryoem summary {session_name} --db sqlite:///{processing_dir / 'results.sqlite'}")
 
 
-def main_spa() -> int:
+def main_spa(dashboard: bool = True, keep_dashboard: bool = False) -> int:
     session_dir = OUTPUT / "session"
     watch_dir, processing_dir = session_dir / "raw", session_dir / "processing"
     env = _airflow_env()
     if not _prepare(session_dir, env):
         return 1
+    board = DemoDashboard(processing_dir / "results.sqlite") if dashboard else None
+    try:
+        return _spa_session(watch_dir, processing_dir, env)
+    finally:
+        if board is not None:
+            board.finish(keep_dashboard)
 
+
+def _spa_session(watch_dir: Path, processing_dir: Path, env: dict[str, str]) -> int:
     settings = SpaSimulationSettings(n_movies=N_MOVIES, **SIMULATION)
     microscope = _start_microscope(run_live_session, settings, watch_dir, 3.0)
     print(f"Simulated microscope writing {N_MOVIES} movies into {watch_dir}, one every 3 s", flush=True)
@@ -187,13 +240,21 @@ def print_tomography(session_name: str, processing_dir: Path) -> None:
         print(f"Tomograms:     {star}")
 
 
-def main_tomo() -> int:
+def main_tomo(dashboard: bool = True, keep_dashboard: bool = False) -> int:
     session_dir = OUTPUT / "tomo_session"
     watch_dir, processing_dir = session_dir / "raw", session_dir / "processing"
     env = _airflow_env("airflow_home_tomo", REPO / "recipes")
     if not _prepare(session_dir, env):
         return 1
+    board = DemoDashboard(processing_dir / "results.sqlite") if dashboard else None
+    try:
+        return _tomo_session(watch_dir, processing_dir, env)
+    finally:
+        if board is not None:
+            board.finish(keep_dashboard)
 
+
+def _tomo_session(watch_dir: Path, processing_dir: Path, env: dict[str, str]) -> int:
     settings = TomoSimulationSettings(**TOMO_SIMULATION)
     n_tilts = settings.n_series * len(settings.tilt_angles_deg())
     microscope = _start_microscope(run_live_tomo_session, settings, watch_dir, TOMO_INTERVAL_S)
@@ -220,8 +281,12 @@ def main_tomo() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m airflow_provider_cryoem.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--tomo", action="store_true", help="a live tomography session through tomo_live instead")
+    parser.add_argument("--keep-dashboard", action="store_true",
+                        help="keep the session dashboard's api-server running after the session, until Ctrl-C")
+    parser.add_argument("--no-dashboard", action="store_true", help="run without the session dashboard")
     args = parser.parse_args(argv)
-    return main_tomo() if args.tomo else main_spa()
+    run = main_tomo if args.tomo else main_spa
+    return run(dashboard=not args.no_dashboard, keep_dashboard=args.keep_dashboard)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ time to its first complete render in headless Chromium.
 
 One results SQLite file gets a session of N movies (motion correction, CTF, picks and ice thickness for
 each, every 20th failing CTF), rows as the pipeline records them, inserted in bulk
-(devtools.session_results.bulk_record_session). The api-server runs alone (devtools.local_airflow) with the
+(devtools.session_results.bulk_record_session), and four 2D batches of 50 classes, a 3D batch, a refinement
+with its postprocess.star and a B-factor series (record_particle_results). The api-server runs alone (devtools.local_airflow) with the
 plugin; requests carry a token from the simple auth manager. Times are medians over --repeats requests; the
 page time is the page's own clock from navigation start to the first complete render (plots, histograms,
 movie table), read from `data-first-render-ms`.
@@ -23,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from airflow_provider_cryoem.devtools.local_airflow import AirflowStack
-from airflow_provider_cryoem.devtools.session_results import bulk_record_session
+from airflow_provider_cryoem.devtools.session_results import bulk_record_session, record_particle_results
 from airflow_provider_cryoem.results import ResultsStore, sqlite_engine
 from airflow_provider_cryoem.simulate import SpaSimulationSettings
 
@@ -88,7 +89,9 @@ def main() -> None:
         started = time.perf_counter()
         session = bulk_record_session(store, "long-session", data, SpaSimulationSettings(n_movies=args.movies),
                                       failed_every=20)
-        print(f"recorded {args.movies} movies in {time.perf_counter() - started:.1f} s")
+        record_particle_results(store, session, batches_2d=4, classes_2d=50, particles_per_batch=50_000)
+        print(f"recorded {args.movies} movies, 4 2D batches of 50 classes, 3D, refinement and B-factor in "
+              f"{time.perf_counter() - started:.1f} s")
         home = tmp / "airflow"
         home.mkdir()
         (home / "passwords.json").write_text(json.dumps({USER: PASSWORD}))
@@ -108,7 +111,8 @@ def main() -> None:
             sid = session.session_id
             rows = []
             for label, path in (("sessions list", "/cryoem/api/sessions"),
-                                ("session (counters, plots, histograms, 50 movies)", f"/cryoem/api/sessions/{sid}"),
+                                ("session (counters, plots, histograms, limits, classes, 3D, 50 movies)",
+                                 f"/cryoem/api/sessions/{sid}"),
                                 ("movie page sorted by CTF resolution, offset 5000",
                                  f"/cryoem/api/sessions/{sid}/movies?sort=ctf_resolution_a&order=asc&offset=5000")):
                 _get(base + path, token)  # warm: engine, first import of the app
