@@ -27,7 +27,8 @@ def _handle(args: argparse.Namespace) -> int:
             pixel_size_a=micrograph_pixel_size_a(args, session.pixel_size_a, args.micrograph),
             particle_diameter_a=session.particle_diameter_a,
             min_diameter_a=args.min_diameter_a, max_diameter_a=args.max_diameter_a,
-            threshold=args.threshold, min_distance_a=args.min_distance_a, edge_exclusion_a=args.edge_exclusion_a,
+            threshold=args.threshold, adaptive_threshold=not args.fixed_threshold,
+            min_distance_a=args.min_distance_a, edge_exclusion_a=args.edge_exclusion_a,
             max_particles=args.max_particles, coordinates_star_path=args.star, summary_image_path=args.image,
         )
         result = run_picking(inputs)
@@ -45,7 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-diameter-a", type=float, default=None, help="Smallest blob diameter (Å).")
     parser.add_argument("--max-diameter-a", type=float, default=None, help="Largest blob diameter (Å).")
     parser.add_argument("--threshold", type=float, default=PickingInputs.model_fields["threshold"].default,
-                        help="Minimum figure of merit (robust std of the LoG map).")
+                        help="Lowest figure of merit (robust std of the LoG map); the threshold adapts upward "
+                             "to each micrograph unless --fixed-threshold.")
+    parser.add_argument("--fixed-threshold", action="store_true",
+                        help="Use --threshold as it is (no adaptation to the micrograph's noise).")
     parser.add_argument("--min-distance-a", type=float, default=None, help="Minimum distance between picks (Å).")
     parser.add_argument("--edge-exclusion-a", type=float, default=None, help="No picks this close to the edge (Å).")
     parser.add_argument("--max-particles", type=int, default=None, help="Keep at most this many picks.")
