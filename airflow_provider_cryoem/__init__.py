@@ -15,7 +15,8 @@ STEP_OPERATORS = ("MotionCorrectionOperator", "CtfEstimationOperator", "Particle
                   "IceThicknessOperator", "ParticleExtractionOperator", "ParticleRebatchOperator",
                   "Class2DOperator", "ClassSelectionOperator", "Class3DOperator", "ClassReextractionOperator",
                   "Refine3DOperator",
-                  "BFactorOperator", "TiltSeriesOperator", "TomogramOperator")
+                  "BFactorOperator", "TiltSeriesOperator", "TomogramOperator", "DenoiseOperator",
+                  "SegmentationOperator")
 
 
 def get_provider_info() -> dict:

@@ -33,7 +33,8 @@ SESSION = "Session"
 QUALITY = "Quality limits"
 
 # Conf fields naming files or folders: each must lie under CRYOEM_DATA_ROOTS (checked when a session opens).
-PATH_FIELDS = ("watch_dir", "processing_dir", "gain_reference_path", "defect_file_path", "initial_model_path")
+PATH_FIELDS = ("watch_dir", "processing_dir", "gain_reference_path", "defect_file_path", "initial_model_path",
+               "membrain_checkpoint_path")
 # Of those, the files that must exist when the session opens (a missing one would fail every movie).
 INPUT_FILE_FIELDS = ("gain_reference_path", "defect_file_path", "initial_model_path")
 
@@ -126,6 +127,9 @@ class SessionConfig(BaseModel):
                                          "is complete at once (else when idle).", TOMOGRAPHY, gt=0, le=90)
     tilt_series_idle_s: float = _field(300.0, "A tilt series with no new tilt for this long is complete, even "
                                               "if its mdoc lists more.", TOMOGRAPHY, gt=0, le=7 * 24 * 3600)
+    membrain_checkpoint_path: str | None = _field(None, "membrain-seg model (.ckpt) for the segment stage; "
+                                                        "default: the recipe's stages.segment.params."
+                                                        "checkpoint_path.", TOMOGRAPHY, max_length=4096)
 
     # Quality limits (drawn on the dashboard; nothing is dropped by them)
     max_total_motion_a: float | None = _field(40.0, "Most total motion (drift) a good movie has (Å); empty: no "

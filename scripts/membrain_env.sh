@@ -20,6 +20,7 @@ fi
 "$python" -m venv "$target"
 "$target/bin/pip" install --quiet --upgrade pip
 "$target/bin/pip" install --quiet 'torch==2.13.0'
-"$target/bin/pip" install --quiet 'membrain-seg==0.0.10' 'torch==2.13.0'
+# membrain-seg's CLI imports click, which the typer pip picks (0.29.2) no longer brings
+"$target/bin/pip" install --quiet 'membrain-seg==0.0.10' 'torch==2.13.0' click
 touch "$target/.installed-stamp"
 echo "membrain-seg installed: $target/bin/membrain" >&2

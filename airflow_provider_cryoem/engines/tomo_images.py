@@ -20,12 +20,17 @@ from .thumbnails import (
     _save,
     bin_to_fit,
     class_gallery,
+    micrograph_image,
     micrograph_jpeg,
     plot_frame,
+    side_by_side,
 )
 
 _SERIES = {"dx": (31, 119, 180), "dy": (255, 127, 14), "residual": (44, 160, 44)}
 _EXCLUDED = (150, 150, 150)
+_MEMBRANE = np.array([255, 60, 40], dtype=np.float32)  # segmentation overlay colour
+_MEMBRANE_OPACITY = 0.55
+_SLAB_Z = 16  # slices summed at once for a projection of a memory-mapped volume
 
 
 def _by_angle(stack: np.ndarray, tilt_angles_deg: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -133,3 +138,49 @@ def tomogram_views(tomogram: np.ndarray, xy_path: str | Path, xz_path: str | Pat
             micrograph_jpeg(volume.mean(axis=1), xz_path, max_size_px),
             micrograph_jpeg(volume.mean(axis=2), yz_path, max_size_px))
 
+
+
+def central_slab(volume: np.ndarray) -> np.ndarray:
+    """The central XY slice of a `(nz, ny, nx)` volume, averaged over the middle 5 % of its thickness (at
+    least one slice) as in tomogram_views; only that slab is read from a memory-mapped volume."""
+    if volume.ndim != 3:
+        raise ValueError(f"expected a (nz, ny, nx) volume, got shape {volume.shape}")
+    nz = volume.shape[0]
+    half = max(0, round(0.025 * nz))
+    return np.asarray(volume[max(0, nz // 2 - half):nz // 2 + half + 1], dtype=np.float32).mean(axis=0)
+
+
+def denoising_comparison(raw: np.ndarray, denoised: np.ndarray, path: str | Path, max_size_px: int = 512) -> Path:
+    """The central XY slices of the raw and the denoised tomogram side by side, each stretched on its own."""
+    if raw.shape != denoised.shape:
+        raise ValueError(f"raw {raw.shape} and denoised {denoised.shape} tomograms differ in shape")
+    panels = [micrograph_image(central_slab(volume), max_size_px)[0] for volume in (raw, denoised)]
+    return side_by_side(path, panels, "central slice: raw (left), denoised (right)")
+
+
+def segmentation_overlay(tomogram: np.ndarray, labels: np.ndarray, path: str | Path,
+                         max_size_px: int = 512) -> Path:
+    """The membrane voxels of the central slab (any label within it) drawn in colour over the tomogram's
+    central XY slice."""
+    if tomogram.shape != labels.shape:
+        raise ValueError(f"tomogram {tomogram.shape} and segmentation {labels.shape} differ in shape")
+    grey, factor = micrograph_image(central_slab(tomogram), max_size_px)
+    membrane = bin_to_fit((central_slab(labels) > 0).astype(np.float32), max_size_px)[0] > 0
+    rgb = np.repeat(np.asarray(grey, dtype=np.float32)[..., None], 3, axis=2)
+    rgb[membrane] = (1 - _MEMBRANE_OPACITY) * rgb[membrane] + _MEMBRANE_OPACITY * _MEMBRANE
+    return side_by_side(path, [Image.fromarray(rgb.astype(np.uint8), mode="RGB")],
+                        f"membranes over the central slice (bin {factor})")
+
+
+def mask_projection(labels: np.ndarray, path: str | Path, max_size_px: int = 512) -> Path:
+    """The membrane mask projected along z (membrane voxels per column), read a slab at a time: where the
+    membranes are in the whole depth, which a single slice cannot show."""
+    if labels.ndim != 3:
+        raise ValueError(f"expected a (nz, ny, nx) segmentation, got shape {labels.shape}")
+    counts = np.zeros(labels.shape[1:], dtype=np.float32)
+    for z in range(0, labels.shape[0], _SLAB_Z):
+        counts += (np.asarray(labels[z:z + _SLAB_Z]) > 0).sum(axis=0)
+    binned, _ = bin_to_fit(counts, max_size_px)
+    top = float(binned.max()) or 1.0
+    return side_by_side(path, [Image.fromarray((255 - binned * (255.0 / top)).astype(np.uint8), mode="L")],
+                        f"membrane mask, XY projection (darkest: {counts.max():.0f} voxels deep)")

@@ -207,8 +207,54 @@ class TomogramOperator(BatchStepOperator):
         return make_tomogram(config, self.step_settings(), self.tool, self.runs_on, self.item)
 
 
+class DenoiseOperator(BatchStepOperator):
+    """Denoises one series' tomogram with Topaz's pretrained 3D U-net (or a model trained with Topaz): on this
+    worker in memory-bounded cubes (the cube shrinks to fit ``settings.memory_budget_gb``, or the series is
+    refused by name), on Slurm as ``topaz denoise3d`` with the placement's GPUs, memory and time limit. Writes
+    Denoise/jobNNN/tomograms/<tomogram>.denoised.mrc, the Denoise job's tomograms.star
+    (rlnTomoReconstructedTomogramDenoised), a raw-versus-denoised central slice and a processed-tomogram row
+    (Denoised). A series that cannot be denoised is recorded as a failed step and passed on with
+    ``skipped``. Tool: ``topaz`` (the default); settings:
+    :class:`~airflow_provider_cryoem.recipes.stages.DenoiseParams`.
+
+        denoise = DenoiseOperator.partial(task_id="denoise", runs_on={"slurm_conn_id": "cluster", "gpus": 1,
+                                          "memory_gb": 32, "time_limit_min": 60}).expand(item=tomogram.output)
+    """
+
+    step = "denoise"
+    default_tool = "topaz"
+    ui_color = "#d2ecec"
+
+    def process(self, config: Any) -> dict[str, Any]:
+        from ..pipeline.tomo_postprocess import denoise_series
+
+        return denoise_series(config, self.step_settings(), self.tool, self.runs_on, self.item)
+
+
+class SegmentationOperator(BatchStepOperator):
+    """Segments the membranes of one series' denoised tomogram (its tomogram when the recipe does not
+    denoise) with membrain-seg (``membrain segment``: sliding window, optional test-time augmentation,
+    connected components), on this worker (refused by name when the tomogram exceeds
+    ``settings.memory_budget_gb``) or on Slurm. The checkpoint is the session's membrain_checkpoint_path, else
+    ``settings.checkpoint_path``; a missing or unreadable one is recorded as the series' failed step, naming
+    the setting. Writes Segmentation/jobNNN/tomograms/<tomogram>_<checkpoint>_segmented.mrc, the membranes
+    over the central slice, the mask's XY projection and a processed-tomogram row (Segmented). Tool:
+    ``membrain`` (the default); settings: :class:`~airflow_provider_cryoem.recipes.stages.SegmentationParams`.
+    """
+
+    step = "segment"
+    default_tool = "membrain"
+    ui_color = "#d2ecec"
+
+    def process(self, config: Any) -> dict[str, Any]:
+        from ..pipeline.tomo_postprocess import segment_series
+
+        return segment_series(config, self.step_settings(), self.tool, self.runs_on, self.item)
+
+
 GATHERING_STEP_OPERATORS: dict[str, type[GatheringStepOperator]] = {
     operator.step: operator for operator in (ParticleRebatchOperator, Class3DOperator, TiltSeriesOperator)}
 BATCH_STEP_OPERATORS: dict[str, type[BatchStepOperator]] = {
     operator.step: operator for operator in (Class2DOperator, ClassSelectionOperator, ClassReextractionOperator,
-                                             Refine3DOperator, BFactorOperator, TomogramOperator)}
+                                             Refine3DOperator, BFactorOperator, TomogramOperator, DenoiseOperator,
+                                             SegmentationOperator)}

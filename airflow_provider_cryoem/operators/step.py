@@ -27,21 +27,24 @@ class StepOperator(BaseOperator):
     """Base of the processing-step operators: `step` names the stage, its tools and settings model."""
 
     step: ClassVar[str]
+    # The tool when none is given: the built-in engine, or the one program a step has.
+    default_tool: ClassVar[str] = "builtin"
     # What the grid shows for each mapped instance (the operator puts the label in its context).
     map_index_label: ClassVar[str | None] = None
     ui_color = "#cfe8ff"
 
-    def __init__(self, *, tool: str = "builtin", settings: dict[str, Any] | BaseModel | None = None,
+    def __init__(self, *, tool: str | None = None, settings: dict[str, Any] | BaseModel | None = None,
                  runs_on: str | dict[str, Any] | BaseModel = "local", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.tool, self.settings, self.runs_on = self.checked_arguments(self.task_id, tool, settings, runs_on)
+        self.tool, self.settings, self.runs_on = self.checked_arguments(self.task_id, tool or self.default_tool,
+                                                                        settings, runs_on)
 
     @classmethod
     def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
         """As BaseOperator.partial, checking tool, settings and placement now (a mapped operator's __init__
         runs only when its task runs)."""
         kwargs["tool"], kwargs["settings"], kwargs["runs_on"] = cls.checked_arguments(
-            kwargs.get("task_id", "?"), kwargs.get("tool", "builtin"), kwargs.get("settings"),
+            kwargs.get("task_id", "?"), kwargs.get("tool") or cls.default_tool, kwargs.get("settings"),
             kwargs.get("runs_on", "local"))  # plain data: the DAG is serialised with them
         if cls.map_index_label:
             kwargs.setdefault("map_index_template", "{{ %s }}" % cls.map_index_label)
@@ -77,6 +80,13 @@ class StepOperator(BaseOperator):
             raise StepConfigurationError(f"{where} runs_on: the built-in engines run on the Airflow worker; "
                                          f"Slurm placement needs an external program")
         return tool, model.model_dump(mode="json"), where_to_run
+
+    def on_kill(self) -> None:
+        """The task was killed (timeout, user): cancel the Slurm jobs it was waiting on, so they do not keep
+        the cluster busy for a task that is gone."""
+        from ..pipeline.external import cancel_waiting_slurm_jobs
+
+        cancel_waiting_slurm_jobs()
 
     def step_settings(self) -> Any:
         """The settings as the step's pydantic model."""

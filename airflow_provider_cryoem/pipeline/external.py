@@ -282,6 +282,19 @@ def slurm_job_item(spec: CommandSpec) -> str:
     return f"{spec.program}|{output}"
 
 
+# Slurm jobs this process is waiting on (SSH connection id, job id), so that a killed task can cancel them.
+_WAITING_SLURM_JOBS: set[tuple[str, int]] = set()
+
+
+def cancel_waiting_slurm_jobs() -> None:
+    """scancel every Slurm job this process is waiting on (called by the step operators' on_kill)."""
+    from ..hooks.slurm import SlurmHook
+
+    for conn_id, job_id in list(_WAITING_SLURM_JOBS):
+        SlurmHook(ssh_conn_id=conn_id).cancel(job_id)
+        _WAITING_SLURM_JOBS.discard((conn_id, job_id))
+
+
 def slurm_executor(stage: str, tool: str, placement: dict[str, Any], job_key: str) -> Execute:
     """Submit commands to Slurm over SSH and wait; a retried task re-attaches to its job by name.
 
@@ -299,7 +312,13 @@ def slurm_executor(stage: str, tool: str, placement: dict[str, Any], job_key: st
                                        "memory_mb": int(placement["memory_gb"] * 1024),
                                        "timeout_s": placement["time_limit_min"] * 60})
         job = hook.submit(spec, job_name(job_key, slurm_job_item(spec), stage))
-        hook.raise_for_status(spec.program, job, hook.wait(job))
+        waiting = (placement["slurm_conn_id"], job.job_id)
+        _WAITING_SLURM_JOBS.add(waiting)
+        try:
+            status = hook.wait(job)
+        finally:
+            _WAITING_SLURM_JOBS.discard(waiting)
+        hook.raise_for_status(spec.program, job, status)
         return hook.read_output(job)
     return execute
 

@@ -216,6 +216,72 @@ class TomogramParams(_StageParams):
     fiducial_diameter_nm: float = Field(10.0, gt=0, le=100, description="Gold bead size (IMOD bead tracking).")
 
 
+class DenoiseParams(_StageParams):
+    """Topaz-Denoise 3D (Bepler et al. 2020; `tool: topaz`, `pip install 'airflow-provider-cryoem[topaz]'`):
+    a U-net trained by noise2noise on cryo-ET tomograms, run over the tomogram in overlapping cubes. On this
+    worker the tomogram is read and written memory-mapped and one cube is in memory at a time; on Slurm
+    `topaz denoise3d` runs as cryoem-services' DenoiseSlurm runs it (`runs_on` with `gpus: 1`)."""
+
+    model: str | None = Field(None, description=(
+        "Pretrained model shipped in the topaz wheel: unet-3d-10a (trained on tomograms at about 10 Å per "
+        "voxel) or unet-3d-20a (about 20 Å); or the path of a model saved by `topaz denoise3d` training. "
+        "Default: whichever pretrained model's voxel size is nearer the tomogram's."))
+    patch_size_px: int | None = Field(None, ge=16, le=512, description=(
+        "Cube edge denoised at once (-s). Default: Topaz's 96 on Slurm; on this worker the largest multiple "
+        "of 16 up to 96 whose cube and padding fit memory_budget_gb."))
+    padding_px: int = Field(48, ge=0, le=256, description=(
+        "Context added on every side of a cube and cut off again (-p; Topaz's default, which hides seams)."))
+    memory_budget_gb: float | None = Field(None, gt=0, le=4096, description=(
+        "Most memory the local run may take (the network's activations grow with the padded cube, about "
+        "1.3 kB per voxel on the CPU). A cube that cannot fit is refused by name before anything runs. "
+        "Default: the worker's budget (CRYOEM_MAX_DECODED_BYTES, else the smaller of 8 GiB and half the RAM)."))
+    threads: int | None = Field(None, ge=1, le=256, description="torch threads (-j). Default: the worker's "
+                                                               "cores (Slurm: the placement's cpus).")
+    program: str | None = Field(None, description=(
+        "On this worker: the Python interpreter of an environment with topaz-em (default: Airflow's own), "
+        "which runs this provider's memory-bounded runner over Topaz's network. On Slurm: the `topaz` command "
+        "(default, `topaz denoise3d`) or a Python interpreter (runs `python -m topaz.commands.denoise3d`)."))
+
+
+class SegmentationParams(_StageParams):
+    """membrain-seg (Lamm et al. 2024; `tool: membrain`): `membrain segment`, a U-net scoring every voxel for
+    membrane over a sliding window, on the denoised tomogram when the recipe denoises, else the tomogram.
+    No checkpoint ships with membrain-seg: download one (e.g. MemBrain_seg_v10_alpha.ckpt) and name it here
+    or as the session's membrain_checkpoint_path (which wins). membrain-seg cannot share Airflow's Python
+    environment when the [topaz] extra is installed (scripts/membrain_env.sh says why and makes its own)."""
+
+    checkpoint_path: str | None = Field(None, description=(
+        "The trained model (.ckpt). Default: the session's membrain_checkpoint_path; one of the two is needed."))
+    sliding_window_size_px: int = Field(160, ge=32, le=1024, description=(
+        "Window edge (--sliding-window-size, a multiple of 32; membrain-seg's default 160, windows overlap "
+        "by half)."))
+    rescale_patches: bool = Field(True, description=(
+        "Rescale windows from the tomogram's voxel size to out_pixel_size_a on the fly (cryoem-services' "
+        "setting; the network was trained at 10 Å)."))
+    out_pixel_size_a: float = Field(10.0, gt=0, le=100)
+    test_time_augmentation: bool = Field(False, description="Average 8 mirrored predictions (--test-time-"
+                                                            "augmentation): slightly better, 8× slower.")
+    connected_components: bool = Field(True, description=(
+        "Label connected membranes 1..n (--store-connected-components) instead of a 0/1 mask."))
+    connected_component_threshold_voxels: int | None = Field(None, ge=1, description=(
+        "Drop connected components smaller than this (--connected-component-thres)."))
+    segmentation_threshold: float | None = Field(None, description="Membrane score cut-off (membrain's 0).")
+    memory_budget_gb: float | None = Field(None, gt=0, le=4096, description=(
+        "Most memory the local run may take: membrain-seg holds the whole tomogram and its score map in "
+        "memory (about 60 bytes per voxel measured, 80 assumed, plus 1 GB); a larger tomogram is refused by "
+        "name. Default: "
+        "the worker's budget (as for denoise)."))
+    program: str | None = Field(None, description=(
+        "The membrain command. Default: `membrain` on the worker's (or Slurm node's) PATH."))
+
+    @field_validator("sliding_window_size_px")
+    @classmethod
+    def _multiple_of_32(cls, value: int) -> int:
+        if value % 32:
+            raise ValueError(f"membrain-seg needs a multiple of 32, not {value}")
+        return value
+
+
 @dataclass(frozen=True)
 class StageDefinition:
     """What the pipeline knows about one stage.
@@ -256,6 +322,9 @@ STAGES: dict[str, StageDefinition] = {
         StageDefinition("tilt_series", frozenset({"builtin"}), TiltSeriesParams, needs=("ctf",), scope="series"),
         StageDefinition("tomogram", frozenset({"builtin", "aretomo2", "imod"}), TomogramParams,
                         needs=("tilt_series",), scope="series"),
+        StageDefinition("denoise", frozenset({"topaz"}), DenoiseParams, needs=("tomogram",), scope="series"),
+        StageDefinition("segment", frozenset({"membrain"}), SegmentationParams, needs=("tomogram",),
+                        scope="series"),
     )
 }
 
