@@ -26,6 +26,7 @@ CARBON_ATTENUATION_FACTOR = 2.0
 CARBON_PHASE_RAD_PER_A = 0.002
 # The easy preset's junk aggregates are denser than the particle's average protein.
 JUNK_DENSITY_FACTOR = 2.0
+AGGREGATE_PACKING = 0.5
 MAX_JUNK_ATOMS = 5000
 PLACEMENT_TRIES = 200
 
@@ -222,8 +223,8 @@ def _junk_atoms(rng: np.random.Generator, settings: SpaSimulationSettings,
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
     atoms = centres[ball] + direction * (rng.uniform(0, 1, (n_atoms, 1)) ** (1 / 3)) * radii[ball, None]
     if settings.particle_mass_kda is not None:
-        # Aggregated protein at protein density: dark by its thickness alone.
-        total = protein_phase_rad_per_a(settings.voltage_kv) * 4.0 / 3.0 * np.pi * volumes.sum()
+        # Aggregated, partly unfolded protein packs loosely: half protein density, dark by its thickness.
+        total = AGGREGATE_PACKING * protein_phase_rad_per_a(settings.voltage_kv) * 4.0 / 3.0 * np.pi * volumes.sum()
     else:
         # Phase density of the particle's protein, spread as a ball: mean projected thickness of a ball is 4r/3.
         protein_rad_per_a = settings.particle_phase_rad / (4.0 / 3.0 * 0.5 * settings.particle_diameter_a)
