@@ -8,7 +8,6 @@ test_tomo_live_dag.py; the Slurm path on the local test cluster in test_slurm.py
 """
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -16,8 +15,6 @@ import numpy as np
 import pytest
 
 from airflow_provider_cryoem.config import SessionConfig
-from airflow_provider_cryoem.engines.tomo_projection import project_volume
-from airflow_provider_cryoem.engines.tomo_reconstruct import TomogramSettings, reconstruct_stack
 from airflow_provider_cryoem.execution import CommandSpec
 from airflow_provider_cryoem.io import ImageFileError, read_mrc, read_mrc_pixel_size_a, write_mrc
 from airflow_provider_cryoem.pipeline.tomo_postprocess import (
@@ -28,36 +25,22 @@ from airflow_provider_cryoem.pipeline.tomo_postprocess import (
     denoise_program,
 )
 from airflow_provider_cryoem.recipes.stages import DenoiseParams, SegmentationParams
-from airflow_provider_cryoem.simulate.tilt_series import TiltSeriesSimulation
 from airflow_provider_cryoem.simulate.tomo_settings import TomoSimulationSettings
+from airflow_provider_cryoem.simulate.tomo_volumes import correlation, noisy_and_clean_tomogram
 from airflow_provider_cryoem.tools import topaz
 from airflow_provider_cryoem.tools.topaz_denoise3d import MIN_EXTENT_PX, cube_windows, denoise_file
 
 GIB = 1024**3
 
 
-def noisy_phantom_tomogram(folder: Path, snr: float = 0.3) -> tuple[Path, np.ndarray]:
-    """A tomogram reconstructed from noisy projections of the simulator's phantom, and the same
-    reconstruction without noise (the clean volume the denoiser should approach)."""
+def noisy_phantom_tomogram(folder: Path) -> tuple[Path, np.ndarray]:
+    """A small tomogram reconstructed from noisy projections of the simulator's phantom (20 Å voxels,
+    30 × 64 × 96), and the same reconstruction without noise: what the denoiser should approach."""
     settings = TomoSimulationSettings(image_size_px=128, pixel_size_a=10.0, phantom_binning=2, thickness_nm=60,
-                                      vesicle_radius_min_a=120, vesicle_radius_max_a=220,
-                                      n_vesicles=4, n_particles=20, tilt_min_deg=-60, tilt_max_deg=60,
-                                      tilt_step_deg=4, seed=5)
-    phantom = TiltSeriesSimulation(settings, 0).phantom.volume  # (nz, ny, nx) at 20 Å
-    angles = np.array(settings.tilt_angles_deg())
-    clean = np.stack(list(project_volume(phantom, angles))).astype(np.float32)
-    rng = np.random.default_rng(1)
-    noisy = clean + rng.normal(0, math.sqrt(float(clean.var()) / snr), clean.shape).astype(np.float32)
-    recon = TomogramSettings(pixel_size_a=20.0, thickness_nm=60)
-    noisy_volume, clean_volume = (reconstruct_stack(stack, angles, recon) for stack in (noisy, clean))
-    ny, nx = noisy_volume.shape[1:]
-    centre = (slice(None), slice(ny // 2 - 32, ny // 2 + 32), slice(nx // 2 - 48, nx // 2 + 48))  # 64 × 96 px
-    path = write_mrc(folder / "rec_TS_01.mrc", noisy_volume[centre], 20.0)
-    return path, clean_volume[centre]
-
-
-def correlation(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.corrcoef(np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel())[0, 1])
+                                      vesicle_radius_min_a=120, vesicle_radius_max_a=220, n_vesicles=4,
+                                      n_particles=20, tilt_min_deg=-60, tilt_max_deg=60, tilt_step_deg=4, seed=5)
+    case = noisy_and_clean_tomogram(settings, snr=0.3, crop_yx_px=(64, 96))
+    return write_mrc(folder / "rec_TS_01.mrc", case.noisy, case.voxel_size_a), case.clean
 
 
 def test_topaz_pretrained_3d_model_brings_a_noisy_tomogram_closer_to_the_clean_one(tmp_path):
@@ -103,7 +86,7 @@ def test_the_slurm_command_is_topaz_denoise3d_as_cryoem_services_runs_it(tmp_pat
     assert spec.args == ["denoise3d", "/p/Tomograms/job006/tomograms/rec_TS_01.mrc", "-o", "/p/Denoise/job007/tomograms",
                          "--suffix", ".denoised", "-m", "unet-3d-10a", "-s", "96", "-p", "48", "-d", "0", "-j", "0"]
     python = denoise_program("/opt/topaz/bin/python3", {"slurm_conn_id": "cluster", "gpus": 1})
-    assert python == ("/opt/topaz/bin/python3", "topaz_module")
+    assert python == ("/opt/topaz/bin/python3", "bounded_runner")
 
 
 def test_the_local_command_runs_the_bounded_runner_in_airflows_python():

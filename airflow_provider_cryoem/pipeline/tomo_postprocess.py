@@ -82,14 +82,15 @@ def denoise_patch_px(tomogram: Path, shape_zyx: tuple[int, ...], params: Denoise
 
 
 def denoise_program(configured: str | None, runs_on: str | dict[str, Any]) -> tuple[str, str]:
-    """(program, launch) for Topaz's denoiser: on this worker the memory-bounded runner in the recipe's Python
-    (default: Airflow's own, when it has topaz-em); on Slurm `topaz denoise3d`, or its command module when the
-    recipe names a Python interpreter."""
-    if isinstance(runs_on, dict):
-        program = configured or "topaz"
-        return program, "topaz_module" if Path(program).name.startswith("python") else "entry_point"
+    """(program, launch) for Topaz's denoiser: the memory-bounded runner in the recipe's Python interpreter
+    (on this worker by default Airflow's own, when it has topaz-em); on Slurm by default `topaz denoise3d` on
+    the node's PATH, as cryoem-services' DenoiseSlurm runs it."""
     if configured:
+        if isinstance(runs_on, dict) and not Path(configured).name.startswith("python"):
+            return configured, "entry_point"
         return configured, "bounded_runner"
+    if isinstance(runs_on, dict):
+        return "topaz", "entry_point"
     if importlib.util.find_spec("topaz") is None:
         raise ToolChoiceError(f"Topaz is not installed beside Airflow ({TOPAZ_EXTRA}), and the recipe names no "
                               f"Python environment that has it (stages.denoise.params.program)")

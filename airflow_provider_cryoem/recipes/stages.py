@@ -240,7 +240,10 @@ class DenoiseParams(_StageParams):
     program: str | None = Field(None, description=(
         "On this worker: the Python interpreter of an environment with topaz-em (default: Airflow's own), "
         "which runs this provider's memory-bounded runner over Topaz's network. On Slurm: the `topaz` command "
-        "(default, `topaz denoise3d`) or a Python interpreter (runs `python -m topaz.commands.denoise3d`)."))
+        "(default: `topaz denoise3d` on the node's PATH, as cryoem-services runs it), or the Python interpreter "
+        "of an environment with topaz-em and this provider (a name starting with `python`), which runs the "
+        "runner there: topaz-em 0.3.20's own denoise3d cannot load its pretrained 3D models on Python ≥ 3.11 "
+        "without setuptools < 81 (pkg_resources)."))
 
 
 class SegmentationParams(_StageParams):

@@ -113,10 +113,10 @@ def parse_picks(path: str | Path, scale: int) -> dict[str, Any]:
 # tomograms they were trained on: `unet-3d` is Topaz's alias of unet-3d-10a.
 PRETRAINED_3D_VOXEL_A = {"unet-3d-10a": 10.0, "unet-3d-20a": 20.0}
 DENOISED_SUFFIX = ".denoised"
-# How Topaz's denoiser is started: its entry point (`topaz denoise3d`), its command module
-# (`python -m topaz.commands.denoise3d`), or this provider's memory-bounded runner over Topaz's network
-# (`python -m airflow_provider_cryoem.tools.topaz_denoise3d`, same flags; see that module for why).
-DENOISE_LAUNCHES = {"entry_point": ["denoise3d"], "topaz_module": ["-m", "topaz.commands.denoise3d"],
+# How Topaz's denoiser is started: its entry point (`topaz denoise3d`), or this provider's memory-bounded
+# runner over Topaz's network (`python -m airflow_provider_cryoem.tools.topaz_denoise3d`, the same flags; see
+# that module for why: topaz-em 0.3.20's own command cannot load its 3D models on Python 3.11).
+DENOISE_LAUNCHES = {"entry_point": ["denoise3d"],
                     "bounded_runner": ["-m", "airflow_provider_cryoem.tools.topaz_denoise3d"]}
 
 
@@ -136,7 +136,7 @@ class TopazDenoiseInputs(BaseModel):
     device: int = Field(-1, ge=-1, description="GPU index (-d); -1: the CPU.")
     threads: int = Field(0, ge=0, description="torch threads (-j); 0: torch's default.")
     program: str = "topaz"
-    launch: str = Field("entry_point", pattern="^(entry_point|topaz_module|bounded_runner)$")
+    launch: str = Field("entry_point", pattern="^(entry_point|bounded_runner)$")
 
 
 def denoised_path(inputs: TopazDenoiseInputs) -> Path:
