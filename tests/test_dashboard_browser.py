@@ -334,7 +334,6 @@ def test_the_plots_draw_the_sessions_quality_limits_and_count_the_movies_beyond_
                         "WHERE j.session_id = :s AND c.estimated_resolution_a > :w", s=sid, w=worst)[0][0]
     row = browser.find_element(By.CSS_SELECTOR, '#limits tr[data-metric="ctf_resolution_a"]')
     assert field(row, '[data-field="beyond"]') == str(beyond) and field(row, '[data-field="range"]') == f"– … {worst:g}"
-    screenshot(browser, "dashboard-limits.png", browser.find_element(By.ID, "plot-ctf_resolution"))
 
 
 def test_class_galleries_mark_the_selected_classes_with_scores_and_3d_shows_fsc_and_bfactor(

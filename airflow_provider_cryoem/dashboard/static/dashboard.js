@@ -170,9 +170,10 @@
         if (axis === "y") {  // the label at the right end, above the line: clear of the axis' tick labels
           ctx.textAlign = "right";
           ctx.fillText(line.label, left + width - 4 * uPlot.pxRatio, at - 4 * uPlot.pxRatio);
-        } else {
-          ctx.textAlign = "left";
-          ctx.fillText(line.label, at + 3 * uPlot.pxRatio, top + 12 * uPlot.pxRatio);
+        } else {  // beside the line, on the side with room
+          const right = at < left + 0.6 * width;
+          ctx.textAlign = right ? "left" : "right";
+          ctx.fillText(line.label, at + (right ? 3 : -3) * uPlot.pxRatio, top + 12 * uPlot.pxRatio);
         }
         drawn.push({value: line.value, label: line.label, axis, at,
           from: axis === "y" ? left : top, to: axis === "y" ? left + width : top + height});
