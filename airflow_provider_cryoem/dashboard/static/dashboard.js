@@ -370,7 +370,7 @@
       renderIfChanged(document.querySelector("#series tbody"), [detail.tilt_series, shown.tilt_series_id], () => detail.tilt_series.map((s) => {
         const tr = el("tr", {"data-series-id": s.tilt_series_id, class: s === shown ? "clickable selected" : "clickable"},
           el("td", {"data-field": "name"}, s.name),
-          el("td", {"data-field": "status"}, s.completed_reason ? `${s.status} (${s.completed_reason})` : s.status),
+          el("td", {"data-field": "status", class: "reason"}, s.completed_reason ? `${s.status} (${s.completed_reason})` : s.status),
           el("td", {"data-field": "tilts", class: "num"}, s.tilts),
           el("td", {"data-field": "expected_tilts", class: "num"}, s.expected_tilts ?? "–"),
           el("td", {"data-field": "excluded_tilts", class: "num"}, s.excluded_tilts),
