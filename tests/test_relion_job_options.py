@@ -59,6 +59,17 @@ def test_the_pipeliner_rebuilds_a_job_from_its_inputs_and_command(tmp_path: Path
     assert rebuilt_mask.joboptions["inimask_threshold"].get_number() == pytest.approx(0.0123)
 
 
+def test_an_input_named_through_an_alias_link_is_the_job_folders_node(tmp_path: Path) -> None:
+    project = RelionProject(tmp_path, "relion5", OPTICS)
+    selection = project.job("class_selection", alias="Live_best_particles")
+    (selection.path / "particles_all.star").write_text("")
+    class3d = project.job("class3d", alias="particles_100")
+    class3d.add_input(tmp_path / "Select/Live_best_particles/particles_all.star", NodeType.PARTICLES)
+    node = f"{selection.name}particles_all.star"
+    assert read_job_options(class3d.path)["fn_img"] == node
+    assert (node, class3d.name) in project.read_pipeline().input_edges
+
+
 def test_each_ctf_fit_leaves_the_ctffind_lines_doppio_reads(tmp_path: Path) -> None:
     project = RelionProject(tmp_path, "relion5", OPTICS)
     spectrum = project.job("ctffind").path / "Movies" / "grid1" / "mic_01.ctf"

@@ -157,6 +157,7 @@ def run_bfactor_series(project: RelionProject, particles_star: str, reference_ma
     total = len(particles)
     order = np.random.default_rng(seed).permutation(total)
     subsets = project.job("select", alias=f"bfactor_subsets_{total}")
+    subsets.add_input(particles_star, NodeType.PARTICLES)
     refinements = []
     for size in subset_sizes(total, fractions, min_particles):
         if full is not None and size == total == full.number_of_particles:

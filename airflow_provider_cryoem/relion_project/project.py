@@ -178,7 +178,7 @@ class RelionJob:
 
     def add_input(self, file: str | Path, node_type: NodeType, label_suffix: str | None = None) -> None:
         """Register `file` (usually another job's output node) as an input of this job."""
-        node = self.project.relative(file)
+        node = self.project.node_name(file)
         with self.project.updating_pipeline() as pipeline:
             pipeline.add_node(node, node_type.token(self.project.dialect, node, label_suffix))
             pipeline.add_input_edge(node, self.name)
@@ -288,7 +288,7 @@ class RelionProject:
 
     def register_output(self, pipeline: Pipeline, job: RelionJob, file: str | Path, node_type: NodeType,
                         label_suffix: str | None = None) -> None:
-        node = self.relative(file if Path(file).is_absolute() or "/" in str(file) else job.path / file)
+        node = self.node_name(file if Path(file).is_absolute() or "/" in str(file) else job.path / file)
         pipeline.add_node(node, node_type.token(self.dialect, node, label_suffix or job.kind.node_suffix))
         pipeline.add_output_edge(job.name, node)
 
@@ -303,6 +303,18 @@ class RelionProject:
             return absolute.relative_to(self.root).as_posix()
         except ValueError:
             return absolute.as_posix()
+
+    def node_name(self, path: str | Path) -> str:
+        """A file's name as a pipeline node: project-relative, through the job folder, not an alias link
+        (`Select/Live_best_particles/x.star` is `Select/job010/x.star`), as Relion names nodes; so the edge
+        joins the job that wrote the file (doppio's metadata report follows these edges upstream)."""
+        relative = self.relative(path)
+        parts = relative.split("/")
+        if len(parts) > 2 and not _JOB_DIR.match(parts[1]):
+            target = alias_target(self.root / parts[0], parts[1])
+            if target is not None and _JOB_DIR.match(target):
+                return "/".join([parts[0], target, *parts[2:]])
+        return relative
 
     def _existing_job_numbers(self) -> list[int]:
         return [int(match.group(1)) for type_dir in self.root.iterdir() if type_dir.is_dir()
