@@ -37,7 +37,7 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
@@ -319,6 +319,27 @@ def cell(dataset: Dataset, picks: list[np.ndarray]) -> str:
     return text
 
 
+def overlay_picture(dataset: Dataset, picks: np.ndarray, path: Path, binning: int = 6) -> Path:
+    """The first micrograph binned, ice gradient removed and low-passed as it was annotated; reference
+    particles green, ambiguous yellow, the built-in picker's picks red (smaller circles)."""
+    micrograph = dataset.micrographs[0]
+    image = micrograph.image.astype(np.float64)
+    ny, nx = (n // binning * binning for n in image.shape)
+    small = image[:ny, :nx].reshape(ny // binning, binning, nx // binning, binning).mean(axis=(1, 3))
+    small = ndimage.gaussian_filter(small, 1.3) - ndimage.gaussian_filter(small, 60)
+    low, high = np.percentile(small, [0.5, 99.5])
+    picture = Image.fromarray((np.clip((small - low) / (high - low), 0, 1) * 255).astype(np.uint8)).convert("RGB")
+    draw = ImageDraw.Draw(picture)
+    radius = dataset.diameter_a / 2 / dataset.pixel_size_a / binning
+    for points, colour, scale in ((micrograph.particles, (0, 220, 0), 1.0), (micrograph.ambiguous, (255, 200, 0), 1.0),
+                                  (picks, (255, 40, 40), 0.6)):
+        for x, y in (np.asarray(points).reshape(-1, 2) + 0.5) / binning - 0.5:
+            r = radius * scale
+            draw.ellipse((x - r, y - r, x + r, y + r), outline=colour, width=2)
+    picture.quantize(colors=64).save(path, optimize=True)  # a noisy picture: 64 colours keep it small
+    return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("/tmp/cryoem-real-picking"))
@@ -329,11 +350,17 @@ def main() -> int:
                         help="Also N micrographs of the realistic simulator preset.")
     parser.add_argument("--simulated-size", type=int, default=1024, help="Their size (px, 1 Å/px).")
     parser.add_argument("--only-simulated", action="store_true", help="Leave the real data out.")
+    parser.add_argument("--picture", type=Path, default=None,
+                        help="Write the fei-extended picks over the reference to this PNG and stop.")
     args = parser.parse_args()
     if args.download:
         download(args.data)
     if args.write_fixture:
         print(write_fixture(args.data))
+        return 0
+    if args.picture:
+        fei = fei_dataset(args.data)
+        print(overlay_picture(fei, run_builtin(fei)[0][0], args.picture))
         return 0
     pickers = set(args.pickers.split(","))
     if "relion" in pickers and shutil.which("relion_autopick") is None:

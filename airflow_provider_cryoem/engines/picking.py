@@ -209,11 +209,16 @@ def _local_maxima(score: np.ndarray, threshold: float, min_distance_px: float) -
     peaks = (score == ndimage.maximum_filter(score, size=size, mode="nearest")) & (score > threshold)
     rows, cols = np.nonzero(peaks)
     order = np.argsort(-score[rows, cols], kind="stable")
+    # each kept peak blocks a disc around it: one lookup per candidate instead of a distance to every kept one
+    radius = math.ceil(min_distance_px)
+    dy, dx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    disc = dy ** 2 + dx ** 2 < min_distance_px ** 2
+    blocked = np.zeros((score.shape[0] + 2 * radius, score.shape[1] + 2 * radius), dtype=bool)
     kept: list[tuple[int, int]] = []
-    min_sq = min_distance_px ** 2
     for row, col in zip(rows[order], cols[order]):
-        if all((row - r) ** 2 + (col - c) ** 2 >= min_sq for r, c in kept):
+        if not blocked[row + radius, col + radius]:
             kept.append((row, col))
+            blocked[row:row + 2 * radius + 1, col:col + 2 * radius + 1] |= disc
     return np.array(kept, dtype=np.int64).reshape(-1, 2)
 
 
