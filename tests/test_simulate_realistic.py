@@ -118,7 +118,7 @@ def test_realistic_particles_touch_and_come_in_conformations_of_a_protein_of_the
                                                carbon_edge=False, carbon_particle_fraction=0.0, junk_fraction=0.0,
                                                ice_contaminants_per_um2=0.0, n_conformations=3, seed=4)
     structure = make_structure(settings)
-    total_phase_rad_a2 = protein_phase_rad_per_a(300.0) * 250e3 * PROTEIN_VOLUME_A3_PER_DA
+    total_phase_rad_a2 = protein_phase_rad_per_a(300.0) * settings.particle_mass_kda * 1e3 * PROTEIN_VOLUME_A3_PER_DA
     assert sum(structure.weights) == pytest.approx(total_phase_rad_a2, rel=1e-3)
     extent = np.ptp(np.asarray(structure.atoms_xyz_a), axis=0)
     assert extent.max() == pytest.approx(130.0, rel=0.15) and extent.max() > 1.5 * np.sort(extent)[1]
@@ -147,7 +147,7 @@ def test_cli_simulate_realistic_preset_writes_its_settings_into_the_truth(tmp_pa
                      "--frames", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["movies"] == 1
     truth = SessionTruth.read(tmp_path / GROUND_TRUTH_NAME)
-    assert truth.settings.detector == "counting" and truth.settings.particle_mass_kda == 250.0
+    assert truth.settings.detector == "counting" and truth.settings.particle_mass_kda == 150.0
     assert truth.settings.n_frames == 3 and truth.settings.ice_spectrum == "amorphous"
 
 

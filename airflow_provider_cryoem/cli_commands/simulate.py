@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--drift-a-per-frame", type=float, help="Late-frame drift in Å/frame (default 0.8).")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="easy",
                         help="Starting settings: easy (clear particles on flat ice, ideal detector; quick tests) "
-                             "or realistic (a 250 kDa protein at its true contrast in amorphous ice with "
+                             "or realistic (a 150 kDa protein at its true contrast in amorphous ice with "
                              "gradients, carbon rim, contaminants, counting camera, 50 e⁻/Å² over 50 frames); "
                              "--settings-json and the options above override it.")
     parser.add_argument("--settings-json", help="Any SpaSimulationSettings fields as a JSON object.")
