@@ -382,9 +382,16 @@ def test_tomography_series_show_tilt_counts_residuals_and_images(results: Result
     residuals = one["tomogram"]["residuals"]
     assert [r["tilt_angle_deg"] for r in residuals] == pytest.approx([-5.9, -2.9, 0.1, 3.1, 6.1, 9.1])
     assert [r["residual_error_px"] for r in residuals] == pytest.approx([1.6, 1.3, 1.0, 1.3, 1.6, 1.9])
-    assert one["tomogram"]["images"] == {"central_slice": results.tomogram_id}
-    image = client.get(f"{URL_PREFIX}/api/images/central_slice/{results.tomogram_id}", headers=auth(tokens["viewer"]))
-    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    processed = schema.processed_tomogram
+    with results.engine.connect() as connection:
+        ids = dict(connection.execute(select(processed.c.processing_type, processed.c.processed_tomogram_id)
+                                      .where(processed.c.tomogram_id == results.tomogram_id)).all())
+    assert one["tomogram"]["images"] == {"central_slice": results.tomogram_id, "denoised_slice": ids["Denoised"],
+                                         "segmentation_slice": ids["Segmented"],
+                                         "segmentation_projection": ids["Segmented"]}
+    for kind, row_id in one["tomogram"]["images"].items():
+        image = client.get(f"{URL_PREFIX}/api/images/{kind}/{row_id}", headers=auth(tokens["viewer"]))
+        assert image.status_code == 200 and image.headers["content-type"] == "image/png", kind
     assert client.get(f"{URL_PREFIX}/api/sessions/{sid}", headers=auth(tokens["viewer"])).json()["tilt_series"] == series
 
 

@@ -394,7 +394,9 @@ def test_the_tomography_session_page_shows_series_residuals_and_central_slice(se
     residuals = db(server, "SELECT count(*) FROM tilt_image_alignment a JOIN tomogram t ON t.tomogram_id = a.tomogram_id "
                            "WHERE t.tilt_series_id = :t AND a.residual_error_px IS NOT NULL", t=series_id)[0][0]
     wait(browser).until(lambda d: d.find_element(By.ID, "plot-residuals").get_attribute("data-points") == str(residuals))
-    image = browser.find_element(By.CSS_SELECTOR, '#series-thumbs figure[data-kind="central_slice"] img')
-    wait(browser).until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image))
+    for kind in ("central_slice", "denoised_slice", "segmentation_slice", "segmentation_projection"):
+        image = browser.find_element(By.CSS_SELECTOR, f'#series-thumbs figure[data-kind="{kind}"] img')
+        wait(browser).until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth",
+                                                        image))
     assert browser.find_element(By.ID, "classes2d-section").get_attribute("hidden") is not None
     screenshot(browser, "dashboard-tomography.png", browser.find_element(By.ID, "tomography"))

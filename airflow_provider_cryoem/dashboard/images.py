@@ -58,11 +58,18 @@ TOMOGRAM_IMAGE_KINDS = {  # kind -> tomogram column
     "tilt_movie": "tilt_series_movie",
     "alignment_plot": "alignment_plot",
 }
+# kind -> (processing type, processed_tomogram column): the pictures of a denoised or segmented tomogram
+PROCESSED_TOMOGRAM_IMAGE_KINDS = {
+    "denoised_slice": ("Denoised", "central_slice_image"),
+    "segmentation_slice": ("Segmented", "central_slice_image"),
+    "segmentation_projection": ("Segmented", "projection_xy_image"),
+}
 _SOURCES: dict[str, tuple[Table, str]] = {  # kind -> (table, path column), looked up by the table's id
     **{kind: ({MOTION_CORRECTION: schema.motion_correction, CTF: schema.ctf,
                PARTICLE_PICKING: schema.particle_picker}[image.stage], image.column)
        for kind, image in MOVIE_IMAGE_KINDS.items()},
     **{kind: (schema.tomogram, column) for kind, column in TOMOGRAM_IMAGE_KINDS.items()},
+    **{kind: (schema.processed_tomogram, column) for kind, (_, column) in PROCESSED_TOMOGRAM_IMAGE_KINDS.items()},
     **{kind: (schema.particle_classification, "class_image_full_path") for kind in ("class2d", "class3d")},
 }
 CLASS_IMAGE_KINDS = ("class2d", "class3d")  # drawn from the recorded MRC stack or map
@@ -92,6 +99,8 @@ def recorded_image(connection: Connection, kind: str, row_id: int) -> RecordedIm
     if table is schema.particle_classification:
         group = schema.particle_classification_group
         statement = statement.select_from(table.join(group).join(job).join(session))
+    elif table is schema.processed_tomogram:
+        statement = statement.select_from(table.join(schema.tomogram).join(job).join(session))
     else:
         statement = statement.select_from(table.join(job).join(session))
     row = connection.execute(statement.where(next(iter(table.primary_key.columns)) == row_id)).first()

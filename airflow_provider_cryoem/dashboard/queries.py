@@ -38,7 +38,7 @@ from ..results.summary import (
     build_summary,
     tilt_series_records,
 )
-from .images import MOVIE_IMAGE_KINDS, TOMOGRAM_IMAGE_KINDS
+from .images import MOVIE_IMAGE_KINDS, PROCESSED_TOMOGRAM_IMAGE_KINDS, TOMOGRAM_IMAGE_KINDS
 
 MAX_POINTS = 2000  # per plotted series, after downsampling
 HISTOGRAM_BINS = 30
@@ -504,6 +504,14 @@ def tilt_series_views(connection: Connection, session_id: int) -> list[TiltSerie
             [record.tilt_series_id for record in records])).order_by(tomogram.c.processing_job_id)):
         newest[row.tilt_series_id] = row
     residuals: dict[int, list[TiltResidual]] = {}
+    processed: dict[int, dict[str, int]] = {}  # tomogram id -> image kind -> processed_tomogram id
+    if newest and current_version(connection) >= PROCESSED_TOMOGRAMS_VERSION:
+        table = schema.processed_tomogram
+        for row in connection.execute(select(table).where(
+                table.c.tomogram_id.in_([row.tomogram_id for row in newest.values()]))):
+            for kind, (processing_type, column) in PROCESSED_TOMOGRAM_IMAGE_KINDS.items():
+                if row.processing_type == processing_type and row._mapping[column] is not None:
+                    processed.setdefault(row.tomogram_id, {})[kind] = row.processed_tomogram_id
     if newest:
         for row in connection.execute(
                 select(alignment.c.tomogram_id, alignment.c.refined_tilt_angle_deg, alignment.c.residual_error_px,
@@ -520,8 +528,8 @@ def tilt_series_views(connection: Connection, session_id: int) -> list[TiltSerie
         view = None if row is None else TomogramView(
             tomogram_id=row.tomogram_id, pixel_size_a=row.pixel_size_a, tilt_axis_deg=row.tilt_axis_deg,
             residual_error_mean_px=row.residual_error_mean_px, residual_error_sd_px=row.residual_error_sd_px,
-            images={kind: row.tomogram_id for kind, column in TOMOGRAM_IMAGE_KINDS.items()
-                    if row._mapping[column] is not None},
+            images={**{kind: row.tomogram_id for kind, column in TOMOGRAM_IMAGE_KINDS.items()
+                       if row._mapping[column] is not None}, **processed.get(row.tomogram_id, {})},
             residuals=residuals.get(row.tomogram_id, []))
         views.append(TiltSeriesView(
             tilt_series_id=record.tilt_series_id, name=record.name, status=record.status,
@@ -544,6 +552,7 @@ LIMIT_SETTINGS: dict[str, tuple[str | None, str | None]] = {
     "particles": ("min_particles_per_micrograph", None),
 }
 DASHBOARD_COLUMNS_VERSION = 6  # results migration that added session.quality_limits and selection_score
+PROCESSED_TOMOGRAMS_VERSION = 7  # ... that added processed_tomogram (denoised, segmented)
 
 
 def session_limits(connection: Connection, session_id: int) -> dict[str, Limit]:

@@ -320,7 +320,8 @@ def _fsc_table(resolution_a: float, pixel_size_a: float, shells: int = 32) -> di
 def record_tilt_series(store: ResultsStore, session: SimulatedSession, name: str = "TS_01",
                        recipe: str = "tomo_live") -> int:
     """The session's movies as one tilt series (0°, then ±3° steps), complete, reconstructed with a
-    central-slice image and per-tilt alignment residuals growing with the angle; the tomogram's id."""
+    central-slice image and per-tilt alignment residuals growing with the angle, then denoised and segmented
+    (processed tomograms with their pictures); the tomogram's id."""
     series_id = store.get_or_create_tilt_series(session.session_id, name, None, 85.0,
                                                 expected_tilts=len(session.movies) + 1)
     angles = [3.0 * ((index + 1) // 2) * (1 if index % 2 else -1) + 0.0 for index in range(len(session.movies))]
@@ -330,9 +331,20 @@ def record_tilt_series(store: ResultsStore, session: SimulatedSession, name: str
     slice_png = session.processing_dir / f"{name}_slice.png"
     Image.fromarray(thumbnails.stretch_to_uint8(session.rng.normal(size=(64, 64)))).save(slice_png)
     job = store.start_processing_job(session.session_id, recipe, "tomogram", False, session.run_id)
-    return store.record_tomogram(job, series_id, {
+    tomogram_id = store.record_tomogram(job, series_id, {
         "volume": str(session.processing_dir / f"{name}.mrc"), "pixel_size_a": 10.0, "tilt_axis_deg": 84.2,
         "mean_residual_px": 1.25, "residual_sd_px": 0.5, "central_slice": str(slice_png)},
         [{"movie_id": movie_id, "refined_tilt_angle_deg": angle + 0.1, "shift_x_px": 1.0, "shift_y_px": -1.0,
           "residual_px": 1.0 + abs(angle) / 10, "excluded": False}
          for movie_id, angle in zip(session.movies, angles)])
+    pictures = {}
+    for picture in ("denoised", "membranes", "membranes_xy"):
+        pictures[picture] = session.processing_dir / f"{name}_{picture}.png"
+        Image.fromarray(thumbnails.stretch_to_uint8(session.rng.normal(size=(64, 64)))).save(pictures[picture])
+    store.record_processed_tomogram(job, series_id, {
+        "processing_type": "Denoised", "path": str(session.processing_dir / f"{name}_denoised.mrc"),
+        "central_slice": str(pictures["denoised"])})
+    store.record_processed_tomogram(job, series_id, {
+        "processing_type": "Segmented", "path": str(session.processing_dir / f"{name}_membranes.mrc"),
+        "central_slice": str(pictures["membranes"]), "projection_xy": str(pictures["membranes_xy"])})
+    return tomogram_id

@@ -16,7 +16,8 @@
   };
   const THUMBS = [["micrograph", "Micrograph"], ["picks", "Picks"], ["ctf_fit", "CTF fit"], ["drift", "Drift"]];
   const TOMO_THUMBS = [["central_slice", "Central slice"], ["projection_xz", "XZ view"],
-    ["alignment_plot", "Alignment"], ["tilt_movie", "Tilts"]];
+    ["denoised_slice", "Denoised (raw | denoised)"], ["segmentation_slice", "Membranes"],
+    ["segmentation_projection", "Membranes, XY projection"], ["alignment_plot", "Alignment"], ["tilt_movie", "Tilts"]];
 
   // --- small helpers ---------------------------------------------------------------------------------
   function el(tag, attrs, ...children) {
