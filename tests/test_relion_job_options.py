@@ -21,7 +21,8 @@ OPTICS = OpticsGroup(movie_pixel_size_a=1.0, micrograph_pixel_size_a=1.0, voltag
 CLASS3D = shlex.join(["mpirun", "-n", "3", "relion_refine_mpi", "--i", "Select/job010/particles.star", "--ref",
                       "InitialModel/job011/initial_model.mrc", "--o", "Class3D/job012/run", "--K", "2", "--iter", "25",
                       "--particle_diameter", "128", "--sym", "C1", "--healpix_order", "2", "--ctf", "--zero_mask",
-                      "--tau2_fudge", "4", "--j", "2", "--pool", "3"])
+                      "--tau2_fudge", "4", "--j", "2", "--pool", "3", "--dont_combine_weights_via_disc",
+                      "--firstiter_cc"])
 
 
 def _job(root: Path, name: str):
@@ -32,7 +33,8 @@ def _job(root: Path, name: str):
 def test_a_relion_refine_command_gives_the_options_it_was_built_from() -> None:
     assert options_from_command("class3d", CLASS3D) == {
         "nr_classes": 2, "nr_iter": 25, "particle_diameter": 128.0, "sym_name": "C1", "sampling": "7.5 degrees",
-        "do_ctf_correction": "Yes", "do_zero_mask": "Yes", "tau_fudge": 4.0, "nr_threads": 2, "nr_pool": 3}
+        "do_ctf_correction": "Yes", "do_zero_mask": "Yes", "tau_fudge": 4.0, "nr_threads": 2, "nr_pool": 3,
+        "do_combine_thru_disc": "No", "ref_correct_greyscale": "No"}  # the two flags Relion adds for "No"
     assert options_from_command("class2d", "relion_refine --K 6 --iter 25")["nr_iter_em"] == 25
     assert options_from_command("class3d", "relion_image_handler --i a.mrc --o b.mrc") == {}
 

@@ -38,8 +38,9 @@ def _sampling(order: str) -> str:
     return _SAMPLING[int(order)]
 
 
-_Flag = tuple[str, Callable[[str], Value] | None]  # (option, conversion of the flag's value; None: a switch)
-_YES: Callable[[str], Value] | None = None
+# (option, conversion of the flag's value), or (option, "Yes"/"No") for a switch: the value it means when given
+_Flag = tuple[str, Callable[[str], Value] | str]
+_YES, _NO = "Yes", "No"
 _RELION_REFINE: dict[str, _Flag] = {
     "--K": ("nr_classes", int), "--particle_diameter": ("particle_diameter", float),
     "--tau2_fudge": ("tau_fudge", float), "--sym": ("sym_name", str), "--ini_high": ("ini_high", float),
@@ -49,7 +50,8 @@ _RELION_REFINE: dict[str, _Flag] = {
     "--ctf": ("do_ctf_correction", _YES), "--zero_mask": ("do_zero_mask", _YES),
     "--ctf_intact_first_peak": ("ctf_intact_first_peak", _YES), "--center_classes": ("do_center", _YES),
     "--gpu": ("use_gpu", _YES), "--solvent_correct_fsc": ("do_solvent_fsc", _YES),
-    "--firstiter_cc": ("ref_correct_greyscale", _YES), "--dont_combine_weights_via_disc": ("do_combine_thru_disc", _YES),
+    # the GUI's "Ref. map is on absolute greyscale? No" and "Combine iterations through disc? No"
+    "--firstiter_cc": ("ref_correct_greyscale", _NO), "--dont_combine_weights_via_disc": ("do_combine_thru_disc", _NO),
 }
 _ITERATIONS = {"class2d": "nr_iter_em", "class3d": "nr_iter", "initialmodel": "nr_iter"}
 COMMAND_OPTIONS: dict[str, dict[str, _Flag]] = {
@@ -83,7 +85,7 @@ def options_from_command(kind: str, command: str) -> dict[str, Value]:
         if word not in flags:
             continue
         option, convert = flags[word]
-        options[option] = "Yes" if convert is None else convert(args[index + 1])
+        options[option] = convert if isinstance(convert, str) else convert(args[index + 1])
     if program == "relion_refine" and kind == "class2d":  # EM or VDAM: ccpem-pipeliner's class2d.em / .vdam
         options |= {"do_em": "No", "do_grad": "Yes"} if "--grad" in args else {"do_em": "Yes", "do_grad": "No"}
     return options
