@@ -167,18 +167,25 @@ def _where(session_name: str, raw_label: str, watch_dir: Path, processing_dir: P
     print(f"Summary again:   cryoem summary {session_name} --db sqlite:///{processing_dir / 'results.sqlite'}")
 
 
-def main_spa(dashboard: bool = True, keep_dashboard: bool = False) -> int:
-    session_dir = OUTPUT / "session"
+SessionRun = Callable[[Path, Path, dict[str, str]], int]
+
+
+def _run_demo(session_dir: Path, env: dict[str, str], session: SessionRun, dashboard: bool,
+              keep_dashboard: bool) -> int:
+    """A fresh session folder, the dashboard beside it (unless not wanted), then `session`'s run."""
     watch_dir, processing_dir = session_dir / "raw", session_dir / "processing"
-    env = _airflow_env()
     if not _prepare(session_dir, env):
         return 1
     board = DemoDashboard(processing_dir / "results.sqlite") if dashboard else None
     try:
-        return _spa_session(watch_dir, processing_dir, env)
+        return session(watch_dir, processing_dir, env)
     finally:
         if board is not None:
             board.finish(keep_dashboard)
+
+
+def main_spa(dashboard: bool = True, keep_dashboard: bool = False) -> int:
+    return _run_demo(OUTPUT / "session", _airflow_env(), _spa_session, dashboard, keep_dashboard)
 
 
 def _spa_session(watch_dir: Path, processing_dir: Path, env: dict[str, str]) -> int:
@@ -241,17 +248,8 @@ def print_tomography(session_name: str, processing_dir: Path) -> None:
 
 
 def main_tomo(dashboard: bool = True, keep_dashboard: bool = False) -> int:
-    session_dir = OUTPUT / "tomo_session"
-    watch_dir, processing_dir = session_dir / "raw", session_dir / "processing"
-    env = _airflow_env("airflow_home_tomo", REPO / "recipes")
-    if not _prepare(session_dir, env):
-        return 1
-    board = DemoDashboard(processing_dir / "results.sqlite") if dashboard else None
-    try:
-        return _tomo_session(watch_dir, processing_dir, env)
-    finally:
-        if board is not None:
-            board.finish(keep_dashboard)
+    return _run_demo(OUTPUT / "tomo_session", _airflow_env("airflow_home_tomo", REPO / "recipes"), _tomo_session,
+                     dashboard, keep_dashboard)
 
 
 def _tomo_session(watch_dir: Path, processing_dir: Path, env: dict[str, str]) -> int:

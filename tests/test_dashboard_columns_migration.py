@@ -9,25 +9,17 @@ from sqlalchemy import inspect, select, text
 
 from airflow_provider_cryoem.config import SessionConfig
 from airflow_provider_cryoem.results import ResultsStore, engine_from_url, schema
-from airflow_provider_cryoem.results.migrations import LATEST_VERSION, MIGRATIONS
+from airflow_provider_cryoem.results.migrations import LATEST_VERSION
 
+from ._old_database import columns, migrate_up_to
 from ._pg import empty_url  # noqa: F401  (fixture)
-
-
-def _columns(store: ResultsStore, table: str) -> set[str]:
-    with store.engine.connect() as connection:
-        return {c["name"] for c in inspect(connection).get_columns(table)}
 
 
 def test_a_version_5_database_gains_quality_limits_and_selection_scores_keeping_its_rows(empty_url: str):
     store = ResultsStore(engine_from_url(empty_url))
     now = datetime.now(timezone.utc)
     with store.engine.begin() as connection:  # a database as migrations 1-5 of the code before left it
-        schema.schema_version.create(connection)
-        for migration in MIGRATIONS[:5]:
-            migration.apply(connection)
-            connection.execute(schema.schema_version.insert().values(
-                version=migration.version, description=migration.description, applied_at=now))
+        migrate_up_to(connection, 5)
         for table, column in (("session", "quality_limits"), ("particle_classification", "selection_score")):
             if column in {c["name"] for c in inspect(connection).get_columns(table)}:  # tables made from schema.py
                 connection.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
@@ -35,11 +27,11 @@ def test_a_version_5_database_gains_quality_limits_and_selection_scores_keeping_
             "INSERT INTO session (session_key, name, image_directory, processing_directory, created) "
             "VALUES (:key, 'old', '/data/raw', '/data/processing', :now)"),
             {"key": schema.session_key("old", "/data/raw"), "now": now})
-    assert "quality_limits" not in _columns(store, "session")
+    assert "quality_limits" not in columns(store, "session")
 
     assert store.ensure_schema() == LATEST_VERSION >= 6
-    assert "quality_limits" in _columns(store, "session")
-    assert "selection_score" in _columns(store, "particle_classification")
+    assert "quality_limits" in columns(store, "session")
+    assert "selection_score" in columns(store, "particle_classification")
     session = store.get_or_create_session("old", "/data/raw", "/data/processing")
     with store.engine.connect() as connection:
         assert connection.execute(select(schema.session.c.quality_limits)).scalar_one() is None  # kept, unknown

@@ -2,37 +2,26 @@
 particles or the classification's binned ones); databases made before it gain the column, rows kept."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
-from sqlalchemy import inspect, select, text
+from sqlalchemy import select, text
 
 from airflow_provider_cryoem.results import ResultsStore, engine_from_url, schema
-from airflow_provider_cryoem.results.migrations import LATEST_VERSION, MIGRATIONS
+from airflow_provider_cryoem.results.migrations import LATEST_VERSION
 
+from ._old_database import columns, migrate_up_to
 from ._pg import empty_url  # noqa: F401  (fixture)
 
 REFINED = {"resolution_a": 8.1, "number_of_particles": 270, "symmetry": "C1", "class_number": 2,
            "bfactor_a2": -900.0, "map": "/p/postprocess.mrc"}
 
 
-def _columns(store: ResultsStore, table: str) -> set[str]:
-    with store.engine.connect() as connection:
-        return {c["name"] for c in inspect(connection).get_columns(table)}
-
-
 def test_a_version_3_database_gains_the_pixel_size_keeping_its_refinements(empty_url: str):
     store = ResultsStore(engine_from_url(empty_url))
-    now = datetime.now(timezone.utc)
     with store.engine.begin() as connection:  # a database as migrations 1-3 of the code before left it
-        schema.schema_version.create(connection)
-        for migration in MIGRATIONS[:3]:
-            migration.apply(connection)
-            connection.execute(schema.schema_version.insert().values(
-                version=migration.version, description=migration.description, applied_at=now))
+        migrate_up_to(connection, 3)
         for table in ("refinement", "bfactor_fit"):
             connection.execute(text(f"ALTER TABLE {table} DROP COLUMN pixel_size_a"))
         connection.execute(text("ALTER TABLE tilt_series DROP COLUMN completed_by_run_id"))  # migration 5's
-    assert "pixel_size_a" not in _columns(store, "refinement") | _columns(store, "bfactor_fit")
+    assert "pixel_size_a" not in columns(store, "refinement") | columns(store, "bfactor_fit")
     session = store.get_or_create_session("old", "/data/raw", "/data/processing")
     job = store.start_processing_job(session, "spa_live", "refine3d", False, "run-1")
     with store.engine.begin() as connection:
@@ -40,8 +29,8 @@ def test_a_version_3_database_gains_the_pixel_size_keeping_its_refinements(empty
                                 "number_of_particles) VALUES (:job, 'C1', 14.2, 279)"), {"job": job})
 
     assert store.ensure_schema() == LATEST_VERSION >= 4
-    assert "pixel_size_a" in _columns(store, "refinement") & _columns(store, "bfactor_fit")
-    assert "completed_by_run_id" in _columns(store, "tilt_series")
+    assert "pixel_size_a" in columns(store, "refinement") & columns(store, "bfactor_fit")
+    assert "completed_by_run_id" in columns(store, "tilt_series")
     with store.engine.connect() as connection:
         (old,) = connection.execute(select(schema.refinement)).all()
     assert (old.estimated_resolution_a, old.pixel_size_a) == (14.2, None)
@@ -59,5 +48,5 @@ def test_a_version_3_database_gains_the_pixel_size_keeping_its_refinements(empty
 def test_a_new_database_has_the_pixel_size_columns_once(empty_url: str):
     store = ResultsStore(engine_from_url(empty_url))
     assert store.ensure_schema() == LATEST_VERSION
-    assert "pixel_size_a" in _columns(store, "refinement") & _columns(store, "bfactor_fit")
+    assert "pixel_size_a" in columns(store, "refinement") & columns(store, "bfactor_fit")
     store.engine.dispose()
