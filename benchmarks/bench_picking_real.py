@@ -240,6 +240,24 @@ def prf(counts: list[tuple[int, int, int]]) -> tuple[float, float, float]:
     return precision, recall, 2 * precision * recall / max(precision + recall, 1e-9)
 
 
+def chance_precision(dataset: Dataset) -> float:
+    """Precision of picks dropped at random: the share of the scored area within a radius of a reference
+    particle. On densely packed references a picker that sees nothing still scores this."""
+    radius_px = dataset.diameter_a / 2 / dataset.pixel_size_a
+    near, area = 0, 0
+    for micrograph in dataset.micrographs:
+        free = np.ones(micrograph.image.shape, dtype=bool)
+        rows, cols = np.clip(np.round(np.asarray(micrograph.particles).reshape(-1, 2)[:, ::-1]).astype(int), 0,
+                             np.array(free.shape) - 1).T
+        free[rows, cols] = False
+        inside = np.zeros_like(free)
+        edge = int(np.ceil(radius_px))
+        inside[edge:-edge, edge:-edge] = True
+        near += int(np.count_nonzero((ndimage.distance_transform_edt(free) <= radius_px) & inside))
+        area += int(np.count_nonzero(inside))
+    return near / max(area, 1)
+
+
 def on_excluded(picks: np.ndarray, micrograph: Micrograph) -> int:
     if micrograph.excluded is None or len(picks) == 0:
         return 0
@@ -369,7 +387,7 @@ def main() -> int:
     datasets = [] if args.only_simulated else load_datasets(args.data)
     if args.simulated:
         datasets += simulated_datasets(args.simulated, args.simulated_size)
-    header = "| data set | micrographs (reference particles) | diameter |"
+    header = "| data set | micrographs (reference particles) | diameter | chance P |"
     if "builtin" in pickers:
         header += " built-in P / R / F1 | built-in s/mic |"
     if "relion" in pickers:
@@ -390,7 +408,7 @@ def main() -> int:
     for dataset in datasets:
         reference = sum(len(m.particles) for m in dataset.micrographs)
         row = (f"| {dataset.label} | {len(dataset.micrographs)} ({reference}) | {dataset.diameter_a:.0f} Å"
-               f"{' (px)' if dataset.sizes_in_px else ''} |")
+               f"{' (px)' if dataset.sizes_in_px else ''} | {chance_precision(dataset):.2f} |")
         if "builtin" in pickers:
             picks, seconds = once("builtin", dataset, lambda d, _: run_builtin(d))
             row += f" {cell(dataset, picks)} | {seconds:.2f} |"
