@@ -286,6 +286,68 @@ def test_recipe_stage_runs_relion_motion_correction_as_a_slurm_job(cluster, tmp_
     assert sum(line.startswith("cryoem-motioncorr-") and line.endswith("COMPLETED") for line in jobs) >= 2
 
 
+def test_a_tilt_series_is_denoised_and_segmented_as_slurm_jobs(cluster, tmp_path, airflow_env):
+    """A tomography session of one series whose denoise (Topaz's runner) and segment (membrain-seg, a random-weight
+    checkpoint: output meaningless, code path real) stages are placed on the cluster; the node has no GPU, so
+    the placement asks for none (on a GPU partition: gpus: 1, then -d 0 and --gpus=1)."""
+    import shutil
+
+    from airflow_provider_cryoem.devtools.membrain_checkpoint import write_random_checkpoint
+    from airflow_provider_cryoem.pipeline.stores import results_store
+    from airflow_provider_cryoem.simulate import (
+        END_MARKER_NAME,
+        GAIN_REFERENCE_NAME,
+        TomoSimulationSettings,
+        write_tomo_session,
+    )
+
+    from .conftest import AIRFLOW
+
+    subprocess.run(["bash", str(REPO / "scripts" / "membrain_env.sh")], check=True, capture_output=True, timeout=900)
+    membrain = shutil.which("membrain", path=str(REPO / ".venv-membrain" / "bin"))
+    checkpoint = write_random_checkpoint(tmp_path / "models" / "random.ckpt", membrain)
+    placement = "{slurm_conn_id: cryoem_slurm, cpus: 1, memory_gb: 4, time_limit_min: 15}"
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "tomo_slurm.yaml").write_text(
+        "name: tomo_slurm\nstages:\n"
+        "  motioncorr: {tool: builtin, params: {patches_x: 1, patches_y: 1}}\n"
+        "  ctf: {after: [motioncorr]}\n  tilt_series: {after: [ctf]}\n  tomogram: {after: [tilt_series]}\n"
+        f"  denoise: {{tool: topaz, after: [tomogram], runs_on: {placement},"
+        f" params: {{program: {sys.executable}, patch_size_px: 64, padding_px: 16}}}}\n"
+        f"  segment: {{tool: membrain, after: [denoise], runs_on: {placement},"
+        f" params: {{program: {membrain}, sliding_window_size_px: 64}}}}\n")
+    settings = TomoSimulationSettings(n_series=1, image_size_px=128, n_frames=2, tilt_min_deg=-30, tilt_max_deg=30,
+                                      tilt_step_deg=10, thickness_nm=60, vesicle_radius_min_a=120,
+                                      vesicle_radius_max_a=220, seed=2)
+    watch_dir = tmp_path / "session" / "raw"
+    truth = write_tomo_session(settings, watch_dir)
+    (watch_dir / END_MARKER_NAME).write_text("")
+    conf = {"session_name": "tomo_on_slurm", "watch_dir": str(watch_dir), "pixel_size_a": settings.pixel_size_a,
+            "dose_per_frame_e_a2": settings.dose_per_frame_e_a2, "tilt_axis_deg": settings.tilt_axis_deg,
+            "gain_reference_path": str(watch_dir / GAIN_REFERENCE_NAME), "thickness_nm": settings.thickness_nm,
+            "tilt_range_deg": 30, "tomogram_binning": 2, "movie_glob": "*.tif",
+            "membrain_checkpoint_path": str(checkpoint)}
+    env = {**airflow_env, "CRYOEM_DATA_ROOTS": str(tmp_path), "CRYOEM_RECIPES_DIR": str(recipes),
+           "AIRFLOW_CONN_CRYOEM_SLURM": json.dumps(cluster.conn)}
+    run = subprocess.run([AIRFLOW, "dags", "test", "tomo_slurm", "--conf", json.dumps(conf)], env=env,
+                         capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stdout[-4000:]
+    store = results_store(None, str(tmp_path / "session" / "processing"))
+    summary = store.session_summary("tomo_on_slurm")
+    assert summary.failures == [], summary.failures
+    [series] = store.tilt_series_of_session(summary.session_id)
+    assert series.name == truth.series[0].name
+    processed = {row["processing_type"]: row for row in store.processed_tomograms(series.tilt_series_id)}
+    assert sorted(processed) == ["Denoised", "Segmented"] and all(
+        Path(row["file_path"]).is_file() for row in processed.values())
+    log = run.stdout + run.stderr
+    assert "as Slurm job" in log
+    jobs = cluster.hook.run_remote("squeue -h -t all -o '%j %T'")[1].splitlines()
+    for stage in ("denoise", "segment"):
+        assert any(line.startswith(f"cryoem-{stage}-") and line.endswith("COMPLETED") for line in jobs), stage
+
+
 def test_job_over_its_time_limit_ends_in_timeout(cluster):
     """Runs last: the job was submitted when the cluster fixture started (60-90 s in Slurm)."""
     status = cluster.hook.wait(cluster.timeout_job, poll_interval_s=2, timeout_s=150)
