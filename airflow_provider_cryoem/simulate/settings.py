@@ -49,9 +49,9 @@ class SpaSimulationSettings(BaseModel):
     particle_mass_kda: float | None = Field(None, gt=5, le=20_000,
                                             description="Protein mass (kDa). When set the particle is a "
                                                         "residue-level model at protein density and its phase "
-                                                        "follows from the mass (particle_phase_rad, n_atoms and "
-                                                        "atom_sigma_a then only shape junk); unset = the easy "
-                                                        "pseudo-atom lobes.")
+                                                        "follows from the mass (n_atoms and atom_sigma_a then "
+                                                        "only shape the aggregates, particle_phase_rad is "
+                                                        "unused); unset = the easy pseudo-atom lobes.")
     particle_shape: Literal["globular", "elongated"] = Field(
         "globular", description="With particle_mass_kda: domains packed in a ball, or in a rod whose length is "
                                 "particle_diameter_a.")

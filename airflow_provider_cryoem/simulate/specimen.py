@@ -186,25 +186,29 @@ def _place_objects(rng: np.random.Generator, settings: SpaSimulationSettings, ca
 
 def _objects_phase(rng: np.random.Generator, settings: SpaSimulationSettings, structure: StructureTruth,
                    particles: list[ParticleTruth], canvas_shape: tuple[int, int], margin_px: int) -> np.ndarray:
-    """Phase (rad) of all particles and junk: every object is a set of Gaussian atoms, rendered at once."""
-    xy_a: list[np.ndarray] = []
-    weights: list[np.ndarray] = []
+    """Phase (rad) of all particles and junk: every object is a set of Gaussian atoms, rendered at once per
+    atom width (the particle's own, `settings.atom_sigma_a` for junk; the same in the easy preset)."""
+    by_sigma_a: dict[float, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     for particle in particles:
         centre_a = np.array([particle.x_px, particle.y_px]) * settings.pixel_size_a
         if particle.is_junk:
             atoms_xy_a, atom_weights = _junk_atoms(rng, settings, particle.diameter_a)
+            sigma_a = settings.atom_sigma_a
         else:
             atoms_xy_a = projected_atoms_xy_a(structure, particle.rot_deg, particle.tilt_deg, particle.psi_deg,
                                               particle.conformation)
             atom_weights = np.asarray(structure.weights)
+            sigma_a = structure.atom_sigma_a
+        xy_a, weights = by_sigma_a.setdefault(sigma_a, ([], []))
         xy_a.append(atoms_xy_a + centre_a)
         weights.append(atom_weights)
-    if not xy_a:
-        return np.zeros(canvas_shape, dtype=np.float32)
-    coords_px = np.concatenate(xy_a) / settings.pixel_size_a + margin_px
+    phase = np.zeros(canvas_shape, dtype=np.float32)
     area_px = settings.pixel_size_a**2
-    return render_gaussians(coords_px[:, ::-1], np.concatenate(weights) / area_px, canvas_shape,
-                            settings.atom_sigma_a / settings.pixel_size_a)
+    for sigma_a, (xy_a, weights) in by_sigma_a.items():
+        coords_px = np.concatenate(xy_a) / settings.pixel_size_a + margin_px
+        phase += render_gaussians(coords_px[:, ::-1], np.concatenate(weights) / area_px, canvas_shape,
+                                  sigma_a / settings.pixel_size_a)
+    return phase
 
 
 def _junk_atoms(rng: np.random.Generator, settings: SpaSimulationSettings,
