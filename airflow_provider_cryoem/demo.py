@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -283,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the session dashboard's api-server running after the session, until Ctrl-C")
     parser.add_argument("--no-dashboard", action="store_true", help="run without the session dashboard")
     args = parser.parse_args(argv)
+    # A demo stopped by SIGTERM (`timeout`, a closed terminal) still stops the dashboard's api-server: the
+    # `finally` blocks run on SystemExit, not on the default SIGTERM exit.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     run = main_tomo if args.tomo else main_spa
     return run(dashboard=not args.no_dashboard, keep_dashboard=args.keep_dashboard)
 
