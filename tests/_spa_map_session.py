@@ -40,7 +40,7 @@ def spa_map_session(tmp_path_factory, airflow_env) -> dict[str, Any]:
     conf = {**CONF, "watch_dir": str(watch_dir), "gain_reference_path": str(watch_dir / GAIN_REFERENCE_NAME)}
     env = {**airflow_env, "CRYOEM_DATA_ROOTS": str(root), "CRYOEM_RECIPES_DIR": str(REPO / "recipes" / "demo")}
     run = subprocess.run([AIRFLOW, "dags", "test", "spa_live", "--conf", json.dumps(conf)], env=env,
-                         capture_output=True, text=True, timeout=1800)
+                         capture_output=True, text=True, timeout=3600)
     processing = root / "session" / "processing"
     return {"truth": truth, "run": run, "processing": processing, "relion": processing / "relion",
             "store": results_store(None, str(processing))}
