@@ -368,6 +368,8 @@ def main() -> int:
                         help="Also N micrographs of the realistic simulator preset.")
     parser.add_argument("--simulated-size", type=int, default=1024, help="Their size (px, 1 Å/px).")
     parser.add_argument("--only-simulated", action="store_true", help="Leave the real data out.")
+    parser.add_argument("--datasets", default="", help="Comma-separated parts of data-set labels to keep "
+                                                       "(e.g. 10028,fei); default all.")
     parser.add_argument("--picture", type=Path, default=None,
                         help="Write the fei-extended picks over the reference to this PNG and stop.")
     args = parser.parse_args()
@@ -387,6 +389,8 @@ def main() -> int:
     datasets = [] if args.only_simulated else load_datasets(args.data)
     if args.simulated:
         datasets += simulated_datasets(args.simulated, args.simulated_size)
+    if args.datasets:
+        datasets = [d for d in datasets if any(part in d.label for part in args.datasets.split(","))]
     header = "| data set | micrographs (reference particles) | diameter | chance P |"
     if "builtin" in pickers:
         header += " built-in P / R / F1 | built-in s/mic |"
@@ -424,7 +428,8 @@ def main() -> int:
         print("\n" + "\n".join(notes))
     print(f"\nReproduce: .venv/bin/python benchmarks/bench_picking_real.py --data {args.data} --pickers {args.pickers}"
           + (f" --simulated {args.simulated}" if args.simulated else "")
-          + (" --only-simulated" if args.only_simulated else ""))
+          + (" --only-simulated" if args.only_simulated else "")
+          + (f" --datasets {args.datasets}" if args.datasets else ""))
     return 0
 
 
