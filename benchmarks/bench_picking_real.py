@@ -39,7 +39,6 @@ import mrcfile
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
-from scipy.optimize import linear_sum_assignment
 
 from airflow_provider_cryoem.engines.extract import read_coordinates
 from airflow_provider_cryoem.engines.picking import PickingInputs, pick_particles
@@ -48,6 +47,7 @@ from airflow_provider_cryoem.simulate import SpaSimulationSettings, simulate_mov
 from airflow_provider_cryoem.tools.topaz import relion_downscale
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_picking import prf, score  # noqa: E402
 from bench_topaz_picking import read_picks, topaz  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "picking_real"
@@ -227,17 +227,7 @@ def count_matches(picks: np.ndarray, micrograph: Micrograph, radius_px: float) -
         to_particle = (np.hypot(*(picks[:, None] - particles[None]).transpose(2, 0, 1)).min(axis=1)
                        if len(particles) else np.full(len(picks), np.inf))
         picks = picks[~((to_ambiguous <= radius_px) & (to_ambiguous < to_particle))]
-    if len(picks) == 0 or len(particles) == 0:
-        return 0, len(picks), len(particles)
-    distance = np.hypot(*(picks[:, None] - particles[None]).transpose(2, 0, 1))
-    rows, cols = linear_sum_assignment(distance)
-    return int(np.sum(distance[rows, cols] <= radius_px)), len(picks), len(particles)
-
-
-def prf(counts: list[tuple[int, int, int]]) -> tuple[float, float, float]:
-    matched, picked, reference = (sum(c[i] for c in counts) for i in range(3))
-    precision, recall = matched / max(picked, 1), matched / max(reference, 1)
-    return precision, recall, 2 * precision * recall / max(precision + recall, 1e-9)
+    return score(picks, particles, radius_px)
 
 
 def chance_precision(dataset: Dataset) -> float:
