@@ -276,6 +276,20 @@ class RelionProject:
                 raise ValueError(f"{job.name} is not in {self.root / 'default_pipeline.star'}")
             process.status = JobStatus.SUCCEEDED if success else JobStatus.FAILED
             mark_exit(job.path, success)
+            if success and job.kind.name == "extract":
+                self._write_extract_summary(job)
+
+    def _write_extract_summary(self, job: RelionJob) -> None:
+        """The Live Extract job's run.out as relion_preprocess ends it (micrographs joined, particles written):
+        doppio's Extract metadata reads the two counts from these lines."""
+        star = job.path / data_files.PARTICLES.file_name
+        table = parse_star(star.read_text()).get(data_files.PARTICLES.block) if star.exists() else None
+        rows = table.rows if table is not None else []
+        column = table.column("rlnMicrographName") if table is not None else 0
+        micrographs = len({row[column] for row in rows})
+        (job.path / "run.out").write_text(
+            f" Joining metadata of all particles from {micrographs} micrographs in one STAR file...\n"
+            f" Written out STAR file with {len(rows)} particles in {self.relative(star)}\n")
 
     def add_command(self, job: RelionJob, command: str) -> None:
         """Record another command run for `job` in its note.txt, and the parameters a Relion command ran
