@@ -101,6 +101,7 @@ def run_pick(ctx: MovieContext) -> dict[str, Any]:
         pixel_size_a=config.motion_corrected_pixel_size_a,
         particle_diameter_a=config.particle_diameter_a,
         threshold=params.threshold,
+        adaptive_threshold=params.adaptive_threshold,
         min_distance_a=params.min_distance_a,
         edge_exclusion_a=params.edge_exclusion_a,
         max_particles=params.max_particles,

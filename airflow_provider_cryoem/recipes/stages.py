@@ -76,8 +76,12 @@ class CryoloPickingParams(_StageParams):
 
 
 class PickingParams(_StageParams):
-    threshold: float = Field(2.0, description="LoG threshold in standard deviations of the filtered map "
-                                              "(builtin; tool-specific thresholds are in topaz/cryolo).")
+    threshold: float = Field(2.0, description=(
+        "Lowest LoG threshold, in robust standard deviations of the filtered map (builtin; the picker raises it "
+        "per micrograph unless adaptive_threshold is off; tool-specific thresholds are in topaz/cryolo)."))
+    adaptive_threshold: bool = Field(True, description=(
+        "Builtin: raise the threshold per micrograph to the best F1 estimated from blobs of the opposite "
+        "contrast (noise and ice make those, particles do not). Off: `threshold` as a fixed cut-off."))
     min_distance_a: float | None = Field(None, gt=0, description="Default: the particle diameter (builtin).")
     edge_exclusion_a: float | None = Field(None, ge=0, description="Default: the particle radius (builtin).")
     max_particles: int = Field(2000, ge=1, le=100_000, description="At most this many picks per micrograph, "
