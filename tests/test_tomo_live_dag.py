@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import starfile
+import yaml
 
 from airflow_provider_cryoem.devtools.membrain_checkpoint import write_random_checkpoint
 from airflow_provider_cryoem.io import read_mrc, read_mrc_pixel_size_a, read_mrc_shape
@@ -35,6 +36,16 @@ SETTINGS = TomoSimulationSettings(n_series=2, image_size_px=256, n_frames=3, til
 pytestmark = pytest.mark.timeout(1800)
 
 
+def _recipes_with_denoise_and_segment(folder: Path) -> Path:
+    """recipes/tomo_live.yaml as it is, with its optional denoise and segment stages switched on."""
+    recipe = yaml.safe_load((REPO / "recipes" / "tomo_live.yaml").read_text())
+    recipe["stages"]["denoise"] = {"tool": "topaz", "after": ["tomogram"]}
+    recipe["stages"]["segment"] = {"tool": "membrain", "after": ["denoise"]}
+    folder.mkdir(parents=True)
+    (folder / "tomo_live.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def session(tmp_path_factory, airflow_env):
     """A finished two-series session (one tilt of the second series lost to a truncated file), one run."""
@@ -52,7 +63,8 @@ def session(tmp_path_factory, airflow_env):
             "gain_reference_path": str(watch_dir / GAIN_REFERENCE_NAME), "thickness_nm": SETTINGS.thickness_nm,
             "tilt_range_deg": 45, "tomogram_binning": 4, "movie_glob": "*.tif",
             "membrain_checkpoint_path": str(checkpoint)}
-    env = {**airflow_env, "CRYOEM_DATA_ROOTS": str(root), "PATH": path}
+    env = {**airflow_env, "CRYOEM_DATA_ROOTS": str(root), "PATH": path,
+           "CRYOEM_RECIPES_DIR": str(_recipes_with_denoise_and_segment(root / "recipes"))}
     run = subprocess.run([AIRFLOW, "dags", "test", "tomo_live", "--conf", json.dumps(conf)], env=env,
                          capture_output=True, text=True)
     processing = root / "visit" / "processing"
