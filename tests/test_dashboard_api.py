@@ -567,3 +567,36 @@ def test_a_bulk_recorded_session_has_the_rows_the_store_writes(tmp_path: Path):
     assert [movie.movie_number for movie in failed.movies] == [40, 20]
     assert {movie.failure_reason for movie in failed.movies} == {f"{FAILURE_STAGE}: {FAILURE_REASON}"}
     store.engine.dispose()
+
+
+def test_a_poll_with_nothing_new_reuses_the_last_read_and_new_results_show_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The per-movie pass (plots and summary) is cached per session on a change marker; a new movie, a new
+    result row, or an entry older than PER_MOVIE_CACHE_S (a retry rewriting a row in place) reads again."""
+    store = ResultsStore(engine_from_url(f"sqlite:///{tmp_path / 'results.sqlite'}"))
+    store.ensure_schema()
+    session = record_session(store, "polled", tmp_path / "data", SpaSimulationSettings(n_movies=6, seed=11),
+                             images_for=0)
+    reads: list[int] = []
+    read_per_movie = queries._per_movie
+    monkeypatch.setattr(queries, "_per_movie", lambda connection, sid: reads.append(sid) or read_per_movie(connection, sid))
+
+    def detail() -> queries.SessionDetail:
+        return store.read(lambda connection: queries.session_detail(connection, session.session_id))
+
+    first = detail()
+    assert detail() == first and reads == [session.session_id]
+    record_movie(store, session, fail=True)  # a movie with motion correction and a CTF failure only
+    after_movie = detail()
+    assert len(reads) == 2 and after_movie.series["total_motion_a"].count == 7
+    assert after_movie.series["defocus_u_a"].count == 6 and after_movie.summary.stages[FAILURE_STAGE].failed == 1
+    assert after_movie.summary.stages == store.session_summary(session.session_id).stages
+
+    rewritten = session.movies[0]
+    with store.engine.begin() as connection:  # a retry of the same job rewrites its row: no new id, same counts
+        connection.execute(schema.motion_correction.update().where(
+            schema.motion_correction.c.movie_id == rewritten).values(total_motion_a=99.5))
+    assert 99.5 not in detail().series["total_motion_a"].v and len(reads) == 2  # reused while young
+    monkeypatch.setattr(queries, "PER_MOVIE_CACHE_S", 0.0)
+    assert 99.5 in detail().series["total_motion_a"].v and len(reads) == 3
+    store.engine.dispose()

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, Row, Table, func, select
@@ -121,15 +122,31 @@ def _find_session(connection: Connection, session: int | str) -> Row:
     return rows[0]
 
 
-def build_summary(connection: Connection, session_ref: int | str) -> SessionSummary:
-    """Summarise a session given by id or unique name; ResultsNotFoundError if there is none."""
+# per-movie stage -> (its table, the value columns the summary reads)
+PerMovieColumns = Mapping[str, Mapping[str, Sequence[Any]]]  # stage -> column -> newest value per movie
+SUMMARY_COLUMNS: dict[str, tuple[Table, tuple[str, ...]]] = {
+    MOTION_CORRECTION: (schema.motion_correction, ("total_motion_a",)),
+    CTF: (schema.ctf, ("defocus_u_a", "defocus_v_a", "estimated_resolution_a")),
+    PARTICLE_PICKING: (schema.particle_picker, ("number_of_particles",)),
+    ICE_THICKNESS: (schema.relative_ice_thickness, ()),
+}
+
+
+def build_summary(connection: Connection, session_ref: int | str,
+                  per_movie: PerMovieColumns | None = None) -> SessionSummary:
+    """Summarise a session given by id or unique name; ResultsNotFoundError if there is none.
+
+    `per_movie`: for each per-movie stage, "movie_id" and its SUMMARY_COLUMNS, one value per movie with a
+    row (the newest job's), when the caller has read them already (the dashboard reads them once for its
+    plots and this summary).
+    """
     session = _find_session(connection, session_ref)
     sid = session.session_id
     jobs = connection.execute(select(schema.processing_job).where(schema.processing_job.c.session_id == sid)).all()
-    motion = _newest_per_movie(connection, schema.motion_correction, sid, "total_motion_a")
-    ctf = _newest_per_movie(connection, schema.ctf, sid, "defocus_u_a", "defocus_v_a", "estimated_resolution_a")
-    picks = _newest_per_movie(connection, schema.particle_picker, sid, "number_of_particles")
-    ice = _newest_per_movie(connection, schema.relative_ice_thickness, sid)
+    if per_movie is None:
+        per_movie = {stage: _by_column(newest_per_movie(connection, table, sid, *columns), ("movie_id", *columns))
+                     for stage, (table, columns) in SUMMARY_COLUMNS.items()}
+    motion, ctf, picks, ice = (per_movie[stage] for stage in (MOTION_CORRECTION, CTF, PARTICLE_PICKING, ICE_THICKNESS))
     groups = connection.execute(
         select(schema.particle_classification_group.c.type, func.count())
         .join(schema.processing_job).where(schema.processing_job.c.session_id == sid)
@@ -140,10 +157,10 @@ def build_summary(connection: Connection, session_ref: int | str) -> SessionSumm
     failures = _failures(connection, sid, jobs)
 
     stages = {
-        MOTION_CORRECTION: StageCount(succeeded=len(motion)),
-        CTF: StageCount(succeeded=len(ctf)),
-        PARTICLE_PICKING: StageCount(succeeded=len(picks)),
-        ICE_THICKNESS: StageCount(succeeded=len(ice)),
+        MOTION_CORRECTION: StageCount(succeeded=len(motion["movie_id"])),
+        CTF: StageCount(succeeded=len(ctf["movie_id"])),
+        PARTICLE_PICKING: StageCount(succeeded=len(picks["movie_id"])),
+        ICE_THICKNESS: StageCount(succeeded=len(ice["movie_id"])),
         CLASS2D: StageCount(succeeded=group_counts.get("2D", 0)),
         CLASS3D: StageCount(succeeded=group_counts.get("3D", 0)),
         REFINEMENT: StageCount(succeeded=len(refinements)),
@@ -171,10 +188,10 @@ def build_summary(connection: Connection, session_ref: int | str) -> SessionSumm
         reprocess_jobs=sum(1 for job in jobs if job.reprocess),
         stages=stages,
         failures=failures,
-        median_total_motion_a=_median(motion, lambda r: r.total_motion_a),
-        median_defocus_a=_median(ctf, lambda r: (r.defocus_u_a + r.defocus_v_a) / 2),
-        median_fit_resolution_a=_median(ctf, lambda r: r.estimated_resolution_a),
-        median_particles_per_micrograph=_median(picks, lambda r: r.number_of_particles),
+        median_total_motion_a=_median(motion["total_motion_a"]),
+        median_defocus_a=_median((u + v) / 2 for u, v in zip(ctf["defocus_u_a"], ctf["defocus_v_a"])),
+        median_fit_resolution_a=_median(ctf["estimated_resolution_a"]),
+        median_particles_per_micrograph=_median(picks["number_of_particles"]),
         best_resolution_a=min((r.estimated_resolution_a for r in refinements), default=None),
         best_map_path=min(refinements, key=lambda r: r.estimated_resolution_a).map_full_path if refinements else None,
         bfactor_a2=_newest_bfactor(bfactor_points),
@@ -251,7 +268,7 @@ def _rows_of_session(connection: Connection, table: Table, session_id: int) -> S
                               .where(schema.processing_job.c.session_id == session_id)).all()
 
 
-def _newest_per_movie(connection: Connection, table: Table, session_id: int, *columns: str) -> list[Row]:
+def newest_per_movie(connection: Connection, table: Table, session_id: int, *columns: str) -> list[Row]:
     """One row per movie: the one written by the newest processing job, with only the named value columns
     (a session may have 10,000 movies: reading every column of every row tripled the time)."""
     newest: dict[int, Row] = {}
@@ -280,6 +297,10 @@ def _failures(connection: Connection, session_id: int, jobs: Iterable[Row]) -> l
     return records
 
 
-def _median(rows: Iterable[Row], value: Callable[[Row], float]) -> float | None:
-    values = [float(value(row)) for row in rows]
-    return statistics.median(values) if values else None
+def _by_column(rows: Sequence[Row], names: Sequence[str]) -> dict[str, list[Any]]:
+    return {name: [row._mapping[name] for row in rows] for name in names}
+
+
+def _median(values: Iterable[float]) -> float | None:
+    known = [float(value) for value in values]
+    return statistics.median(known) if known else None
