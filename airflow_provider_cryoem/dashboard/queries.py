@@ -326,7 +326,8 @@ def session_rows(connection: Connection, session_ids: Sequence[int]) -> list[Ses
     if not session_ids:
         return []
     session, movie, job, claim = schema.session, schema.movie, schema.processing_job, schema.session_file
-    listed = [column for column in session.c if column.name != "quality_limits"]  # readable before migration 6
+    listed = [column for column in session.c  # readable before migrations 6 and 8
+              if column.name not in ("quality_limits", "stop_requested_at", "stop_requested_by")]
     sessions = _per_session(connection, select(session.c.session_id, *listed).where(session.c.session_id.in_(session_ids)))
     claims = _per_session(connection, select(claim.c.session_id, func.count(), func.max(claim.c.claimed_at))
                           .where(claim.c.session_id.in_(session_ids)).group_by(claim.c.session_id))

@@ -62,6 +62,8 @@ def take_new_movies(settings: WatchSettings, claimed_by: str) -> dict[str, Any] 
 
     A retried task gets back what its run claimed before. The result says whether the session is over,
     so the run knows not to start another: `{"movies": [...], "session_over": bool, "reason": str | None}`.
+    A stop request recorded for the session (the dashboard's "End session now") ends it like the end-of-session
+    marker, except that no further movie is claimed.
     """
     store = results_store(settings.results_conn_id, settings.processing_path)
     now_s = time.time()
@@ -72,15 +74,17 @@ def take_new_movies(settings: WatchSettings, claimed_by: str) -> dict[str, Any] 
     claimed |= set(rejected)
     before_total = len(claimed)
     unclaimed = [m for m in scan.complete if m.relative_path not in claimed]
-    room = max(settings.max_movies - before_total, 0) if settings.max_movies else len(unclaimed)
+    stopped_by = store.stop_requested_by(settings.session_id)  # asked to end now: claim nothing more
+    room = 0 if stopped_by else max(settings.max_movies - before_total, 0) if settings.max_movies else len(unclaimed)
     new = store.claim_files(settings.session_id, [(m.relative_path, m.size_bytes) for m in unclaimed[:room]],
                             claimed_by)
     not_movies = {printable_name(m.relative_path) for m in scan.rejected}
     mine = set(new) | (store.files_claimed_by(settings.session_id, claimed_by) - not_movies)
     taken = mine | claimed
     remaining = [m for m in scan.complete if m.relative_path not in taken]
-    reason = session_end_reason(scan, remaining, len(taken), settings.max_movies,
-                                now_s - _last_activity_s(settings, store, scan), settings.idle_timeout_s)
+    reason = f"stopped from the dashboard by {stopped_by}" if stopped_by else session_end_reason(
+        scan, remaining, len(taken), settings.max_movies, now_s - _last_activity_s(settings, store, scan),
+        settings.idle_timeout_s)
     if not mine and reason is None:
         return None
     return {"movies": sorted(mine), "session_over": reason is not None, "reason": reason}

@@ -135,6 +135,14 @@ def _processed_tomograms(connection: Connection) -> None:
     _create_tables(connection, ("processed_tomogram",))
 
 
+def _session_stop_request(connection: Connection) -> None:
+    """A live session records a request to end it now (the dashboard's button), which the next scan of the
+    watched folder obeys like the end-of-session marker. Nullable: no request."""
+    timestamp = "TIMESTAMP WITH TIME ZONE" if connection.dialect.name == "postgresql" else "DATETIME"
+    _add_missing_columns(connection, (("session", "stop_requested_at", timestamp),
+                                      ("session", "stop_requested_by", "TEXT")))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ISPyB-shaped cryo-EM result tables and the session_file ingest table", _create_v1_tables),
     Migration(2, "sessions identified by name and watched folder", _session_identity),
@@ -143,6 +151,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "the run that completed a tilt series", _series_completing_run),
     Migration(6, "session quality limits and class selection scores", _dashboard_columns),
     Migration(7, "processed tomograms (denoised, segmented)", _processed_tomograms),
+    Migration(8, "a request to end a live session now", _session_stop_request),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -65,6 +65,8 @@ session = Table(
     Column("end_time", DateTime(timezone=True)),  # set when a live session ended by itself
     Column("end_reason", Text),
     Column("quality_limits", Text),  # JSON: config.QUALITY_LIMIT_FIELDS of the newest run (migration 6)
+    Column("stop_requested_at", DateTime(timezone=True)),  # someone asked the live session to end (migration 8)
+    Column("stop_requested_by", Text),  # who asked (the dashboard's logged-in Airflow user)
 )
 
 # ISPyB ProcessingJob + AutoProcProgram: one stage of one DAG run; a reprocess run gets new rows.

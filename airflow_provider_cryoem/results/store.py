@@ -215,6 +215,25 @@ class ResultsStore:
             connection.execute(table.update().where(table.c.session_id == session_id, table.c.end_time.is_(None))
                                .values(end_time=_now(), end_reason=reason))
 
+    def request_stop(self, session_id: int, requested_by: str) -> bool:
+        """Ask the live session to end at its next folder scan; True for the first request (kept), False when
+        one was made before or the session has ended. ResultsNotFoundError if there is no such session."""
+        table = schema.session
+        with self._transaction() as connection:
+            if connection.execute(select(table.c.session_id).where(table.c.session_id == session_id)).first() is None:
+                raise ResultsNotFoundError(f"no session {session_id} in the results database")
+            return connection.execute(table.update().where(
+                table.c.session_id == session_id, table.c.end_time.is_(None), table.c.stop_requested_at.is_(None))
+                .values(stop_requested_at=_now(), stop_requested_by=requested_by)).rowcount == 1
+
+    def stop_requested_by(self, session_id: int) -> str | None:
+        """Who asked the session to end now, or None while nobody did."""
+        table = schema.session
+        with self._transaction() as connection:
+            row = connection.execute(select(table.c.stop_requested_at, table.c.stop_requested_by)
+                                     .where(table.c.session_id == session_id)).first()
+        return None if row is None or row.stop_requested_at is None else (row.stop_requested_by or "someone")
+
     def register_movie(self, session_id: int, path: str | PurePath) -> int:
         """The id of the movie at `path`, numbered 1, 2, ... in order of registration within the session."""
         movie, session = schema.movie, schema.session
