@@ -75,7 +75,7 @@ def tokens() -> Iterator[dict[str, str]]:
         patch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "dashboard-test-secret-" + "x" * 48)
         manager = init_auth_manager()
         yield {name: manager.generate_jwt(SimpleAuthManagerUser(username=name, role=role))
-               for name, role in (("viewer", "viewer"), (RESTRICTED, "viewer"))}
+               for name, role in (("viewer", "viewer"), (RESTRICTED, "viewer"), ("runner", "user"))}
 
 
 @pytest.fixture(autouse=True)
@@ -600,3 +600,32 @@ def test_a_poll_with_nothing_new_reuses_the_last_read_and_new_results_show_at_on
     monkeypatch.setattr(queries, "PER_MOVIE_CACHE_S", 0.0)
     assert 99.5 in detail().series["total_motion_a"].v and len(reads) == 3
     store.engine.dispose()
+
+
+def test_only_a_user_who_may_run_the_sessions_dags_can_ask_it_to_end_and_the_request_is_recorded(
+        results: Results, client: TestClient, tokens: dict[str, str]):
+    sid, url = results.spa.session_id, f"{URL_PREFIX}/api/sessions/{results.spa.session_id}/stop"
+    stop_header = {"X-Cryoem-Request": "stop"}
+    page = client.get(f"{URL_PREFIX}/sessions/{sid}", headers=auth(tokens["runner"])).text
+    assert 'id="end-session"' in page
+    assert 'id="end-session"' not in client.get(f"{URL_PREFIX}/sessions/{sid}", headers=auth(tokens["viewer"])).text
+    assert client.post(url).status_code == 401
+    refused = client.post(url, headers={**auth(tokens["viewer"]), **stop_header})
+    assert refused.status_code == 403 and "permission to run its DAGs (spa_live)" in refused.json()["detail"]
+    tomo = f"{URL_PREFIX}/api/sessions/{results.tomo.session_id}/stop"
+    assert client.post(tomo, headers={**auth(tokens[RESTRICTED]), **stop_header}).status_code == 403
+    assert client.post(url, headers=auth(tokens["runner"])).status_code == 403  # no header: not from the page
+    assert results.store.stop_requested_by(sid) is None
+    try:
+        answer = client.post(url, headers={**auth(tokens["runner"]), **stop_header})
+        assert answer.status_code == 200 and answer.json()["requested"] is True
+        assert results.store.stop_requested_by(sid) == "runner"
+        again = client.post(url, headers={**auth(tokens["runner"]), **stop_header})
+        assert again.status_code == 200 and again.json()["requested"] is False
+        assert results.store.stop_requested_by(results.ended.session_id) is None  # other sessions untouched
+        assert client.post(f"{URL_PREFIX}/api/sessions/999999/stop",
+                           headers={**auth(tokens["runner"]), **stop_header}).status_code == 404
+    finally:  # the module's sessions are shared by the other tests
+        with results.engine.begin() as connection:
+            connection.execute(schema.session.update().where(schema.session.c.session_id == sid)
+                               .values(stop_requested_at=None, stop_requested_by=None))

@@ -13,6 +13,7 @@ from typing import Annotated
 
 from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
 from airflow.api_fastapi.core_api.security import get_user
 from fastapi import Depends, Request
 
@@ -24,6 +25,15 @@ def readable_dag_ids(user: BaseUser, dag_ids: Collection[str]) -> set[str]:
     if not dag_ids:
         return set()
     return get_auth_manager().filter_authorized_dag_ids(dag_ids=set(dag_ids), user=user, method="GET")
+
+
+def may_run_every_dag(user: BaseUser, dag_ids: Collection[str]) -> bool:
+    """Whether the user may trigger runs (POST a DAG run) of every DAG in `dag_ids`: what ending a session
+    from the dashboard asks, as it changes what those DAGs' runs do."""
+    manager = get_auth_manager()
+    return bool(dag_ids) and all(manager.is_authorized_dag(method="POST", access_entity=DagAccessEntity.RUN,
+                                                           details=DagDetails(id=dag_id), user=user)
+                                 for dag_id in dag_ids)
 
 
 def login_url(request: Request) -> str:

@@ -8,10 +8,13 @@ Airflow's api-server mounts it under /cryoem (plugin.py). Routes, all behind Air
                                           counters, plot series, histograms, one page of movies, tilt series
   GET /api/sessions/{id}/movies?...       one page of the movie table alone
   GET /api/sessions/{id}/tilt_series      tilt series with tilt counts, residuals, tomogram images
+  POST /api/sessions/{id}/stop            ask the live session to end now (users who may run all its DAGs;
+                                          header X-Cryoem-Request: stop, which no cross-site form can send)
   GET /api/images/{kind}/{row_id}         an image recorded by a result row (images.py)
   GET /static/{name}                      the pages' script, style sheet and the vendored uPlot
 The results database is the workers' one: the Airflow connection named by CRYOEM_RESULTS_CONN_ID, else
-the SQLite file CRYOEM_RESULTS_SQLITE (demo), read through ResultsHook.get_reader (nothing is written).
+the SQLite file CRYOEM_RESULTS_SQLITE (demo), read through ResultsHook.get_reader; the one write, a stop
+request, goes through ResultsHook.get_writer (no schema change).
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from ..pipeline.session import RESULTS_CONN_ENV
 from ..results import ResultsNotFoundError, ResultsStore, ResultsUnavailableError
 from ..results.engine import SQLITE_ENV
 from . import images, queries
-from .access import CurrentUser, login_url, readable_dag_ids
+from .access import CurrentUser, login_url, may_run_every_dag, readable_dag_ids
 from .plugin import URL_PREFIX
 
 POLL_ENV = "CRYOEM_DASHBOARD_POLL_S"
@@ -46,6 +49,7 @@ STATIC_FILES = {  # name -> media type; nothing else under static/ is served
     "uPlot.iife.min.js": "text/javascript", "uPlot.min.css": "text/css",
 }
 MAX_PAGE = 500
+STOP_HEADER = "X-Cryoem-Request"
 T = TypeVar("T")
 StoreFactory = Callable[[], ResultsStore]
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -54,6 +58,16 @@ templates = Jinja2Templates(directory=HERE / "templates")
 @functools.lru_cache(maxsize=4)
 def _reader(conn_id: str | None, sqlite_path: str | None) -> ResultsStore:
     return ResultsHook(conn_id).get_reader()
+
+
+@functools.lru_cache(maxsize=4)
+def _writer(conn_id: str | None, sqlite_path: str | None) -> ResultsStore:
+    return ResultsHook(conn_id).get_writer()
+
+
+def configured_writer() -> ResultsStore:
+    """The writing store of the configured results database, for stop requests only."""
+    return _writer(os.environ.get(RESULTS_CONN_ENV) or None, os.environ.get(SQLITE_ENV) or None)
 
 
 def configured_store() -> ResultsStore:
@@ -75,8 +89,9 @@ def _check_sort(sort: str) -> str:
     return sort
 
 
-def create_app(store: StoreFactory = configured_store) -> FastAPI:
-    """The dashboard app over the results store that `store()` gives (the configured one by default)."""
+def create_app(store: StoreFactory = configured_store, writer: StoreFactory = configured_writer) -> FastAPI:
+    """The dashboard app over the results store that `store()` gives (the configured one by default);
+    `writer()` records stop requests."""
     app = FastAPI(title="Cryo-EM sessions", docs_url=None, redoc_url=None, openapi_url=None)
 
     def read(reader: Callable[[Connection], T]) -> T:
@@ -125,6 +140,27 @@ def create_app(store: StoreFactory = configured_store) -> FastAPI:
             _visible(connection, user, session_id)
             return queries.session_detail(connection, session_id, offset, limit, sort, order, status)
         return read(reader)
+
+    @app.post("/api/sessions/{session_id}/stop")
+    def stop(request: Request, user: CurrentUser, session_id: int) -> dict[str, object]:
+        """Record a request to end the live session now; its next folder scan ends it (pipeline/watch.py)."""
+        if request.headers.get(STOP_HEADER) != "stop":
+            raise HTTPException(403, f"a stop request needs the header {STOP_HEADER}: stop (sent by the page)")
+        dag_ids = read(lambda connection: (_visible(connection, user, session_id),
+                                           queries.session_dag_ids(connection, session_id))[1])
+        if not may_run_every_dag(user, dag_ids):
+            raise HTTPException(403, f"ending session {session_id} needs permission to run its DAGs "
+                                     f"({', '.join(sorted(dag_ids))})")
+        if read(queries.current_version) < queries.STOP_REQUEST_VERSION:
+            raise HTTPException(409, "the results database has no stop requests yet: the pipeline's next run "
+                                     "upgrades it")
+        try:
+            recorded = writer().request_stop(session_id, user.get_name())
+        except ResultsUnavailableError as exc:
+            raise HTTPException(503, str(exc)) from None
+        return {"session_id": session_id, "requested": recorded,
+                "detail": "the session ends at its next folder scan" if recorded
+                else "a stop was requested before, or the session has ended"}
 
     @app.get("/api/sessions/{session_id}/movies")
     def movies(user: CurrentUser, session_id: int, offset: int = Query(0, ge=0),
@@ -177,8 +213,10 @@ def create_app(store: StoreFactory = configured_store) -> FastAPI:
 
     @app.get("/sessions/{session_id}", response_class=HTMLResponse)
     def session_page(request: Request, user: CurrentUser, session_id: int) -> HTMLResponse:
-        read(lambda connection: _visible(connection, user, session_id))
-        return templates.TemplateResponse(request, "session.html", {**_page_context(request), "session_id": session_id})
+        dag_ids = read(lambda connection: (_visible(connection, user, session_id),
+                                           queries.session_dag_ids(connection, session_id))[1])
+        return templates.TemplateResponse(request, "session.html", {
+            **_page_context(request), "session_id": session_id, "can_stop": may_run_every_dag(user, dag_ids)})
 
     return app
 

@@ -630,6 +630,7 @@ LIMIT_SETTINGS: dict[str, tuple[str | None, str | None]] = {
 }
 DASHBOARD_COLUMNS_VERSION = 6  # results migration that added session.quality_limits and selection_score
 PROCESSED_TOMOGRAMS_VERSION = 7  # ... that added processed_tomogram (denoised, segmented)
+STOP_REQUEST_VERSION = 8  # ... that added session.stop_requested_at/by
 
 
 def session_limits(connection: Connection, session_id: int) -> dict[str, Limit]:

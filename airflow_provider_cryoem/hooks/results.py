@@ -55,6 +55,12 @@ class ResultsHook(BaseHook):
             self._store = store
         return self._store
 
+    def get_writer(self) -> ResultsStore:
+        """A store that writes rows but never creates or upgrades the schema (the dashboard's stop requests:
+        the workers' runs own the migrations)."""
+        engine, label = self._engine_and_label()
+        return ResultsStore(engine, label=label)
+
     def get_reader(self) -> ResultsStore:
         """A store for reading only (the dashboard): no schema is created or upgraded, and its
         transactions take no write lock and refuse to write. A database without the results tables

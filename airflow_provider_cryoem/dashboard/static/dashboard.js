@@ -491,6 +491,21 @@
       }
     }
 
+    // Shown (by the server) only to users who may run the session's DAGs; the server checks again.
+    const endButton = document.getElementById("end-session");
+    if (endButton) {
+      endButton.addEventListener("click", async () => {
+        if (!window.confirm("End this session now? Movies not yet taken will not be processed.")) return;
+        const status = document.getElementById("end-session-status");
+        const response = await fetch(`${api}/sessions/${id}/stop`, {method: "POST", credentials: "same-origin",
+          headers: {Accept: "application/json", "X-Cryoem-Request": "stop"}});
+        let answer = {};
+        try { answer = await response.json(); } catch (ignored) { /* not JSON */ }
+        status.textContent = response.ok ? `Stop requested: ${answer.detail}` : `${response.status}: ${answer.detail}`;
+        endButton.disabled = response.ok;
+      });
+    }
+
     function render(detail) {
       const s = detail.session;
       const summary = detail.summary;
@@ -499,6 +514,8 @@
       const badge = document.getElementById("state");
       badge.textContent = s.state;
       badge.className = `badge ${s.state}`;
+      const endButton = document.getElementById("end-session");
+      if (endButton) endButton.hidden = s.state !== "live";
       const run = document.getElementById("dag-run");
       if (s.latest_run) run.replaceWith(Object.assign(runLink(s.latest_run), {id: "dag-run"}));
       facts(document.getElementById("facts"), [
