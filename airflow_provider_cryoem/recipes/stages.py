@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..tools.membrain import checked_window_px
+
 
 class _StageParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -284,9 +286,7 @@ class SegmentationParams(_StageParams):
     @field_validator("sliding_window_size_px")
     @classmethod
     def _multiple_of_32(cls, value: int) -> int:
-        if value % 32:
-            raise ValueError(f"membrain-seg needs a multiple of 32, not {value}")
-        return value
+        return checked_window_px(value)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,13 @@ from airflow_provider_cryoem.io.errors import ImageFileError
 from airflow_provider_cryoem.io.mrc import read_mrc, read_mrc_pixel_size_a
 
 
+
+def checked_window_px(value: int) -> int:
+    """membrain-seg's U-net halves the sliding window five times, so it must be a multiple of 32."""
+    if value % 32:
+        raise ValueError(f"membrain-seg needs a multiple of 32, not {value}")
+    return value
+
 class MembrainInputs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -41,9 +48,7 @@ class MembrainInputs(BaseModel):
     @field_validator("sliding_window_size_px")
     @classmethod
     def _multiple_of_32(cls, value: int) -> int:
-        if value % 32:
-            raise ValueError(f"membrain-seg needs a multiple of 32, not {value}")
-        return value
+        return checked_window_px(value)
 
 
 def _switch(name: str, on: bool) -> str:
