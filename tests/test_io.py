@@ -332,11 +332,13 @@ def _written(tmp_path: Path, kind: str) -> Path:
     ("tiff", 0.99, "truncated|corrupt"),
     ("tiff", 0.5, "truncated|corrupt"),
     ("tiff", 0.001, "malformed or truncated"),
+    ("tiff", 8, "no readable frame"),  # the header alone: a page table with no page (found by hypothesis)
     ("eer", 0.7, "truncated|corrupt"),
 ])
 def test_truncated_movie_raises_naming_the_file(tmp_path: Path, kind: str, keep: float, problem: str) -> None:
     path = _written(tmp_path, kind)
-    broken = cut(path, max(int(path.stat().st_size * keep), 1))
+    size = keep if keep >= 1 else max(int(path.stat().st_size * keep), 1)  # bytes kept, or a fraction
+    broken = cut(path, int(size))
     with pytest.raises(ImageFileError, match=problem) as error:
         read_movie(broken, eer_grouping=2)
     assert error.value.path == str(broken)

@@ -17,6 +17,8 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 
 def _frame_shape(path: Path, pages: list[tifffile.TiffPage]) -> tuple[int, int]:
     """The common (ny, nx) of all pages; a movie must be a stack of equal grayscale frames."""
+    if not pages:
+        raise ImageFileError(path, "holds no readable frame (a truncated or empty page table)")
     first = pages[0]
     for index, page in enumerate(pages):
         if len(page.shape) != 2:
