@@ -333,6 +333,7 @@ def _written(tmp_path: Path, kind: str) -> Path:
     ("tiff", 0.5, "truncated|corrupt"),
     ("tiff", 0.001, "malformed or truncated"),
     ("tiff", 8, "no readable frame"),  # the header alone: a page table with no page (found by hypothesis)
+    ("tiff", 822, "truncated|corrupt"),  # cut inside the second page's IFD (found by hypothesis)
     ("eer", 0.7, "truncated|corrupt"),
 ])
 def test_truncated_movie_raises_naming_the_file(tmp_path: Path, kind: str, keep: float, problem: str) -> None:

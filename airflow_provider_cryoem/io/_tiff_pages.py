@@ -35,7 +35,10 @@ def open_tiff_pages(path: Path, what: str) -> Iterator[tuple[tifffile.TiffFile, 
         except (tifffile.TiffFileError, ValueError, OSError, struct.error) as exc:
             raise ImageFileError(path, f"malformed or truncated {what} ({exc})") from None
         with tif:
-            pages = list(tif.pages)
+            try:
+                pages = list(tif.pages)
+            except (tifffile.TiffFileError, ValueError, struct.error) as exc:
+                raise ImageFileError(path, f"truncated or corrupt {what} ({exc})") from None
             if collector.messages:
                 raise ImageFileError(path, f"truncated or corrupt {what}: {collector.messages[0]}")
             file_bytes = path.stat().st_size
