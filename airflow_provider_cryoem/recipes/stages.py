@@ -6,8 +6,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..tools.membrain import checked_window_px
 
+
+def checked_window_px(value: int) -> int:
+    """membrain-seg's U-net halves the sliding window five times, so it must be a multiple of 32."""
+    if value % 32:
+        raise ValueError(f"membrain-seg needs a multiple of 32, not {value}")
+    return value
 
 class _StageParams(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -15,16 +15,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from airflow_provider_cryoem.execution.spec import CommandSpec
+from airflow_provider_cryoem.recipes.stages import checked_window_px
 from airflow_provider_cryoem.io.errors import ImageFileError
 from airflow_provider_cryoem.io.mrc import read_mrc, read_mrc_pixel_size_a
 
-
-
-def checked_window_px(value: int) -> int:
-    """membrain-seg's U-net halves the sliding window five times, so it must be a multiple of 32."""
-    if value % 32:
-        raise ValueError(f"membrain-seg needs a multiple of 32, not {value}")
-    return value
 
 class MembrainInputs(BaseModel):
     model_config = ConfigDict(extra="forbid")
