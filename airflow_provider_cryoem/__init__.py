@@ -25,7 +25,8 @@ def get_provider_info() -> dict:
         "package-name": "airflow-provider-cryoem",
         "name": "Cryo-EM",
         "description": "Live and reprocessing cryo-EM pipelines (SPA, tomography) for Apache Airflow. Step "
-                       "operators: " + ", ".join(STEP_OPERATORS) + "; SlurmCommandOperator, NewMoviesSensor.",
+                       "operators: " + ", ".join(STEP_OPERATORS) + "; SlurmCommandOperator, NewMoviesSensor, "
+                       "StartNextRunOperator.",
         "versions": [__version__],
         "integrations": [
             {
@@ -37,6 +38,7 @@ def get_provider_info() -> dict:
         "operators": [
             {"integration-name": "Cryo-EM", "python-modules": ["airflow_provider_cryoem.operators.movie_steps",
                                                            "airflow_provider_cryoem.operators.batch_steps",
+                                                           "airflow_provider_cryoem.operators.session",
                                                            "airflow_provider_cryoem.operators.slurm"]},
         ],
         "sensors": [

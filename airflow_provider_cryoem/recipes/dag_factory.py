@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, TriggerRule, task
 
 from ..operators.batch_steps import BATCH_STEP_OPERATORS, GATHERING_STEP_OPERATORS
 from ..operators.movie_steps import MOVIE_STEP_OPERATORS
+from ..operators.session import StartNextRunOperator
 from ..params import session_params
 from ..sensors.new_movies import NewMoviesSensor
 from .schema import Recipe, RecipeError, StageSpec, load_recipe
@@ -161,23 +161,8 @@ def build_dag(recipe: Recipe) -> DAG:
         list(stage_tasks.values()) >> EmptyOperator(task_id="all_stages_succeeded")
 
         if live:
-            @task.short_circuit(task_id="session_goes_on", ignore_downstream_trigger_rules=False,
-                                **_SESSION_PRIORITY)
-            def session_goes_on(found_movies: dict[str, Any]) -> bool:
-                return not found_movies["session_over"]
-
-            @task(task_id="next_run_conf", **_SESSION_PRIORITY)
-            def next_run_conf(**context: Any) -> dict[str, Any]:
-                return dict(context["params"])
-
-            start_next = TriggerDagRunOperator(
-                task_id="start_next_batch",
-                trigger_dag_id=recipe.name,
-                conf=next_run_conf(),
-                wait_for_completion=False,
-                **_SESSION_PRIORITY,
-            )
-            session_goes_on(found) >> start_next
+            session >> StartNextRunOperator(task_id="start_next_batch", trigger_dag_id=recipe.name,
+                                            sensor_task_id="wait_for_movies", **_SESSION_PRIORITY)
     return dag
 
 
