@@ -60,16 +60,6 @@ def test_spectrum_fit_image_puts_data_left_and_fit_right(tmp_path: Path) -> None
         thumbnails.spectrum_fit_image(noisy, ctf[:100], tmp_path / "bad.png")
 
 
-def test_drift_plot_draws_the_trajectory_with_frame_markers(tmp_path: Path, movie: SimulatedMovie) -> None:
-    picture = np.asarray(opened(thumbnails.drift_plot(movie.truth.shifts_px, tmp_path / "drift.png", size_px=400)))
-    assert picture.shape == (400, 400, 3)
-    trace = np.all(picture == (31, 119, 180), axis=-1)
-    first_frame = np.all(picture == (214, 39, 40), axis=-1)
-    assert trace.sum() > 100 and first_frame.sum() > 4
-    with pytest.raises(ValueError, match="shifts_px"):
-        thumbnails.drift_plot([1.0, 2.0], tmp_path / "bad.png")
-
-
 def test_class_gallery_tiles_every_class_in_a_grid(tmp_path: Path, movie: SimulatedMovie) -> None:
     stack = np.stack([movie.clean_micrograph[i * 60: i * 60 + 64, :64] for i in range(5)] + [np.zeros((64, 64))])
     picture = opened(thumbnails.class_gallery(stack, tmp_path / "classes.png", [f"{i}" for i in range(6)], tile_px=64))

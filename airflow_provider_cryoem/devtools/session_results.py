@@ -23,7 +23,7 @@ from sqlalchemy import insert, select
 from scipy.spatial.transform import Rotation
 
 from ..config import SessionConfig
-from ..engines import thumbnails
+from ..engines import plots, thumbnails
 from ..engines.class_selection import ClassSelectionSettings, score_classes
 from ..io import write_mrc, write_star
 from ..results import ResultsStore, records, schema
@@ -96,7 +96,7 @@ def movie_results(settings: SpaSimulationSettings, rng: np.random.Generator, ste
         "total_motion_a": float(steps.sum()), "early_motion_a": float(steps[:early].sum()),
         "late_motion_a": float(steps[early:].sum()), "average_motion_per_frame_a": float(steps.mean()),
         "micrograph": f"{stem}.mrc",
-        "drift_plot": str(thumbnails.drift_plot(shifts, f"{stem}_drift.png")) if stem else None,
+        "drift_plot": str(plots.drift_plot(shifts, f"{stem}_drift.png")) if stem else None,
         "snapshot": str(thumbnails.micrograph_jpeg(micrograph, f"{stem}.jpeg")) if stem else None}}
     if fail:
         return results

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, Field
 
 
@@ -56,35 +55,13 @@ def subset_sizes(total_particles: int, fractions: Sequence[float] = (0.125, 0.25
 
 
 def bfactor_plot(fit: BFactorFit, path: str | Path, size_px: tuple[int, int] = (480, 360)) -> Path:
-    """PNG of 1/d² against ln N with the fitted line and B in the title."""
-    width, height = size_px
-    margin = 50
+    """PNG of 1/d² against ln N with the fitted line, each point's particle count and resolution, and B in
+    the title (matplotlib, see `plots`)."""
+    from . import plots
+
     ln_n = np.log([p.number_of_particles for p in fit.points])
     inverse_d2 = 1.0 / np.square([p.resolution_a for p in fit.points])
-    x_low, x_high = float(ln_n.min()) - 0.2, float(ln_n.max()) + 0.2
-    line_y = fit.slope_per_a2 * np.array([x_low, x_high]) + fit.intercept_per_a2
-    y_low = float(min(inverse_d2.min(), line_y.min()))
-    y_high = float(max(inverse_d2.max(), line_y.max()))
-    y_pad = 0.1 * (y_high - y_low or abs(y_high) or 1.0)
-    y_low, y_high = y_low - y_pad, y_high + y_pad
-
-    def to_px(x: float, y: float) -> tuple[float, float]:
-        return (margin + (x - x_low) / (x_high - x_low) * (width - 2 * margin),
-                height - margin - (y - y_low) / (y_high - y_low) * (height - 2 * margin))
-
-    picture = Image.new("RGB", size_px, "white")
-    draw = ImageDraw.Draw(picture)
-    font = ImageFont.load_default()
-    draw.rectangle([margin, margin, width - margin, height - margin], outline="black")
-    draw.line([to_px(x_low, line_y[0]), to_px(x_high, line_y[1])], fill="red", width=2)
-    for x, y, point in zip(ln_n, inverse_d2, fit.points):
-        cx, cy = to_px(float(x), float(y))
-        draw.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], fill="blue")
-        draw.text((cx + 6, cy - 12), f"{point.number_of_particles}: {point.resolution_a:.1f} Å", fill="black", font=font)
-    draw.text((margin, 15), f"B = {fit.bfactor_a2:.0f} Å²  (R² = {fit.r_squared:.2f})", fill="black", font=font)
-    draw.text((width / 2 - 20, height - margin + 15), "ln(N particles)", fill="black", font=font)
-    draw.text((5, margin - 15), "1/d² (1/Å²)", fill="black", font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path)
-    return path
+    labels = [f"{p.number_of_particles}: {p.resolution_a:.1f} Å" for p in fit.points]
+    figure = plots.bfactor_figure(ln_n, inverse_d2, labels, (fit.slope_per_a2, fit.intercept_per_a2),
+                                  f"B = {fit.bfactor_a2:.0f} Å²  (R² = {fit.r_squared:.2f})", size_px)
+    return plots.save_png(figure, path)

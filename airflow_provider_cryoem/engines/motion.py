@@ -38,7 +38,8 @@ from .motion_fourier import (
 )
 from .motion_local import LocalFit, extract_patches, fit_local_motion, patch_grid
 from .motion_smooth import smooth_trajectory
-from .motion_stats import drift_plot_path, motion_statistics, write_drift_plot
+from .motion_stats import drift_plot_path, motion_statistics
+from .plots import drift_plot
 from .motion_sum import Exposure, TileLayout, global_sum, local_sum
 
 MIN_PATCH_PX = 48        # patches smaller than this (in the local-alignment grid) hold too little signal
@@ -293,7 +294,7 @@ def run_motion_correction(inputs: MotionCorrectionInputs) -> MotionCorrectionRes
     write_mrc(no_dw, plain, out_pixel_a)
     shifts = np.round(shifts, 4)  # the reported shifts, so the statistics follow them exactly
     stats = motion_statistics(shifts, inputs.pixel_size_a, inputs.dose_per_frame_e_a2, inputs.early_motion_dose_e_a2)
-    plot = write_drift_plot(drift_plot_path(out, inputs.movie_path), shifts * inputs.pixel_size_a)
+    plot = drift_plot(shifts * inputs.pixel_size_a, drift_plot_path(out, inputs.movie_path), size_px=400, unit="Å")
     lap("write_s")
     timings["total_s"] = round(sum(timings.values()), 4)
     return MotionCorrectionResult(

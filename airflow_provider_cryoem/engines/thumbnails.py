@@ -1,4 +1,5 @@
-"""Small JPEG/PNG pictures of each stage's output for the UI and the results store (Pillow only).
+"""Small JPEG/PNG pictures of each stage's output for the UI and the results store, drawn with Pillow
+(images and the CTF fit pictures; plots of data series are in `plots`, drawn with matplotlib).
 
 Arrays are `[y, x]` and drawn with row 0 at the top, as `mrc_to_jpeg` in cryoem-services shows them;
 coordinates are `[x, y]` in the pixels of the array passed in. The file format follows the suffix.
@@ -18,7 +19,6 @@ _BACKGROUND = (255, 255, 255)
 _INK = (0, 0, 0)
 _TRACE = (31, 119, 180)
 _PICK = (0, 230, 0)
-_FIRST_FRAME = (214, 39, 40)
 
 
 def stretch_to_uint8(image: np.ndarray, low_percentile: float = 1.0, high_percentile: float = 99.0) -> np.ndarray:
@@ -325,42 +325,6 @@ def plot_frame(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont | ImageFont.
         draw.line((left - 5, cy, left, cy), fill=_INK)
         draw.text((left - 7, cy), _tick_label(tick, y_step), fill=_INK, font=font, anchor="rm")
     return to_canvas
-
-
-def drift_plot(shifts_px: Sequence[Sequence[float]], path: str | Path, size_px: int = 480,
-               unit: str = "px") -> Path:
-    """Plot the whole-frame trajectory `[[dx, dy], ...]`: a line through per-frame markers, first frame in red.
-
-    Axes are labelled x/y shift in `unit`; y grows upwards as in a plot (not as image rows).
-    """
-    shifts = np.asarray(shifts_px, dtype=np.float64)
-    if shifts.ndim != 2 or shifts.shape[1] != 2 or len(shifts) == 0:
-        raise ValueError(f"shifts_px must be a non-empty list of [dx, dy], got shape {shifts.shape}")
-    picture = Image.new("RGB", (size_px, size_px), _BACKGROUND)
-    draw = ImageDraw.Draw(picture)
-    font = _font(max(10, size_px // 40))
-    left, right, top, bottom = size_px * 0.17, size_px * 0.95, size_px * 0.08, size_px * 0.85
-    (x_low, x_high), (y_low, y_high) = _axis_range(shifts[:, 0]), _axis_range(shifts[:, 1])
-    # Equal scale on both axes so the trajectory's shape is not distorted.
-    span = max(x_high - x_low, y_high - y_low)
-    x_mid, y_mid = 0.5 * (x_low + x_high), 0.5 * (y_low + y_high)
-    x_low, x_high, y_low, y_high = x_mid - span / 2, x_mid + span / 2, y_mid - span / 2, y_mid + span / 2
-    step = _nice_step(span)
-    to_canvas = plot_frame(draw, font, (left, top, right, bottom), (x_low, x_high), (y_low, y_high), (step, step))
-    draw.text(((left + right) / 2, size_px - 4), f"x shift ({unit})", fill=_INK, font=font, anchor="md")
-    y_label = Image.new("RGB", (size_px // 2, font.size + 6), _BACKGROUND)
-    ImageDraw.Draw(y_label).text((size_px // 4, 2), f"y shift ({unit})", fill=_INK, font=font, anchor="mt")
-    y_label = y_label.rotate(90, expand=True)
-    picture.paste(y_label, (4, round((top + bottom) / 2 - y_label.height / 2)))
-
-    points = [to_canvas(x, y) for x, y in shifts]
-    if len(points) > 1:
-        draw.line(points, fill=_TRACE, width=2)
-    marker = max(2, size_px // 160)
-    for index, (cx, cy) in enumerate(points):
-        colour = _FIRST_FRAME if index == 0 else _TRACE
-        draw.ellipse((cx - marker, cy - marker, cx + marker, cy + marker), fill=colour)
-    return _save(picture, path)
 
 
 def class_gallery(stack: np.ndarray, path: str | Path, labels: Sequence[str] | None = None,

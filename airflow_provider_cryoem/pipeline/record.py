@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from ..engines.ctf import ctffind_diagnostic_picture
-from ..engines.thumbnails import drift_plot, micrograph_jpeg, picks_overlay
+from ..engines.plots import drift_plot
+from ..engines.thumbnails import micrograph_jpeg, picks_overlay
 from ..io import read_mrc
 from ..relion_project import CtfValues
 from ..results import ResultsStore
