@@ -69,6 +69,9 @@ class SessionConfig(BaseModel):
                                    gt=0, le=7 * 24 * 3600)
     end_marker: str = _field("END_OF_SESSION", "A file of this name in the watched folder ends the session.",
                              SESSION, min_length=1, max_length=255)
+    ispyb_data_collection_id: int | None = _field(
+        None, "ISPyB data collection the results attach to (an ISPyB results connection only); empty: the one "
+              "whose image directory is the watched folder.", SESSION, ge=1, le=2**31 - 1)
 
     # Microscope
     voltage_kv: float = _field(300.0, "Accelerating voltage (kV).", MICROSCOPE, ge=60, le=400)

@@ -48,7 +48,8 @@ def _open_one(config: SessionConfig, watch_dir: Path, processing: Path, recipe_n
     processing.mkdir(parents=True, exist_ok=True)
     conn_id = results_conn_id()
     store = results_store(conn_id, str(processing))
-    session_id = store.get_or_create_session(config.session_name, str(watch_dir), str(processing))
+    session_id = store.get_or_create_session(config.session_name, str(watch_dir), str(processing),
+                                             data_collection_id=config.ispyb_data_collection_id)
     store.set_quality_limits(session_id, config.quality_limits())
     job_id = store.start_processing_job(session_id, recipe_name, "preprocessing", reprocess=reprocess, run_id=run_id)
     relion_dir = relion_project_dir(processing, run_id, reprocess)

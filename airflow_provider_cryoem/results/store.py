@@ -87,8 +87,10 @@ class ResultsStore:
             return migrations.current_version(connection)
 
     # -- sessions, jobs, files ------------------------------------------------------------------------
-    def get_or_create_session(self, name: str, watch_dir: str | PurePath, processing_dir: str | PurePath) -> int:
-        """The id of the session `name` watching `watch_dir`, created on first use.
+    def get_or_create_session(self, name: str, watch_dir: str | PurePath, processing_dir: str | PurePath,
+                              data_collection_id: int | None = None) -> int:
+        """The id of the session `name` watching `watch_dir`, created on first use (`data_collection_id`, the
+        session's ISPyB data collection, matters only to the ISPyB store).
 
         A session is its name and its watched folder: the runs of one live session find the same id,
         while another folder that reuses the name (the default `demo`, a dated reprocess) gets its own.
