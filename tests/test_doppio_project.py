@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,11 @@ import mrcfile
 import pytest
 import starfile
 from pipeliner.api.manage_project import PipelinerProject
-from pipeliner.job_factory import create_job_from_proc
 from pipeliner.project_graph import ProjectGraph
-from pipeliner.results_display_objects import ResultsDisplayPending
 
 from airflow_provider_cryoem.relion_project import CtfValues, NodeType, OpticsGroup, RelionProject, read_pipeline
 
+from ._doppio import display_problems, processes
 from ._spa_map_session import SETTINGS
 
 # the shared session (about 6 minutes on 2 quiet cores, over 30 on a loaded machine) is set up inside the
@@ -50,27 +50,6 @@ def project(spa_map_session: dict[str, Any], tmp_path_factory: pytest.TempPathFa
     return {"root": root, "final_postprocess": f"{final_map.parent.as_posix()}/"}
 
 
-def _processes(root: Path) -> list:
-    with ProjectGraph(pipeline_dir=root, read_only=True) as graph:
-        return list(graph.process_list)
-
-
-def _displays(root: Path, monkeypatch: pytest.MonkeyPatch, only: set[str] | None = None) -> dict[str, list[str]]:
-    """What doppio shows for each process (or those in `only`): {process: reasons it is pending or failed}
-    (empty: all shown)."""
-    monkeypatch.chdir(root)
-    problems = {}
-    for process in _processes(root):
-        if only is not None and process.name not in only:
-            continue
-        displays = create_job_from_proc(process).save_results_display_files()
-        pending = [f"{d.message}: {d.reason}" for d in displays if isinstance(d, ResultsDisplayPending)
-                   and not _nothing_rejected(root, process.name, d.reason)]
-        if pending or not displays:
-            problems[process.name] = pending or ["no results display"]
-    return problems
-
-
 def _nothing_rejected(root: Path, job: str, reason: str) -> bool:
     """The pipeliner's montage of a class selection's rejected classes is pending when none was rejected
     (as for relion_class_ranker's own jobs): that one is right, if every ranked class was selected."""
@@ -83,13 +62,13 @@ def _nothing_rejected(root: Path, job: str, reason: str) -> bool:
 
 def test_every_job_of_the_session_shows_its_results_in_doppio(project, monkeypatch):
     root = project["root"]
-    processes = _processes(root)
+    processes = processes(root)
     job_folders = {f"{p.parent.name}/{p.name}/" for p in root.glob("*/job[0-9][0-9][0-9]") if not p.is_symlink()}
     assert {p.name for p in processes} == job_folders
     assert {p.type.split(".")[1] for p in processes} >= {
         "import", "motioncorr", "ctffind", "autopick", "extract", "select", "class2d", "initialmodel", "class3d",
         "refine3d", "maskcreate", "postprocess"}
-    assert _displays(root, monkeypatch) == {}
+    assert display_problems(root, monkeypatch, accepted=partial(_nothing_rejected, root)) == {}
 
 
 def test_the_metadata_report_of_the_final_map_covers_every_job_upstream(project, monkeypatch):
@@ -154,7 +133,7 @@ def _keep_reading(root: Path, stop: threading.Event, reads: list[int], errors: l
     """doppio and Relion looking at the project meanwhile: the pipeline by both readers, until `stop`."""
     try:
         while not stop.is_set():
-            pipeliner_names = {p.name for p in _processes(root)}
+            pipeliner_names = {p.name for p in processes(root)}
             ours = {p.name for p in read_pipeline(root, "relion5").processes}
             reads.append(len(pipeliner_names | ours))
     except BaseException as exc:
@@ -193,9 +172,10 @@ def test_a_class3d_made_by_the_pipeliner_runs_with_relion_while_the_session_keep
     assert written and reads
     with ProjectGraph(pipeline_dir=root, read_only=False) as graph:  # doppio's refresh: finished jobs' status
         graph.check_process_completion()
-    final = {p.name: p for p in _processes(root)}
+    final = {p.name: p for p in processes(root)}
     assert final[job.output_dir].status == "Succeeded"
     assert all(name in final for name in written)  # neither writer lost the other's jobs
     assert {p.name for p in read_pipeline(root, "relion5").processes} == set(final)
     # what changed meanwhile still displays: the CTF job with the new micrographs, the jobs made meanwhile
-    assert _displays(root, monkeypatch, only={"CtfFind/job003/", job.output_dir, *written}) == {}
+    assert display_problems(root, monkeypatch, only={"CtfFind/job003/", job.output_dir, *written},
+                            accepted=partial(_nothing_rejected, root)) == {}

@@ -41,12 +41,13 @@ RELION5_LABEL_TYPES = {
     "rlnTomoXTilt": "DOUBLE", "rlnTomoYTilt": "DOUBLE", "rlnTomoZRot": "DOUBLE", "rlnTomoXShiftAngst": "DOUBLE",
     "rlnTomoYShiftAngst": "DOUBLE",
 }
-# Relion 5.0.0 src/pipeline_jobs.h: PROC_*_DIRNAME / PROC_*_LABELNEW and the LABEL_*_TOMOGRAMS node labels.
+# Relion 5.0.0 src/pipeline_jobs.h: PROC_*_DIRNAME and the LABEL_*_TOMOGRAMS node labels; process labels are
+# PROC_*_LABELNEW with ccpem-pipeliner's deeper layer (Relion's get_proc_type drops it).
 EXPECTED_JOBS = {  # process -> (type label, output node, node label)
     "Import/job001/": ("relion.importtomo", "tilt_series.star", "TomogramGroupMetadata.star.relion.tomo.import"),
-    "MotionCorr/job002/": ("relion.motioncorr.own", "corrected_tilt_series.star",
+    "MotionCorr/job002/": ("relion.motioncorr.tomo.own", "corrected_tilt_series.star",
                            "TomogramGroupMetadata.star.relion.tomo.motioncorr"),
-    "CtfFind/job003/": ("relion.ctffind.ctffind4", "tilt_series_ctf.star",
+    "CtfFind/job003/": ("relion.ctffind.tomo.ctffind4", "tilt_series_ctf.star",
                         "TomogramGroupMetadata.star.relion.tomo.ctffind"),
     "ExcludeTiltImages/job004/": ("relion.excludetilts", "selected_tilt_series.star",
                                   "TomogramGroupMetadata.star.relion.tomo.excludeimages"),
@@ -184,6 +185,12 @@ def test_every_job_writes_a_global_table_and_one_table_per_series(project: Relio
     assert (first["rlnDefocusU"], first["rlnCtfAstigmatism"], first["rlnCtfMaxResolution"]) == (40000.0, 500.0, 8.5)
     assert (first["rlnTomoYTilt"], first["rlnTomoZRot"], first["rlnTomoXShiftAngst"]) == (angle + 0.3, 85.4, 12.0)
     assert list(rows["rlnMicrographPreExposure"]) == [d for _, _, d in collected[:len(kept)]]  # acquisition order
+    # ctffind_runner.cpp's gathering of every tilt's fit, one anonymous block without the micrograph name
+    fits = starfile.read(root / "CtfFind/job003/power_spectra_fits.star", always_dict=True)
+    assert list(fits) == [""] and list(fits[""].columns) == CTF
+    assert list(fits[""]["rlnCtfImage"]) == list(starfile.read(
+        root / "CtfFind/job003/tilt_series" / f"{name}.star")["rlnCtfImage"])
+    check_labels_and_types(fits)
 
 
 def test_tomograms_star_lists_each_series_with_its_bin1_size_and_own_copy_of_the_tilts(project: RelionProject):
@@ -223,6 +230,7 @@ def test_a_retried_tilt_replaces_its_row_instead_of_adding_one(project: RelionPr
         assert len(starfile.read(project.root / job / global_file)) == 1, job
     ctf_rows = starfile.read(project.root / "CtfFind/job003/tilt_series" / f"{name}.star")
     assert ctf_rows.set_index("rlnMicrographMovieName").loc[movie, "rlnAccumMotionTotal"] == 42.0
+    assert len(starfile.read(project.root / "CtfFind/job003/power_spectra_fits.star")) == len(collected)
 
 
 def test_a_retried_alignment_replaces_the_series_tilts(project: RelionProject):

@@ -4,13 +4,16 @@ Relion 3.1 identifies process types, node types and statuses by integers (`pipel
 `PROC_*`, `NODE_*`); Relion 4/5 by labels (`relion.motioncorr.own`,
 `MicrographGroupMetadata.star.relion.motioncorr`, `Succeeded`). Both are kept here, side by side.
 
-Tomography jobs exist in Relion 5 only. Their folders, process labels and output node labels are Relion
-5.0's `src/pipeline_jobs.h` (PROC_TOMO_*_DIRNAME / _LABELNEW, LABEL_*_TOMOGRAMS) and `pipeline_jobs.cpp`
-(motion correction and CTF keep `relion.motioncorr.own` / `relion.ctffind.ctffind4` and are tomography jobs
-by `rlnJobIsTomo 1` in job.star). Tilt-series alignment is one Relion process, `relion.aligntiltseries`,
-whose method is a job option (do_aretomo2, do_imod_fiducials, do_imod_patchtrack); we label the variant
-as ccpem-pipeliner and cryoem-services do (`relion.aligntiltseries.aretomo`), which Relion reads as
-`relion.aligntiltseries` (get_proc_type drops the deeper label layers).
+Tomography jobs exist in Relion 5 only. Their folders and output node labels are Relion 5.0's
+`src/pipeline_jobs.h` (PROC_TOMO_*_DIRNAME, LABEL_*_TOMOGRAMS). Process labels carry the variant one layer
+deeper, as ccpem-pipeliner names its job types, because Relion 5 reads a label by dropping its deepest layers
+until it knows it (`get_proc_type`: "remove deepest layers of the process label, from ccpem-pipeliner"),
+while the pipeliner needs the deep label to pick its tomography job class (and so doppio's display):
+motion correction and CTF are `relion.motioncorr.tomo.own` / `relion.ctffind.tomo.ctffind4` (Relion itself
+writes `relion.motioncorr.own` with `rlnJobIsTomo 1`, which the pipeliner 1.6.1 takes for the
+single-particle job and cannot display), tilt-series alignment `relion.aligntiltseries.aretomo` /
+`.imod_fiducial` / `.imod_patchtrack` by method, and `relion.aligntiltseries.cryoem_builtin` for our own
+aligner (a pipeliner job type this package registers: relion_project/pipeliner_jobs.py).
 """
 from __future__ import annotations
 
@@ -77,9 +80,9 @@ JOB_KINDS: dict[str, JobKind] = {kind.name: kind for kind in (
             "Live_icebreaker_summary", "icebreaker.summary", {"fn_exe": "ib_5fig"}),
     # Tomography (Relion 5; the integers are Relion 5's PROC_TOMO_* numbers, MotionCorr and CtfFind shared).
     JobKind("tomo_import", "Import", 50, "relion.importtomo", "Live_tomo_import", "tomo.import", is_tomo=True),
-    JobKind("tomo_motioncorr", "MotionCorr", 1, "relion.motioncorr.own", "Live_tomo_motioncorr",
+    JobKind("tomo_motioncorr", "MotionCorr", 1, "relion.motioncorr.tomo.own", "Live_tomo_motioncorr",
             "tomo.motioncorr", {"do_own_motioncor": "Yes"}, is_tomo=True),
-    JobKind("tomo_ctffind", "CtfFind", 2, "relion.ctffind.ctffind4", "Live_tomo_ctffind", "tomo.ctffind",
+    JobKind("tomo_ctffind", "CtfFind", 2, "relion.ctffind.tomo.ctffind4", "Live_tomo_ctffind", "tomo.ctffind",
             {"use_ctffind4": "Yes"}, is_tomo=True),
     JobKind("exclude_tilts", "ExcludeTiltImages", 57, "relion.excludetilts", "Live_exclude_tilts",
             "tomo.excludeimages", is_tomo=True),
@@ -92,8 +95,9 @@ JOB_KINDS: dict[str, JobKind] = {kind.name: kind for kind in (
     JobKind("aligntiltseries_imod_patchtrack", "AlignTiltSeries", 55, "relion.aligntiltseries.imod_patchtrack",
             "Live_imod_patchtrack", "tomo.aligntiltseries",
             {"do_aretomo2": "No", "do_imod_fiducials": "No", "do_imod_patchtrack": "Yes"}, is_tomo=True),
-    # Our built-in aligner: Relion's own process label, no external program chosen.
-    JobKind("aligntiltseries_builtin", "AlignTiltSeries", 55, "relion.aligntiltseries", "Live_builtin_align",
+    # Our built-in aligner: no external program chosen; Relion reads it as relion.aligntiltseries.
+    JobKind("aligntiltseries_builtin", "AlignTiltSeries", 55, "relion.aligntiltseries.cryoem_builtin",
+            "Live_builtin_align",
             "tomo.aligntiltseries", {"do_aretomo2": "No", "do_imod_fiducials": "No", "do_imod_patchtrack": "No"},
             is_tomo=True),
     JobKind("tomograms", "Tomograms", 56, "relion.reconstructtomograms", "Live_tomograms", "tomo.reconstruct",

@@ -551,6 +551,7 @@ class RelionProject:
             row = tomo_files.upstream_row(upstream, name, self.relative(movie_path))
             tomo_files.upsert_tilt(job.path, job.name, tomo_files.CTFFIND, name, {**row, **added},
                                    self._tomo_optics())
+            tomo_files.upsert_power_spectrum(job.path, added)
 
     def select_tilts(self, series: str, movie_paths: Sequence[str | Path]) -> None:
         """Keep these tilts of a complete series (ExcludeTiltImages' selected_tilt_series.star); the

@@ -64,6 +64,12 @@ MOTIONCORR_TILT = IMPORT_TILT + ("rlnMicrographName", "rlnAccumMotionTotal", "rl
 # ctffind_runner.cpp, in its order.
 CTF_TILT = MOTIONCORR_TILT + ("rlnCtfImage", "rlnDefocusU", "rlnDefocusV", "rlnCtfAstigmatism", "rlnDefocusAngle",
                               "rlnCtfFigureOfMerit", "rlnCtfMaxResolution")
+# ctffind_runner.cpp also gathers every tilt's fit into one anonymous block, power_spectra_fits.star, "for
+# visualisation of Thon ring fits" (the micrograph name deactivated); ccpem-pipeliner's tomography CtfFind
+# display reads its defocus and astigmatism from there.
+POWER_SPECTRA_FILE = "power_spectra_fits.star"
+POWER_SPECTRA_COLUMNS = ("rlnCtfImage", "rlnDefocusU", "rlnDefocusV", "rlnCtfAstigmatism", "rlnDefocusAngle",
+                         "rlnCtfFigureOfMerit", "rlnCtfMaxResolution")
 # align_tilt_series/{aretomo,imod}/align_tilt_series.py.
 ALIGNED_TILT = CTF_TILT + ("rlnTomoXTilt", "rlnTomoYTilt", "rlnTomoZRot", "rlnTomoXShiftAngst", "rlnTomoYShiftAngst")
 
@@ -167,6 +173,13 @@ def upsert_tilt(job_dir: Path, job_name: str, table: TomoTable, name: str, value
     upsert_rows(path, loop_header(name, table.tilt_columns, VERSION), name, table.tilt_columns,
                 MOVIE_COLUMN, str(values[MOVIE_COLUMN]), [[values[column] for column in table.tilt_columns]])
     upsert_series(job_dir, job_name, table, name, optics)
+
+
+def upsert_power_spectrum(job_dir: Path, values: Mapping[str, Value]) -> None:
+    """Write one tilt's fit into the CtfFind job's power_spectra_fits.star (a retried tilt replaces its row)."""
+    upsert_rows(job_dir / POWER_SPECTRA_FILE, loop_header("", POWER_SPECTRA_COLUMNS, VERSION), "",
+                POWER_SPECTRA_COLUMNS, "rlnCtfImage", str(values["rlnCtfImage"]),
+                [[values[column] for column in POWER_SPECTRA_COLUMNS]])
 
 
 def replace_series(job_dir: Path, job_name: str, table: TomoTable, name: str, rows: Sequence[Mapping[str, Value]],
