@@ -1,7 +1,10 @@
 """The dashboard in a real browser: Debian's Chromium, headless, driven by selenium, against the real Airflow
 api-server (which mounts the plugin found through the package's entry point), logged in through the simple
 auth manager's own login page. The numbers shown must be the results database's, and a page must update
-by itself when the pipeline records a new movie.
+by itself when the pipeline records a new movie. The same server shows Airflow's own Trigger form for
+spa_live (the DAGs are serialized into its metadata database first), which must show every session setting
+with its label, unit, default and bounds and refuse values beyond them; an admin's *End session now* click
+must record the stop request with the admin's name.
 
 Set CRYOEM_DASHBOARD_SCREENSHOTS=<folder> to keep screenshots of the pages (docs/ holds the README's).
 """
@@ -13,12 +16,14 @@ import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
+from airflow_provider_cryoem.config import QUALITY_LIMIT_FIELDS, parse_session_config
 from airflow_provider_cryoem.dashboard.queries import METRICS
 from airflow_provider_cryoem.devtools.local_airflow import AirflowStack
 from airflow_provider_cryoem.devtools.session_results import (
@@ -29,6 +34,8 @@ from airflow_provider_cryoem.devtools.session_results import (
     record_session,
     record_tilt_series,
 )
+from airflow_provider_cryoem.params import form_title, session_params
+from airflow_provider_cryoem.recipes.schema import load_recipe
 from airflow_provider_cryoem.results import ResultsStore, sqlite_engine
 from airflow_provider_cryoem.simulate import SpaSimulationSettings
 
@@ -38,6 +45,8 @@ pytestmark = [pytest.mark.integration,
                                  reason="needs Debian's chromium and chromium-driver (scripts/install_system_deps.sh)")]
 
 USER, PASSWORD = "viewer", "viewer-password"
+ADMIN, ADMIN_PASSWORD = "admin", "admin-password"
+TOMO_RECIPE = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "tomo_live.yaml")
 WAIT_S = 60  # generous: the machine may be shared; a wait ends as soon as the page is right
 
 
@@ -67,18 +76,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                            end_reason="idle for 600 s")
     particles = record_particle_results(store, spa)
     tomo = record_session(store, "visit-tomo", data, SpaSimulationSettings(n_movies=6, seed=9), recipe="tomo_live",
-                          images_for=0)
+                          images_for=0, config=parse_session_config(TOMO_RECIPE.session_defaults))
     record_tilt_series(store, tomo)
     home = tmp / "airflow"
     home.mkdir()
-    (home / "passwords.json").write_text(json.dumps({USER: PASSWORD, "admin": "admin-password"}))
+    (home / "passwords.json").write_text(json.dumps({USER: PASSWORD, ADMIN: ADMIN_PASSWORD}))
     stack = AirflowStack(home, f"sqlite:///{home / 'airflow.db'}", extra_env={
         "CRYOEM_RESULTS_SQLITE": str(database), "CRYOEM_DATA_ROOTS": str(data), "CRYOEM_DASHBOARD_POLL_S": "1"},
         settings={"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-                  "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:viewer,admin:admin",
+                  "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:viewer,{ADMIN}:admin",
                   "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json")})
     try:
         stack.start(components=("api-server",))
+        stack.cli("dags", "reserialize", timeout_s=300)  # the DAGs in the metadata database, for the Trigger form
         yield Server(base=f"http://127.0.0.1:{stack.api_port}", store=store, spa=spa, ended=ended, tomo=tomo,
                      particles=particles)
     finally:
@@ -86,9 +96,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         store.engine.dispose()
 
 
-@pytest.fixture(scope="module")
-def browser(server: Server) -> Iterator[object]:
-    """Headless Chromium, logged in through Airflow's login page (which sets the `_token` cookie)."""
+@contextmanager
+def logged_in_chromium(server: Server, user: str, password: str) -> Iterator[object]:
+    """Headless Chromium, logged in as `user` through Airflow's login page (which sets the `_token` cookie)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -103,8 +113,8 @@ def browser(server: Server) -> Iterator[object]:
         for _ in range(3):
             driver.get(f"{server.base}/auth/login?next={server.base}/cryoem/")
             wait(driver).until(lambda d: d.find_elements(By.NAME, "username"))
-            driver.find_element(By.NAME, "username").send_keys(USER)
-            driver.find_element(By.NAME, "password").send_keys(PASSWORD)
+            driver.find_element(By.NAME, "username").send_keys(user)
+            driver.find_element(By.NAME, "password").send_keys(password)
             driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
             wait(driver).until(lambda d: d.current_url.rstrip("/").endswith("/cryoem"))
             # The login page sets the `_token` cookie from its script and then goes to `next`; on the loaded
@@ -119,6 +129,20 @@ def browser(server: Server) -> Iterator[object]:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="module")
+def browser(server: Server) -> Iterator[object]:
+    """Logged in as a viewer: may read every DAG, trigger none."""
+    with logged_in_chromium(server, USER, PASSWORD) as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def admin_browser(server: Server) -> Iterator[object]:
+    """Logged in as an admin: may trigger DAGs (Airflow's Trigger form, the dashboard's End session now)."""
+    with logged_in_chromium(server, ADMIN, ADMIN_PASSWORD) as driver:
+        yield driver
 
 
 def wait(driver: object, timeout_s: float = WAIT_S):  # noqa: ANN201
@@ -203,19 +227,24 @@ def red_along(driver: object, holder_id: str, line: dict, samples: int = 9) -> i
         return red;""", driver.find_element(By.ID, holder_id), line, samples)
 
 
+def api_json(server: Server, path: str, user: str = USER, password: str = PASSWORD) -> dict:
+    """GET one of Airflow's REST API answers with a token of `user`'s."""
+    login = urllib.request.Request(f"{server.base}/auth/token", data=json.dumps(
+        {"username": user, "password": password}).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(login, timeout=10) as answer:
+        token = json.load(answer)["access_token"]
+    request = urllib.request.Request(server.base + path, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.load(answer)
+
+
 def test_the_real_api_server_refuses_requests_without_a_login_and_lists_the_plugin(server: Server):
     for url in ("/cryoem/api/sessions", f"/cryoem/api/sessions/{server.spa.session_id}", "/cryoem/",
                 f"/cryoem/api/images/micrograph/{server.spa.movies[0]}"):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(server.base + url, timeout=10)
         assert refused.value.code == 401, url
-    login = urllib.request.Request(f"{server.base}/auth/token", data=json.dumps(
-        {"username": USER, "password": PASSWORD}).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(login, timeout=10) as answer:
-        token = json.load(answer)["access_token"]
-    plugins = urllib.request.Request(f"{server.base}/api/v2/plugins", headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(plugins, timeout=10) as answer:
-        ours = next(p for p in json.load(answer)["plugins"] if p["name"] == "cryoem_dashboard")
+    ours = next(p for p in api_json(server, "/api/v2/plugins")["plugins"] if p["name"] == "cryoem_dashboard")
     assert ours["fastapi_apps"][0]["url_prefix"] == "/cryoem" and ours["external_views"][0]["url_route"] == "cryoem"
 
 
@@ -224,7 +253,7 @@ def test_sessions_page_shows_the_databases_numbers_also_inside_airflows_ui(serve
 
     browser.get(f"{server.base}/cryoem/")
     rows = wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sessions tbody tr[data-session-id]"))
-    assert len(rows) == 3
+    assert len(rows) == db(server, "SELECT count(*) FROM session")[0][0]
     screenshot(browser, "dashboard-sessions.png")
     for simulated in (server.spa, server.ended):
         sid = simulated.session_id
@@ -247,7 +276,7 @@ def test_sessions_page_shows_the_databases_numbers_also_inside_airflows_ui(serve
     frame = wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "iframe[title='Cryo-EM sessions']"))[0]
     browser.switch_to.frame(frame)
     try:
-        assert len(wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sessions tbody tr"))) == 3
+        assert len(wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sessions tbody tr"))) == len(rows)
     finally:
         browser.switch_to.default_content()
     screenshot(browser, "dashboard-in-airflow.png")
@@ -410,3 +439,179 @@ def test_the_tomography_session_page_shows_series_residuals_and_central_slice(se
                                                         image))
     assert browser.find_element(By.ID, "classes2d-section").get_attribute("hidden") is not None
     screenshot(browser, "dashboard-tomography.png", browser.find_element(By.ID, "tomography"))
+
+    # The single-particle quality limits do not apply to tilts: tomo_live's form sets none, the page draws none.
+    recorded = json.loads(db(server, "SELECT quality_limits FROM session WHERE session_id = :s", s=sid)[0][0])
+    assert set(recorded) == set(QUALITY_LIMIT_FIELDS) and not any(recorded.values())
+    wait(browser).until(lambda d: d.find_element(By.ID, "plot-ctf_resolution").get_attribute("data-points")
+                        == str(movies_with(server, "ctf", sid)))
+    assert all(drawn_lines(browser, f"plot-{chart}") == [] for chart in ("motion", "defocus", "astigmatism",
+                                                                         "ctf_resolution"))
+    assert browser.find_element(By.ID, "limits-section").get_attribute("hidden") is not None
+
+
+def test_a_thumbnail_opens_enlarged_on_click_and_closes_again(server: Server, browser: object):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(f"{server.base}/cryoem/sessions/{server.spa.session_id}")
+    thumb = wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, '#newest-thumbs figure[data-kind="ctf_fit"] img'))[0]
+    natural_px = wait(browser).until(lambda d: d.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth", thumb))
+    assert thumb.size["width"] <= 256 + 2 < natural_px  # shown (in a 1 px border) smaller than the image is
+    thumb.click()
+    lightbox = browser.find_element(By.ID, "lightbox")
+    wait(browser).until(lambda d: lightbox.is_displayed())
+    enlarged = lightbox.find_element(By.TAG_NAME, "img")
+    assert enlarged.get_attribute("src") == thumb.get_attribute("src")
+    wait(browser).until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", enlarged))
+    assert enlarged.size["width"] == natural_px  # at its own size: the window (1400 px) is wider
+    assert lightbox.find_element(By.TAG_NAME, "a").get_attribute("href") == thumb.get_attribute("src")
+    screenshot(browser, "dashboard-enlarged-thumbnail.png")
+    ActionChains(browser).send_keys(Keys.ESCAPE).perform()  # to the open dialog, which has the focus
+    wait(browser).until(lambda d: not lightbox.is_displayed())
+    thumb.click()
+    wait(browser).until(lambda d: lightbox.is_displayed())
+    enlarged.click()  # a click on the enlarged image closes it too
+    wait(browser).until(lambda d: not lightbox.is_displayed())
+
+
+# The fields of one section of Airflow's trigger form as the browser shows them: each `element_<param>` input
+# (a hidden one for a select), its label, help text, value and the bounds the form gave its input.
+_FORM_FIELDS_JS = """
+const region = document.querySelector(`[data-testid="config-form"] [id$=":content:${arguments[0]}"]`);
+const fields = {};
+for (const input of region.querySelectorAll('[name^="element_"]')) {
+  const group = input.closest('[role="group"]');
+  const help = group.querySelector('[data-part="helper-text"]');
+  fields[input.name.slice("element_".length)] = {
+    type: input.type, value: input.value, checked: input.checked, shown: group.getBoundingClientRect().height > 0,
+    label: group.querySelector("label").textContent, help: help ? help.textContent : null,
+    minimum: input.getAttribute("aria-valuemin"), maximum: input.getAttribute("aria-valuemax"),
+    minLength: input.getAttribute("minlength"), maxLength: input.getAttribute("maxlength")};
+}
+return fields;"""
+
+
+def open_form_section(driver: object, section: str) -> None:
+    """Open one section of the trigger form (an accordion: opening one closes the others)."""
+    from selenium.webdriver.common.by import By
+
+    from selenium.common.exceptions import ElementClickInterceptedException
+
+    button = driver.find_element(By.CSS_SELECTOR, f'[data-testid="config-form"] [id$=":trigger:{section}"]')
+
+    def opened(_: object) -> bool:
+        if button.get_attribute("aria-expanded") == "true":
+            return True
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+        try:
+            button.click()
+        except ElementClickInterceptedException:  # the section closing slides the others for a moment
+            pass
+        return False
+
+    wait(driver).until(opened)
+    wait(driver).until(lambda d: d.execute_script(_FORM_FIELDS_JS, section) and all(
+        one["shown"] for one in d.execute_script(_FORM_FIELDS_JS, section).values()))
+
+
+def replace_value(driver: object, name: str, value: str) -> None:
+    """Type `value` over a form field's value, then leave the field (when the form checks it)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    field = driver.find_element(By.NAME, f"element_{name}")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", field)
+    field.click()
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys(value)
+    field.send_keys(Keys.TAB)
+
+
+def test_airflows_trigger_form_shows_every_session_setting_with_label_unit_default_and_bounds(
+        server: Server, admin_browser: object):
+    from selenium.webdriver.common.by import By
+
+    driver = admin_browser
+    params = api_json(server, "/api/v2/dags/spa_live/details", ADMIN, ADMIN_PASSWORD)["params"]
+    assert set(params) == set(session_params())  # every session setting is a param of the DAG
+    driver.get(f"{server.base}/dags/spa_live")
+    wait(driver).until(lambda d: d.find_elements(By.CSS_SELECTOR, '[data-testid="trigger-dag-button"]'))[0].click()
+    form = wait(driver).until(lambda d: d.find_elements(By.CSS_SELECTOR, '[data-testid="config-form"]'))[0]
+    sections = list(dict.fromkeys(param["schema"]["section"] for param in params.values()))
+    shown_sections = [item.get_attribute("id").split(":item:")[-1]
+                      for item in form.find_elements(By.CSS_SELECTOR, ':scope > [data-part="item"]')]
+    assert shown_sections == [*sections, "advancedOptions"]
+    bounds_checked = 0
+    labels = {}
+    for section in sections:
+        open_form_section(driver, section)
+        fields = driver.execute_script(_FORM_FIELDS_JS, section)
+        assert set(fields) == {name for name, param in params.items() if param["schema"]["section"] == section}
+        for name, shown in fields.items():
+            schema, default = params[name]["schema"], params[name]["value"]
+            labels[name] = shown["label"].strip().removesuffix("*").strip()  # required fields are starred
+            assert labels[name] == schema["title"] == form_title(name), name
+            assert shown["help"] == params[name]["description"], name
+            if schema["type"] == "boolean":
+                assert shown["checked"] == default, name
+            elif "enum" in schema:  # a select: its chosen option lives in a hidden input
+                assert shown["type"] == "hidden" and shown["value"] == str(default), name
+            elif default is None or isinstance(default, str):
+                assert shown["value"] == (default or ""), name
+            else:
+                assert float(shown["value"]) == default, name
+            for key in ("minimum", "maximum", "minLength", "maxLength"):
+                if key in schema:
+                    assert float(shown[key]) == schema[key], (name, key)
+                    bounds_checked += 1
+    assert bounds_checked == sum(key in param["schema"] for param in params.values()
+                                 for key in ("minimum", "maximum", "minLength", "maxLength")) > 60
+    assert (labels["pixel_size_a"], labels["dose_per_frame_e_a2"], labels["tilt_axis_deg"],
+            labels["idle_timeout_s"]) == ("Pixel size (Å)", "Dose per frame (e⁻/Å²)", "Tilt axis (°)", "Idle timeout (s)")
+    screenshot(driver, "trigger-form-spa_live.png")
+
+    # Out of bounds: above a maximum the form puts the maximum back when the field is left; below an
+    # exclusive minimum (which the number field cannot hold) the Trigger button is answered with the
+    # param's error in the form and no run is created.
+    open_form_section(driver, "Microscope")
+    voltage_max = params["voltage_kv"]["schema"]["maximum"]
+    replace_value(driver, "voltage_kv", str(voltage_max * 10))
+    wait(driver).until(lambda d: float(d.find_element(By.NAME, "element_voltage_kv").get_attribute("value"))
+                       == voltage_max)
+    open_form_section(driver, "Paths")
+    for name in ("watch_dir", "processing_dir"):
+        driver.find_element(By.NAME, f"element_{name}").send_keys(f"/data/visit/{name}")
+    open_form_section(driver, "Acquisition")
+    assert params["pixel_size_a"]["schema"]["exclusiveMinimum"] > 0
+    replace_value(driver, "pixel_size_a", "0")
+    driver.find_element(By.CSS_SELECTOR, '[data-testid="trigger-dag-submit"]').click()
+    wait(driver).until(lambda d: "Invalid input for param pixel_size_a" in d.find_element(By.TAG_NAME, "body").text)
+    assert api_json(server, "/api/v2/dags/spa_live/dagRuns", ADMIN, ADMIN_PASSWORD)["total_entries"] == 0
+
+
+def test_end_session_now_records_the_stop_request_with_who_asked(server: Server, browser: object,
+                                                                  admin_browser: object):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+
+    stopping = record_session(server.store, "visit-stop", server.spa.watch_dir.parents[1],
+                              SpaSimulationSettings(n_movies=2, seed=11), images_for=0)
+    page = f"{server.base}/cryoem/sessions/{stopping.session_id}"
+    browser.get(page)  # a viewer may not run the session's DAG: no button
+    wait(browser).until(lambda d: field(d, "#state") == "live")
+    assert browser.find_elements(By.ID, "end-session") == []
+
+    admin_browser.get(page)
+    button = wait(admin_browser).until(lambda d: [b for b in d.find_elements(By.ID, "end-session") if b.is_displayed()])[0]
+    assert db(server, "SELECT stop_requested_by FROM session WHERE session_id = :s", s=stopping.session_id) == [(None,)]
+    button.click()
+    wait(admin_browser).until(expected_conditions.alert_is_present()).accept()  # "End this session now?"
+    wait(admin_browser).until(lambda d: field(d, "#end-session-status").startswith("Stop requested"))
+    (asked_by, asked_at), = db(server, "SELECT stop_requested_by, stop_requested_at FROM session WHERE session_id = :s",
+                               s=stopping.session_id)
+    assert asked_by == ADMIN and asked_at is not None
+    assert not admin_browser.find_element(By.ID, "end-session").is_enabled()
+    assert db(server, "SELECT count(*) FROM session WHERE stop_requested_by IS NOT NULL")[0][0] == 1

@@ -250,8 +250,29 @@
     const ids = movie ? idOf(movie) : {};
     renderIfChanged(container, ids, () => kinds.filter(([kind]) => ids[kind] !== undefined).map(([kind, label]) =>
       el("figure", {"data-kind": kind},
-        el("img", {src: `${api}/images/${kind}/${ids[kind]}`, alt: label, loading: "lazy"}),
+        el("img", {src: `${api}/images/${kind}/${ids[kind]}`, alt: label, loading: "lazy", title: "Click to enlarge"}),
         el("figcaption", {}, label))));
+  }
+  // A thumbnail shown at 256 px is too small to read a CTF fit or a drift plot: a click opens the image at
+  // its own size (at most the window's) in a modal dialog; a click on it or Escape closes it.
+  function enlargeOnClick() {
+    const image = el("img", {alt: ""});
+    const caption = el("figcaption", {});
+    const full = el("a", {target: "_blank", rel: "noopener"}, "open the image alone");
+    const lightbox = el("dialog", {id: "lightbox"}, el("figure", {}, image, el("figcaption", {}, caption, " · ", full)));
+    document.body.append(lightbox);
+    document.addEventListener("click", (event) => {
+      const thumb = event.target.closest(".thumbs img");
+      if (thumb) {
+        image.src = thumb.src;
+        image.alt = thumb.alt;
+        full.href = thumb.src;
+        caption.textContent = thumb.alt;
+        lightbox.showModal();
+      } else if (event.target.closest("#lightbox") && !event.target.closest("#lightbox a")) {
+        lightbox.close();
+      }
+    });
   }
   function facts(dl, pairs) {
     renderIfChanged(dl, pairs, () => pairs.flatMap(([field, label, value]) =>
@@ -260,6 +281,7 @@
 
   function sessionPage() {
     const id = body.dataset.sessionId;
+    enlargeOnClick();
     const state = {offset: 0, limit: 50, sort: "movie_number", order: "desc", status: "all", selected: null,
       series: null};
     const charts = {};
