@@ -87,8 +87,27 @@ def test_drift_plot_draws_the_trajectory_with_the_first_frame_marked(tmp_path: P
         plots.drift_plot([1.0, 2.0], tmp_path / "bad.png")
 
 
+def test_alignment_plot_marks_excluded_tilts_and_labels_its_axes_in_degrees_and_pixels() -> None:
+    angles = np.arange(-60.0, 61.0, 3.0)
+    rng = np.random.default_rng(4)
+    shifts = rng.normal(0, 5, (angles.size, 2))
+    residuals = np.abs(rng.normal(1, 0.3, angles.size))
+    residuals[5] = np.nan  # not measured (a used tilt)
+    excluded = np.abs(angles) > 55
+    figure = plots.alignment_figure(angles, shifts, residuals, excluded)
+    pixels, messages = _rendered(figure)
+    axes = figure.axes[0]
+    assert not [m for m in messages if "missing from" in m]
+    assert axes.get_xlabel() == "tilt angle (°)" and "(px)" in axes.get_ylabel()
+    assert axes.get_title() == f"alignment: {int(excluded.sum())} tilts excluded (grey)"
+    dx, dy, residual = (line for line in axes.get_lines() if line.get_label() in ("dx", "dy", "residual"))
+    assert len(dx.get_xdata()) == (~excluded).sum() and len(residual.get_xdata()) == (~excluded).sum() - 1
+    assert _inked(pixels, axes.xaxis.label) and _inked(pixels, axes.yaxis.label)
+    assert len([t for t in axes.get_xticklabels() if t.get_text() and _inked(pixels, t)]) >= 3
+
+
 def test_importing_the_plot_modules_does_not_import_matplotlib() -> None:
     code = ("import sys; import airflow_provider_cryoem.engines.plots, airflow_provider_cryoem.engines.bfactor, "
-            "airflow_provider_cryoem.engines.motion; print('matplotlib' in sys.modules)")
+            "airflow_provider_cryoem.engines.motion, airflow_provider_cryoem.engines.tomo_images; print('matplotlib' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True
                           ).stdout.strip() == "False"

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
+from . import plots
+
 
 class BFactorPoint(BaseModel):
     number_of_particles: int = Field(ge=1)
@@ -57,8 +59,6 @@ def subset_sizes(total_particles: int, fractions: Sequence[float] = (0.125, 0.25
 def bfactor_plot(fit: BFactorFit, path: str | Path, size_px: tuple[int, int] = (480, 360)) -> Path:
     """PNG of 1/d² against ln N with the fitted line, each point's particle count and resolution, and B in
     the title (matplotlib, see `plots`)."""
-    from . import plots
-
     ln_n = np.log([p.number_of_particles for p in fit.points])
     inverse_d2 = 1.0 / np.square([p.resolution_a for p in fit.points])
     labels = [f"{p.number_of_particles}: {p.resolution_a:.1f} Å" for p in fit.points]

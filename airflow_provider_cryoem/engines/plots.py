@@ -95,3 +95,30 @@ def bfactor_figure(ln_particles: np.ndarray, inverse_d2_per_a2: np.ndarray, labe
     axes.grid(True, color="0.9")
     figure.tight_layout()
     return figure
+
+
+# Tilt-series alignment: one colour per series, as matplotlib's default cycle gives them.
+_ALIGNMENT_SERIES = (("dx", "#1f77b4"), ("dy", "#ff7f0e"), ("residual", "#2ca02c"))
+
+
+def alignment_figure(tilt_angles_deg: np.ndarray, shifts_px: np.ndarray, residuals_px: np.ndarray,
+                     excluded: np.ndarray, size_px: tuple[int, int] = (560, 392)) -> Figure:
+    """Shift dx, dy and residual (px) of each used tilt against its tilt angle (°); `residuals_px` NaN where
+    not measured; excluded tilts as grey ticks along the bottom."""
+    figure = new_figure(size_px)
+    axes = figure.add_subplot()
+    used = ~excluded
+    for (name, colour), values in zip(_ALIGNMENT_SERIES, (shifts_px[:, 0], shifts_px[:, 1], residuals_px)):
+        shown = used & np.isfinite(values)
+        axes.plot(tilt_angles_deg[shown], values[shown], "-o", color=colour, linewidth=1.5, markersize=4, label=name)
+    axes.axhline(0.0, color="0.6", linewidth=0.8)
+    for angle in tilt_angles_deg[excluded]:
+        axes.axvline(angle, ymax=0.06, color="0.6", linewidth=2)
+    axes.set_xlabel("tilt angle (°)")
+    axes.set_ylabel("shift, residual (px)")
+    title = "alignment" + (f": {int(excluded.sum())} tilts excluded (grey)" if excluded.any() else "")
+    axes.set_title(title, fontsize="medium")
+    axes.legend(loc="best", fontsize="small", ncols=3)
+    axes.grid(True, color="0.9")
+    figure.tight_layout()
+    return figure

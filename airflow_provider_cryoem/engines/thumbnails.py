@@ -292,12 +292,6 @@ def _nice_step(span: float, target_ticks: int = 6) -> float:
     return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
 
 
-def _axis_range(values: np.ndarray) -> tuple[float, float]:
-    low, high = float(values.min()), float(values.max())
-    pad = max(0.5, 0.08 * (high - low))
-    return low - pad, high + pad
-
-
 def _tick_label(value: float, step: float) -> str:
     decimals = max(0, -math.floor(math.log10(step))) if step < 1 else 0
     return f"{value:.{decimals}f}"

@@ -1,6 +1,7 @@
 """Pictures of one tilt series for the UI and the results store: a montage and a short movie of the tilts,
-the alignment plot, and three views of the tomogram. Pillow only, over the helpers of engines/thumbnails.py
-(contrast stretch, binning, atomic writes, axes ticks), so tilt series look like the rest of the session.
+the alignment plot, and three views of the tomogram. Images with Pillow, over the helpers of
+engines/thumbnails.py (contrast stretch, binning, atomic writes), so tilt series look like the rest of the
+session; the alignment plot with matplotlib (engines/plots.py) as the other plots.
 """
 from __future__ import annotations
 
@@ -11,23 +12,16 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..io._atomic import atomic_path
+from .plots import alignment_figure, save_png
 from .thumbnails import (
-    _BACKGROUND,
-    _INK,
-    _axis_range,
     _font,
-    _nice_step,
-    _save,
     bin_to_fit,
     class_gallery,
     micrograph_image,
     micrograph_jpeg,
-    plot_frame,
     side_by_side,
 )
 
-_SERIES = {"dx": (31, 119, 180), "dy": (255, 127, 14), "residual": (44, 160, 44)}
-_EXCLUDED = (150, 150, 150)
 _MEMBRANE = np.array([255, 60, 40], dtype=np.float32)  # segmentation overlay colour
 _MEMBRANE_OPACITY = 0.55
 _SLAB_Z = 16  # slices summed at once for a projection of a memory-mapped volume
@@ -86,39 +80,7 @@ def alignment_plot(tilt_angles_deg: Sequence[float], shifts_px: Sequence[Sequenc
         raise ValueError(f"{angles.size} angles, {shifts.shape[0]} shifts and {residuals.size} residuals: "
                          f"need one of each per tilt")
     skipped = np.zeros(angles.size, bool) if excluded is None else np.asarray(excluded, dtype=bool)
-    used = ~skipped
-    series = {"dx": shifts[:, 0], "dy": shifts[:, 1], "residual": residuals}
-    values = np.concatenate([v[used & np.isfinite(v)] for v in series.values()] + [np.zeros(1)])
-    (x_low, x_high), (y_low, y_high) = _axis_range(angles), _axis_range(values)
-
-    width, height = size_px, round(size_px * 0.7)
-    picture = Image.new("RGB", (width, height), _BACKGROUND)
-    draw = ImageDraw.Draw(picture)
-    font = _font(max(10, size_px // 45))
-    left, right, top, bottom = width * 0.12, width * 0.97, height * 0.12, height * 0.86
-    to_canvas = plot_frame(draw, font, (left, top, right, bottom), (x_low, x_high), (y_low, y_high),
-                           (_nice_step(x_high - x_low), _nice_step(y_high - y_low)))
-    draw.text(((left + right) / 2, height - 4), "tilt angle (°)", fill=_INK, font=font, anchor="md")
-    draw.text((4, top / 2), "px", fill=_INK, font=font, anchor="lm")
-    _, zero = to_canvas(x_low, 0.0)
-    draw.line((left, zero, right, zero), fill=_EXCLUDED)
-    for angle in angles[skipped]:
-        cx, _ = to_canvas(angle, y_low)
-        draw.line((cx, bottom - 12, cx, bottom), fill=_EXCLUDED, width=2)
-
-    marker = max(2, size_px // 200)
-    legend_x = left
-    for name, data in series.items():
-        colour = _SERIES[name]
-        points = [to_canvas(a, v) for a, v, ok in zip(angles, data, used & np.isfinite(data)) if ok]
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for cx, cy in points:
-            draw.ellipse((cx - marker, cy - marker, cx + marker, cy + marker), fill=colour)
-        draw.rectangle((legend_x, top / 2 - 4, legend_x + 14, top / 2 + 4), fill=colour)
-        draw.text((legend_x + 18, top / 2), name, fill=_INK, font=font, anchor="lm")
-        legend_x += 18 + draw.textlength(name, font=font) + 16
-    return _save(picture, path)
+    return save_png(alignment_figure(angles, shifts, residuals, skipped, (size_px, round(size_px * 0.7))), path)
 
 
 def tomogram_views(tomogram: np.ndarray, xy_path: str | Path, xz_path: str | Path, yz_path: str | Path,
