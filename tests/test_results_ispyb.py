@@ -316,3 +316,18 @@ def test_hook_selects_ispyb_by_connection(ispyb_url: str, tmp_path: Path, monkey
     assert type(reader) is ResultsStore and reader.schema_version() == store.schema_version()
     with pytest.raises(ResultsError, match="only as ISPyB"):
         ResultsHook("cryoem_plain_mysql", tmp_path / "processing").get_store()
+
+
+def test_hook_keeps_bookkeeping_in_the_named_postgres(ispyb_url: str, pg_url: str, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `bookkeeping_conn_id` the claims and the dashboard's reads go to PostgreSQL, not a SQLite file."""
+    url = make_url(ispyb_url)
+    monkeypatch.setenv("AIRFLOW_CONN_CRYOEM_BOOKKEEPING",
+                       make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False))
+    monkeypatch.setenv("AIRFLOW_CONN_CRYOEM_ISPYB_PG", json.dumps({
+        "conn_type": "mysql", "host": url.host, "port": url.port, "login": url.username, "schema": url.database,
+        "extra": {"ispyb": True, "bookkeeping_conn_id": "cryoem_bookkeeping"}}))
+    store = ResultsHook("cryoem_ispyb_pg", tmp_path / "processing").get_store()
+    assert isinstance(store, ISPyBResultsStore) and store.engine.dialect.name == "postgresql"
+    assert ResultsHook("cryoem_ispyb_pg").get_reader().engine.dialect.name == "postgresql"
+    assert not (tmp_path / "processing" / "results.sqlite").exists()

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from airflow_provider_cryoem.devtools.local_airflow import free_port
-from airflow_provider_cryoem.devtools.local_postgres import listening
+from airflow_provider_cryoem.devtools.local_postgres import apt_install, listening
 
 MARIADB_ADMIN_URL = os.environ.get("CRYOEM_TEST_MARIADB_ADMIN_URL", "mysql+pymysql://root@127.0.0.1:3306/")
 _START_TIMEOUT_S = 60
@@ -33,14 +33,9 @@ def _server_programs() -> tuple[str, str]:
         server = shutil.which("mariadbd") or shutil.which("mariadbd", path="/usr/sbin:/usr/libexec")
         return (install, server) if install and server else None
 
-    if found() is None:
-        if os.geteuid() != 0:
-            raise LocalMariaDBError("no MariaDB server is reachable and none is installed: run the tests as root "
-                                    "once (apt-get install mariadb-server) or set CRYOEM_TEST_MARIADB_ADMIN_URL")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "mariadb-server"],
-                       check=True, env=env)
+    if found() is None and not apt_install("mariadb-server"):
+        raise LocalMariaDBError("no MariaDB server is reachable and none is installed: run the tests as root "
+                                "once (apt-get install mariadb-server) or set CRYOEM_TEST_MARIADB_ADMIN_URL")
     programs = found()
     if programs is None:
         raise LocalMariaDBError("apt-get installed mariadb-server but mariadb-install-db/mariadbd are not on PATH")

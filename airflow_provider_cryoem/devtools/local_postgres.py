@@ -38,20 +38,25 @@ def listening(admin_url: str) -> bool:
         return False
 
 
+def apt_install(package: str) -> bool:
+    """Install Debian's `package` for a test server; False (nothing done) unless we are root."""
+    if os.geteuid() != 0:
+        return False
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package], check=True, env=env)
+    return True
+
+
 def _bin_dir() -> Path:
     """The newest installed server's programs; installs Debian's `postgresql` first if there is none."""
     def newest() -> Path | None:
         found = sorted(PG_LIB.glob("*/bin/pg_ctl"), key=lambda p: [int(n) for n in p.parts[-3].split(".")])
         return found[-1].parent if found else None
 
-    if newest() is None:
-        if os.geteuid() != 0:
-            raise LocalPostgresError("no PostgreSQL server is reachable and none is installed: run the tests "
-                                     "as root once (apt-get install postgresql) or set CRYOEM_TEST_PG_ADMIN_URL")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql"],
-                       check=True, env=env)
+    if newest() is None and not apt_install("postgresql"):
+        raise LocalPostgresError("no PostgreSQL server is reachable and none is installed: run the tests "
+                                 "as root once (apt-get install postgresql) or set CRYOEM_TEST_PG_ADMIN_URL")
     bin_dir = newest()
     if bin_dir is None:
         raise LocalPostgresError(f"apt-get installed postgresql but there is no {PG_LIB}/*/bin/pg_ctl")
