@@ -111,3 +111,31 @@ def test_importing_the_plot_modules_does_not_import_matplotlib() -> None:
             "airflow_provider_cryoem.engines.motion, airflow_provider_cryoem.engines.tomo_images; print('matplotlib' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True
                           ).stdout.strip() == "False"
+
+
+def test_ctf_profile_draws_the_fitted_ctf_only_over_the_fitted_band_with_resolutions_on_top() -> None:
+    freq = np.linspace(0, 0.3, 200)
+    fit = np.sin(2e3 * freq**2) ** 2
+    cc = np.where(freq < 0.2, 0.8, 0.0)
+    figure = plots.ctf_profile_figure(freq, fit, fit, cc, np.full_like(freq, 0.3), (0.03, 0.2),
+                                      display_max_freq=0.3, size_px=(600, 400))
+    pixels, messages = _rendered(figure)
+    assert pixels.shape == (400, 600, 3) and not [m for m in messages if "missing from" in m]
+    axes = figure.axes[0]
+    assert axes.get_xlabel() == "spatial frequency (1/Å)"
+    top = next(child for child in axes.child_axes)
+    shown = [label.get_text() for label in top.get_xticklabels()]
+    # Resolutions at their frequencies (1/Å), kept at least a tenth of the axis apart.
+    assert shown == ["50 Å", "20 Å", "10 Å", "6.0 Å", "5.0 Å", "4.0 Å", "3.5 Å"]
+    assert top.get_xticks() == pytest.approx([1 / 50, 1 / 20, 1 / 10, 1 / 6, 1 / 5, 1 / 4, 1 / 3.5])
+    assert all(_inked(pixels, label) for label in top.get_xticklabels())
+    # The fit's red runs from the band's start to its end (0.03-0.2/Å), nowhere else inside the axes.
+    height = pixels.shape[0]
+    box = axes.get_window_extent()
+    inside = pixels[int(height - box.y1) + 2: int(height - box.y0) - 2, int(box.x0) + 2: int(box.x1) - 2]
+    red = (inside[..., 0] > 180) & (inside[..., 1] < 90) & (inside[..., 2] < 90)
+    columns = np.nonzero(red.any(axis=0))[0] + int(box.x0) + 2
+    start, end = (axes.transData.transform((f, 0))[0] for f in (0.03, 0.2))
+    assert abs(columns.min() - start) <= 3 and abs(columns.max() - end) <= 3
+    picture = plots.ctf_profile_plot(freq, fit, fit, cc, np.full_like(freq, 0.3), (0.03, 0.2), 0.3, (600, 400))
+    assert picture.size == (600, 400) and picture.mode == "RGB"

@@ -94,17 +94,3 @@ def test_ctf_spectrum_panel_draws_the_fit_only_inside_the_fitted_band(tmp_path: 
     picture = thumbnails.side_by_side(tmp_path / "ctf.png", [thumbnails.ctf_spectrum_panel(
         data, ctf, freq, band, 0.3, size_px=200)], caption="defocus 1.5 µm")
     assert opened(picture).size == (200, 200 + 25)
-
-
-def test_ctf_profile_plot_draws_the_fitted_ctf_only_up_to_the_fit_resolution() -> None:
-    freq = np.linspace(0, 0.3, 200)
-    fit = np.sin(2e3 * freq**2) ** 2
-    cc = np.where(freq < 0.2, 0.8, 0.0)
-    picture = np.asarray(thumbnails.ctf_profile_plot(freq, fit, fit, cc, np.full_like(freq, 0.3), (0.03, 0.2),
-                                                     display_max_freq=0.3, size_px=(600, 400)))
-    assert picture.shape == (400, 600, 3)
-    red = (picture[..., 0] > 180) & (picture[..., 1] < 90) & (picture[..., 2] < 90)
-    plot_rows = red[int(400 * 0.12): int(400 * 0.76)]
-    # Axis from x = 0.09·600 (0/Å) to 0.97·600 (0.3/Å): the band 0.03–0.2/Å spans columns 107–406.
-    columns = np.nonzero(plot_rows.any(axis=0))[0]
-    assert 100 <= columns.min() <= 112 and 400 <= columns.max() <= 410

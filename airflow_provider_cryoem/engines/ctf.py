@@ -42,7 +42,8 @@ from .ctf_spectrum import (
     radial_profile,
     ring_index,
 )
-from .thumbnails import ctf_profile_plot, ctf_spectrum_panel, side_by_side
+from .plots import ctf_profile_plot
+from .thumbnails import ctf_spectrum_panel, side_by_side
 
 # Smallest tile that still resolves Thon rings usefully; images below this are refused.
 MIN_BOX_PX = 128

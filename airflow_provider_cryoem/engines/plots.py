@@ -1,4 +1,5 @@
-"""Static PNG plots (drift trajectory, B-factor line) drawn with matplotlib's Agg renderer.
+"""Static plots (drift trajectory, B-factor line, tilt alignment, CTF profile) drawn with matplotlib's Agg
+renderer.
 
 Matplotlib gives axes with tick values and renders Å, ² and σ with its bundled DejaVu fonts, which Pillow's
 built-in font cannot. It is imported inside the functions, never at module level: DAG files import the
@@ -11,8 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image
 
 from ..io._atomic import atomic_path
+from .thumbnails import _resolution_label
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -122,3 +125,66 @@ def alignment_figure(tilt_angles_deg: np.ndarray, shifts_px: np.ndarray, residua
     axes.grid(True, color="0.9")
     figure.tight_layout()
     return figure
+
+
+def figure_image(figure: Figure) -> Image.Image:
+    """The drawn figure as an RGB Pillow image, to paste beside other pictures."""
+    figure.canvas.draw()
+    return Image.fromarray(np.asarray(figure.canvas.buffer_rgba())[..., :3].copy(), mode="RGB")
+
+
+# Resolutions (Å) offered as labels along the top of the CTF profile; those inside the shown range are used.
+_RESOLUTION_LABELS_A = (50.0, 30.0, 20.0, 15.0, 10.0, 8.0, 6.0, 5.0, 4.0, 3.5, 3.0, 2.5, 2.0, 1.5)
+_CTF_SERIES = {"data": ("spectrum, background subtracted", "#1f77b4"), "fit": ("CTF² fit", "#d62728"),
+               "cc": ("CC of spectrum and fit", "#2ca02c"), "noise": ("2σ CC of noise", "#8c8c8c")}
+
+
+def ctf_profile_figure(freq: np.ndarray, data: np.ndarray, fit: np.ndarray, cc: np.ndarray,
+                       noise_2sigma: np.ndarray, fit_band: tuple[float, float], display_max_freq: float,
+                       size_px: tuple[int, int] = (640, 420)) -> Figure:
+    """The 1D fit: rotational average (on the fit's scale) and fitted CTF² over the fitted band, the local CC
+    of data and fit and the 2σ CC of noise, against frequency (1/Å below, resolution in Å above); what lies
+    outside the fitted band is shaded."""
+    low, high = fit_band
+    shown = (freq >= low) & (freq <= display_max_freq)
+    band = (freq >= low) & (freq <= high)
+    values = np.concatenate([data[shown], fit[shown], [0.0, 1.0]])
+    y_low = min(float(np.percentile(values, 0.5)), -0.1)
+    y_high = max(float(np.percentile(values, 99.5)), 1.1)
+    figure = new_figure(size_px)
+    axes = figure.add_subplot()
+    axes.axvspan(0.0, low, color="0.92", linewidth=0)
+    if high < display_max_freq:
+        axes.axvspan(high, display_max_freq, color="0.92", linewidth=0)
+    series = {"data": (freq[shown], np.clip(data[shown], y_low, y_high), "-", 1.0),
+              "fit": (freq[band], fit[band], "-", 2.0),
+              "cc": (freq[shown], np.clip(cc[shown], y_low, y_high), "-", 2.0),
+              "noise": (freq[shown], noise_2sigma[shown], "--", 1.0)}
+    for key, (x, y, style, width) in series.items():
+        label, colour = _CTF_SERIES[key]
+        axes.plot(x, y, style, color=colour, linewidth=width, label=label)
+    axes.axvline(high, color=_CTF_SERIES["fit"][1], linewidth=1)
+    axes.annotate(f"fit to {_resolution_label(1.0 / high)}", (high, y_low), textcoords="offset points",
+                  xytext=(-4, 4), ha="right", va="bottom", color=_CTF_SERIES["fit"][1], fontsize="small")
+    axes.set_xlim(0.0, display_max_freq)
+    axes.set_ylim(y_low, y_high)
+    axes.set_xlabel("spatial frequency (1/Å)")
+    axes.set_ylabel("CTF², CC")
+    top = axes.secondary_xaxis("top")
+    labelled = [r for r in _RESOLUTION_LABELS_A if 0 < 1.0 / r < display_max_freq]
+    # Keep labels apart: at most one per tenth of the axis.
+    kept: list[float] = []
+    for resolution_a in labelled:
+        if not kept or 1.0 / resolution_a - 1.0 / kept[-1] > 0.1 * display_max_freq:
+            kept.append(resolution_a)
+    top.set_xticks([1.0 / r for r in kept], labels=[_resolution_label(r) for r in kept])
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, fontsize="small", frameon=False)
+    figure.tight_layout()
+    return figure
+
+
+def ctf_profile_plot(freq: np.ndarray, data: np.ndarray, fit: np.ndarray, cc: np.ndarray, noise_2sigma: np.ndarray,
+                     fit_band: tuple[float, float], display_max_freq: float, size_px: tuple[int, int] = (640, 420)
+                     ) -> Image.Image:
+    """`ctf_profile_figure` as a Pillow image of `size_px`, the right half of the CTF diagnostic picture."""
+    return figure_image(ctf_profile_figure(freq, data, fit, cc, noise_2sigma, fit_band, display_max_freq, size_px))

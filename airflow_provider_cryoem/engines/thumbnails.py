@@ -7,7 +7,7 @@ coordinates are `[x, y]` in the pixels of the array passed in. The file format f
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,6 @@ from ..io._atomic import atomic_path
 
 _BACKGROUND = (255, 255, 255)
 _INK = (0, 0, 0)
-_TRACE = (31, 119, 180)
 _PICK = (0, 230, 0)
 
 
@@ -113,13 +112,7 @@ def spectrum_fit_image(spectrum: np.ndarray, fit: np.ndarray, path: str | Path, 
     return _save(picture, path)
 
 
-# Resolutions (Å) offered as labels on spectra and 1D plots; those inside the shown range are used.
-_RESOLUTION_LABELS_A = (50.0, 30.0, 20.0, 15.0, 10.0, 8.0, 6.0, 5.0, 4.0, 3.5, 3.0, 2.5, 2.0, 1.5)
 _RING = (255, 160, 0)
-_FIT_LINE = (214, 39, 40)
-_CC_LINE = (44, 160, 44)
-_NOISE_LINE = (140, 140, 140)
-_OUTSIDE_FIT = (235, 235, 235)
 # The spectrum panel maps median ± this many robust standard deviations (of the fitted band) to black..white.
 _SPECTRUM_STRETCH_SIGMA = 2.5
 
@@ -199,75 +192,6 @@ def ctf_spectrum_panel(data: np.ndarray, fit: np.ndarray | None, freq: np.ndarra
     return picture
 
 
-def _polyline(draw: ImageDraw.ImageDraw, to_canvas: Callable[[float, float], tuple[float, float]], x: np.ndarray,
-              y: np.ndarray, colour: tuple[int, int, int], width: int = 2, dashed: bool = False) -> None:
-    points = [to_canvas(float(a), float(b)) for a, b in zip(x, y)]
-    if len(points) < 2:
-        return
-    if not dashed:
-        draw.line(points, fill=colour, width=width, joint="curve")
-        return
-    for index in range(0, len(points) - 1, 4):
-        draw.line(points[index: index + 3], fill=colour, width=width)
-
-
-def ctf_profile_plot(freq: np.ndarray, data: np.ndarray, fit: np.ndarray, cc: np.ndarray, noise_2sigma: np.ndarray,
-                     fit_band: tuple[float, float], display_max_freq: float, size_px: tuple[int, int] = (640, 420)
-                     ) -> Image.Image:
-    """The 1D fit: rotational average (on the fit's scale) and fitted CTF² over the fitted band, the local CC
-    of data and fit and the 2σ CC of noise, against frequency (1/Å below, resolution in Å above)."""
-    width, height = size_px
-    picture = Image.new("RGB", size_px, _BACKGROUND)
-    draw = ImageDraw.Draw(picture)
-    font = _font(max(11, height // 30))
-    box = (width * 0.09, height * 0.12, width * 0.97, height * 0.76)
-    left, top, right, bottom = box
-    low, high = fit_band
-    x_low = 0.0
-    x_high = float(display_max_freq)
-    shown = (freq >= low) & (freq <= x_high)
-    values = np.concatenate([data[shown], fit[shown], [0.0, 1.0]])
-    y_low, y_high = float(np.percentile(values, 0.5)), float(np.percentile(values, 99.5))
-    y_low, y_high = min(y_low, -0.1), max(y_high, 1.1)
-    # Shade what lies outside the fitted band, then draw the frame over it.
-    def x_canvas(x: float) -> float:
-        return left + (x - x_low) / (x_high - x_low) * (right - left)
-
-    draw.rectangle((left, top, x_canvas(low), bottom), fill=_OUTSIDE_FIT)
-    if high < x_high:
-        draw.rectangle((x_canvas(high), top, right, bottom), fill=_OUTSIDE_FIT)
-    to_canvas = plot_frame(draw, font, box, (x_low, x_high), (y_low, y_high),
-                           (_nice_step(x_high - x_low), _nice_step(y_high - y_low, 5)))
-    last_label_x = -np.inf
-    for resolution_a in _RESOLUTION_LABELS_A:
-        cx, _ = to_canvas(1.0 / resolution_a, y_high)
-        if left < cx < right and cx - last_label_x > 3.5 * font.size:
-            draw.line((cx, top - 5, cx, top), fill=_INK)
-            draw.text((cx, top - 7), _resolution_label(resolution_a), fill=_INK, font=font, anchor="md")
-            last_label_x = cx
-    draw.text(((left + right) / 2, bottom + font.size + 12), "spatial frequency (1/Å)", fill=_INK, font=font,
-              anchor="ma")
-
-    inside = (freq >= low) & (freq <= x_high)
-    band = (freq >= low) & (freq <= high)
-    _polyline(draw, to_canvas, freq[inside], np.clip(data[inside], y_low, y_high), _TRACE, width=1)
-    _polyline(draw, to_canvas, freq[band], fit[band], _FIT_LINE, width=2)
-    _polyline(draw, to_canvas, freq[inside], noise_2sigma[inside], _NOISE_LINE, width=1, dashed=True)
-    _polyline(draw, to_canvas, freq[inside], np.clip(cc[inside], y_low, y_high), _CC_LINE, width=2)
-    cx, _ = to_canvas(high, y_low)
-    draw.line((cx, top, cx, bottom), fill=_FIT_LINE, width=1)
-    draw.text((cx - 4, bottom - 4), f"fit to {_resolution_label(1.0 / high)}", fill=_FIT_LINE, font=font,
-              anchor="rd")
-    legend_x, legend_y = left, bottom + 2 * font.size + 22
-    for index, (label, colour) in enumerate((("spectrum, background subtracted", _TRACE), ("CTF² fit", _FIT_LINE),
-                                             ("CC of spectrum and fit", _CC_LINE), ("2σ CC of noise", _NOISE_LINE))):
-        x = legend_x + (index % 2) * (right - left) / 2
-        y = legend_y + (index // 2) * (font.size + 6)
-        draw.line((x, y + font.size / 2, x + 22, y + font.size / 2), fill=colour, width=3)
-        draw.text((x + 28, y), label, fill=_INK, font=font)
-    return picture
-
-
 def side_by_side(path: str | Path, panels: Sequence[Image.Image], caption: str = "") -> Path:
     """Save `panels` in one row, tops aligned, with an optional one-line caption underneath."""
     font = _font(15)
@@ -283,42 +207,6 @@ def side_by_side(path: str | Path, panels: Sequence[Image.Image], caption: str =
     if caption:
         ImageDraw.Draw(picture).text((6, height - caption_px + 4), caption, fill=_INK, font=font)
     return _save(picture, path)
-
-
-def _nice_step(span: float, target_ticks: int = 6) -> float:
-    """A 1/2/5×10^k tick step giving about `target_ticks` ticks over `span`."""
-    raw = max(span, 1e-9) / target_ticks
-    magnitude = 10 ** math.floor(math.log10(raw))
-    return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
-
-
-def _tick_label(value: float, step: float) -> str:
-    decimals = max(0, -math.floor(math.log10(step))) if step < 1 else 0
-    return f"{value:.{decimals}f}"
-
-
-def plot_frame(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
-               box: tuple[float, float, float, float], x_range: tuple[float, float],
-               y_range: tuple[float, float], steps: tuple[float, float]) -> Callable[[float, float], tuple[float, float]]:
-    """Draw a plot's frame in `box` (left, top, right, bottom) with ticks every `steps` and their labels;
-    returns the mapping from data (x, y) to canvas pixels, y growing upwards."""
-    left, top, right, bottom = box
-    (x_low, x_high), (y_low, y_high), (x_step, y_step) = x_range, y_range, steps
-
-    def to_canvas(x: float, y: float) -> tuple[float, float]:
-        return (left + (x - x_low) / (x_high - x_low) * (right - left),
-                bottom - (y - y_low) / (y_high - y_low) * (bottom - top))
-
-    draw.rectangle(box, outline=_INK)
-    for tick in np.arange(math.ceil(x_low / x_step) * x_step, x_high, x_step):
-        cx, _ = to_canvas(tick, y_low)
-        draw.line((cx, bottom, cx, bottom + 5), fill=_INK)
-        draw.text((cx, bottom + 7), _tick_label(tick, x_step), fill=_INK, font=font, anchor="mt")
-    for tick in np.arange(math.ceil(y_low / y_step) * y_step, y_high, y_step):
-        _, cy = to_canvas(x_low, tick)
-        draw.line((left - 5, cy, left, cy), fill=_INK)
-        draw.text((left - 7, cy), _tick_label(tick, y_step), fill=_INK, font=font, anchor="rm")
-    return to_canvas
 
 
 def class_gallery(stack: np.ndarray, path: str | Path, labels: Sequence[str] | None = None,
