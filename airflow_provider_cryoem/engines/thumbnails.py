@@ -1,5 +1,6 @@
 """Small JPEG/PNG pictures of each stage's output for the UI and the results store, drawn with Pillow
-(images and the CTF fit pictures; plots of data series are in `plots`, drawn with matplotlib).
+(images, the CTF spectrum panel and the side-by-side pictures; plots of data series are in `plots`, drawn
+with matplotlib).
 
 Arrays are `[y, x]` and drawn with row 0 at the top, as `mrc_to_jpeg` in cryoem-services shows them;
 coordinates are `[x, y]` in the pixels of the array passed in. The file format follows the suffix.
