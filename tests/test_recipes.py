@@ -236,3 +236,24 @@ def test_builtin_engine_cannot_be_placed_on_slurm(tmp_path):
         load_recipe(path)
     path.write_text(path.read_text().replace("tool: builtin", "tool: relion"))
     assert load_recipe(path).stages["motioncorr"].runs_on.slurm_conn_id == "cluster"
+
+
+def test_queues_route_stages_and_session_tasks_and_bad_names_are_refused(tmp_path):
+    from airflow_provider_cryoem.recipes.dag_factory import build_dag
+
+    body = (RECIPES / "spa_live.yaml").read_text()
+    recipe = load_recipe(_write(tmp_path, "spa_live.yaml", body))
+    data = recipe.model_dump()
+    data["session_queue"] = "session"
+    for stage in ("motioncorr", "ctf", "class2d"):
+        data["stages"][stage]["queue"] = "compute"
+    dag = build_dag(type(recipe).model_validate(data))
+    assert dag.get_task("motioncorr").partial_kwargs["queue"] == "compute"
+    assert dag.get_task("class2d").partial_kwargs["queue"] == "compute"
+    assert dag.get_task("pick").partial_kwargs.get("queue", "default") == "default"  # no queue: Airflow's default
+    for task_id in ("wait_for_movies", "start_next_batch", "close_batch"):
+        assert dag.get_task(task_id).queue == "session", task_id
+    assert dag.get_task("class3d").queue == "default"
+    bad = _write(tmp_path, "bad.yaml", body.replace("  motioncorr:\n", "  motioncorr:\n    queue: 'compute; rm -rf /'\n"))
+    with pytest.raises(RecipeError, match=r"bad.yaml: stages.motioncorr.queue"):
+        load_recipe(bad)

@@ -34,19 +34,21 @@ ACTIVE_RUN_STATES = ("queued", "running")
 
 
 @contextmanager
-def live_stack(root: Path, admin_url: str, dag_id: str) -> Iterator[tuple[AirflowStack, Engine]]:
+def live_stack(root: Path, admin_url: str, dag_id: str, recipes_dir: Path | None = None,
+               **stack_options: Any) -> Iterator[tuple[AirflowStack, Engine]]:
     """A local Airflow stack (AIRFLOW_HOME under `root`) on fresh metadata and results PostgreSQL databases,
     `dag_id` parsed and unpaused; yields the stack and an engine on the results database. Every task gets the
-    results connection and `root` as its data root. A failure inside prints the stack's diagnostics."""
+    results connection and `root` as its data root; `recipes_dir` replaces the shipped recipes and
+    `stack_options` go to AirflowStack (e.g. Celery workers). A failure inside prints the stack's diagnostics."""
     with fresh_postgres_database("cryoem_it_meta", admin_url) as metadata_url, \
             fresh_postgres_database("cryoem_it_results", admin_url) as results_url:
         results = create_engine(results_url)
         results_conn = make_url(results_url).set(drivername="postgres").render_as_string(hide_password=False)
         env = {"CRYOEM_RESULTS_CONN_ID": "cryoem_results",
                "AIRFLOW_CONN_CRYOEM_RESULTS": results_conn,
-               "CRYOEM_DATA_ROOTS": str(root)}
+               "CRYOEM_DATA_ROOTS": str(root), **({"CRYOEM_RECIPES_DIR": str(recipes_dir)} if recipes_dir else {})}
         try:
-            with AirflowStack(root / "airflow_home", metadata_url, extra_env=env) as stack:
+            with AirflowStack(root / "airflow_home", metadata_url, extra_env=env, **stack_options) as stack:
                 try:
                     stack.unpause(dag_id)
                     stack.wait_for_dag(dag_id)

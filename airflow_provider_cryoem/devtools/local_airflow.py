@@ -13,6 +13,9 @@ Settings that differ from Airflow's defaults, and why:
 - The scheduler and triggerer count a component as dead after 15 s without heartbeat (default 30 s) and
   look for orphaned task instances every 5 s (default 300 s), so a crashed component's work is taken over
   within seconds; a production deployment keeps the defaults or tunes them the same way.
+- With `celery_workers` the executor is CeleryExecutor on the given broker (results in the metadata
+  database), and each worker is an `airflow celery worker` of its own, serving its queues, as an operator
+  would start them; each is a component that can be killed and restarted like the others.
 """
 from __future__ import annotations
 
@@ -25,8 +28,9 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -88,6 +92,14 @@ def wait_until(check: Callable[[], T], timeout_s: float, what: str, interval_s: 
         time.sleep(interval_s)
 
 
+@dataclass(frozen=True)
+class CeleryWorker:
+    """One `airflow celery worker`: the queues it serves and how many tasks it runs at once."""
+
+    queues: tuple[str, ...]
+    concurrency: int = 2
+
+
 class AirflowStack:
     """Start, restart and stop a local Airflow 3 stack; run its CLI; read its metadata database.
 
@@ -97,7 +109,9 @@ class AirflowStack:
 
     def __init__(self, home: str | Path, metadata_url: str, *, dags_folder: str | Path = REPO / "dags",
                  extra_env: dict[str, str] | None = None, parallelism: int = 4,
-                 min_file_process_interval_s: int = 10, settings: dict[str, str] | None = None) -> None:
+                 min_file_process_interval_s: int = 10, settings: dict[str, str] | None = None,
+                 celery_broker_url: str | None = None,
+                 celery_workers: Mapping[str, CeleryWorker] | None = None) -> None:
         self.home = Path(home)
         self.metadata_url = metadata_url
         self.api_port = free_port()
@@ -105,8 +119,13 @@ class AirflowStack:
         self.processes: dict[str, subprocess.Popen] = {}
         self._groups: list[int] = []  # every process group started, killed ones included
         self._engine: Engine | None = None
+        self.celery_workers = dict(celery_workers or {})
+        if self.celery_workers and not celery_broker_url:
+            raise ValueError("celery_workers need a celery_broker_url")
+        celery = {"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor", "AIRFLOW__CELERY__BROKER_URL": celery_broker_url,
+                  "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata_url}"} if self.celery_workers else {}
         self.env = self._environment(Path(dags_folder), extra_env or {}, parallelism, min_file_process_interval_s,
-                                     settings or {})
+                                     {**celery, **(settings or {})})
 
     def _environment(self, dags_folder: Path, extra_env: dict[str, str], parallelism: int,
                      min_file_process_interval_s: int, settings: dict[str, str]) -> dict[str, str]:
@@ -167,13 +186,20 @@ class AirflowStack:
         config.mkdir(parents=True, exist_ok=True)
         (config / "airflow_local_settings.py").write_text("import airflow_provider_cryoem.preload  # noqa: F401\n")
         self.migrate()
-        for name in components:
+        for name in (*components, *self.celery_workers):
             self.start_component(name)
 
     def start_component(self, name: str) -> subprocess.Popen:
         """Start one component in its own process group, its output in `component_logs/<name>.log`."""
-        if name not in COMPONENTS:
-            raise ValueError(f"unknown component {name!r} (choose from {COMPONENTS})")
+        if name in COMPONENTS:
+            command = [name]
+        elif name in self.celery_workers:
+            worker = self.celery_workers[name]
+            # its own Celery node name; no log server (several workers share this host and its ports)
+            command = ["celery", "worker", "--queues", ",".join(worker.queues), "--concurrency",
+                       str(worker.concurrency), "--celery-hostname", f"{name}@%h", "--skip-serve-logs"]
+        else:
+            raise ValueError(f"unknown component {name!r} (choose from {(*COMPONENTS, *self.celery_workers)})")
         running = self.processes.get(name)
         if running is not None and running.poll() is None:
             raise AirflowStackError(f"{name} is already running (pid {running.pid})")
@@ -181,7 +207,7 @@ class AirflowStack:
         with open(self.logs_dir / f"{name}.log", "ab") as log:
             log.write(f"\n===== start {time.strftime('%H:%M:%S')} =====\n".encode())
             log.flush()
-            process = subprocess.Popen([AIRFLOW, name], env=self.env, cwd=self.home, stdout=log,
+            process = subprocess.Popen([AIRFLOW, *command], env=self.env, cwd=self.home, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)
         self.processes[name] = process
         self._groups.append(process.pid)

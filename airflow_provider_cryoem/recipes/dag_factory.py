@@ -28,6 +28,11 @@ from .stages import STAGES
 _SESSION_PRIORITY: dict[str, Any] = {"priority_weight": 1000, "weight_rule": "absolute"}
 
 
+def _queue(queue: str | None) -> dict[str, Any]:
+    """The operator's `queue` argument when the recipe names one (else Airflow's default queue)."""
+    return {"queue": queue} if queue else {}
+
+
 class RecipeErrorsDag(DAG):
     """Stands for recipe files that failed to load: its validation raises their errors.
 
@@ -68,10 +73,11 @@ def _session_tasks(recipe: Recipe, live: bool) -> tuple[Any, Any, Any]:
             retries=3,
             retry_delay=dt.timedelta(seconds=1),
             **_SESSION_PRIORITY,
+            **_queue(recipe.session_queue),
         )
         return sensor.output["opened"], sensor.output["found"], sensor.output
 
-    @task(task_id="open_session", retries=0)
+    @task(task_id="open_session", retries=0, **_queue(recipe.session_queue))
     def open_session_task(**context: Any) -> dict[str, Any]:
         from ..pipeline.session import open_session
 
@@ -80,13 +86,13 @@ def _session_tasks(recipe: Recipe, live: bool) -> tuple[Any, Any, Any]:
                             stable_for_s=recipe.batching.stable_for_s, relion_dialect=recipe.relion_dialect,
                             experiment=recipe.experiment)
 
-    @task(task_id="list_movies")
+    @task(task_id="list_movies", **_queue(recipe.session_queue))
     def list_movies_task(opened: dict[str, Any]) -> dict[str, Any]:
         from ..pipeline.session import reprocess_movies
 
         return reprocess_movies(opened)
 
-    @task(task_id="plan_batches")
+    @task(task_id="plan_batches", **_queue(recipe.session_queue))
     def plan_batches_task(opened: dict[str, Any], found_movies: dict[str, Any]) -> list[list[dict[str, Any]]]:
         from ..pipeline.session import plan_batches
 
@@ -104,7 +110,7 @@ def _step_task(name: str, spec: StageSpec, recipe: Recipe, session: Any, found: 
     steps once per run, batch steps mapped over what the gathering step returned."""
     common = {"task_id": name, "tool": spec.tool, "settings": spec.params, "runs_on": spec.runs_on,
               "retries": spec.retries, "retry_delay": dt.timedelta(seconds=spec.retry_delay_s),
-              "execution_timeout": dt.timedelta(seconds=spec.timeout_s)}
+              "execution_timeout": dt.timedelta(seconds=spec.timeout_s), **_queue(spec.queue)}
     if name in MOVIE_STEP_OPERATORS:
         return MOVIE_STEP_OPERATORS[name].partial(
             input_tasks={stage: stage for stage in recipe.ancestors(name)}, **common).expand(movies=batches)
@@ -149,7 +155,7 @@ def build_dag(recipe: Recipe) -> DAG:
             if not spec.after:
                 batches >> stage_tasks[name]
 
-        @task(task_id="close_batch", trigger_rule=TriggerRule.ALL_DONE)
+        @task(task_id="close_batch", trigger_rule=TriggerRule.ALL_DONE, **_queue(recipe.session_queue))
         def close_batch_task(opened: dict[str, Any], found_movies: dict[str, Any], **context: Any) -> dict[str, Any]:
             from ..pipeline.session import close_batch
 
@@ -162,7 +168,8 @@ def build_dag(recipe: Recipe) -> DAG:
 
         if live:
             session >> StartNextRunOperator(task_id="start_next_batch", trigger_dag_id=recipe.name,
-                                            sensor_task_id="wait_for_movies", **_SESSION_PRIORITY)
+                                            sensor_task_id="wait_for_movies", **_SESSION_PRIORITY,
+                                            **_queue(recipe.session_queue))
     return dag
 
 

@@ -39,6 +39,10 @@ class SlurmPlacement(BaseModel):
     time_limit_min: int = Field(60, ge=1, le=7 * 24 * 60)
 
 
+# A Celery queue name as `airflow celery worker --queues a,b` takes it.
+QUEUE_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
 class StageSpec(BaseModel):
     """One stage of a recipe."""
 
@@ -50,6 +54,8 @@ class StageSpec(BaseModel):
     retries: int = Field(2, ge=0, le=20)
     retry_delay_s: float = Field(10, ge=0, le=3600)
     timeout_s: float = Field(3600, gt=0, le=7 * 24 * 3600)
+    queue: str | None = Field(None, pattern=QUEUE_PATTERN, description="Celery queue of this stage's tasks "
+                                                                       "(None: the executor's default queue).")
 
 
 class BatchingSpec(BaseModel):
@@ -77,6 +83,9 @@ class Recipe(BaseModel):
     relion_dialect: Literal["relion5", "relion3"] = Field("relion5", description="STAR dialect of the Relion "
                                                                                 "project: Relion 5 or Relion 3.1.")
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    session_queue: str | None = Field(None, pattern=QUEUE_PATTERN, description="Celery queue of the session's own "
+                                      "tasks (wait for movies, start the next run, close the batch); a queue no "
+                                      "heavy stage uses keeps the next wait from queueing behind computation.")
     stages: dict[str, StageSpec]
 
     @field_validator("session_defaults")
