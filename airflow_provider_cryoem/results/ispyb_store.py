@@ -133,6 +133,7 @@ class ISPyBResultsStore(ResultsStore):
         super().__init__(engine, label=label)
         self.ispyb_engine = ispyb_engine
         self.ispyb_label = ispyb_label or ispyb_engine.url.render_as_string(hide_password=True)
+        self._identities: dict[tuple[str, int], Mapping[str, Any]] = {}
 
     # -- the ISPyB side: transactions, keys --------------------------------------------------------
     def ensure_schema(self) -> int:
@@ -223,6 +224,21 @@ class ISPyBResultsStore(ResultsStore):
             raise ResultsNotFoundError(f"no processing job {job_id}")
         return row
 
+    def _identity(self, table: Table, key_column: str, key: int) -> Mapping[str, Any]:
+        """A session or movie row for its identity (key, folder, path, number), which never changes: read once
+        per store, since every mirrored write needs them (a bookkeeping read per write doubled its cost)."""
+        cached = self._identities.get((table.name, key))
+        if cached is None:
+            cached = self._identities[(table.name, key)] = self._row(table, key_column, key)
+        return cached
+
+    def _job_identity(self, job_id: int) -> Mapping[str, Any]:
+        """The job's identity (session, run, stage) read once; start/finish read the job afresh for its status."""
+        cached = self._identities.get(("processing_job", job_id))
+        if cached is None:
+            cached = self._identities[("processing_job", job_id)] = self._job(job_id)
+        return cached
+
     @staticmethod
     def _job_key(job: Mapping[str, Any]) -> str:
         return f"processing_job|{job['session_key']}|{job['run_id']}|{job['stage']}"
@@ -259,10 +275,19 @@ class ISPyBResultsStore(ResultsStore):
             return self._program(connection, job)
         return processing_job_id, program_id
 
+    def _movie_path(self, movie_id: int) -> str:
+        movie = self._identity(schema.movie, "movie_id", movie_id)
+        session = self._identity(schema.session, "session_id", movie["session_id"])
+        return str(PurePath(session["image_directory"]) / movie["movie_full_path"])  # ISPyB holds full paths
+
+    def _movie_of(self, connection: Connection, data_collection_id: int, movie_id: int) -> int:
+        """The ISPyB Movie a result hangs from: the one registered before, written only if it is missing."""
+        linked = self._linked(connection, f"movie|{data_collection_id}|{self._movie_path(movie_id)}")
+        return self._movie(connection, data_collection_id, movie_id) if linked is None else linked
+
     def _movie(self, connection: Connection, data_collection_id: int, movie_id: int) -> int:
-        movie = self._row(schema.movie, "movie_id", movie_id)
-        session = self._row(schema.session, "session_id", movie["session_id"])
-        path = str(PurePath(session["image_directory"]) / movie["movie_full_path"])  # ISPyB holds full paths
+        movie = self._identity(schema.movie, "movie_id", movie_id)
+        path = self._movie_path(movie_id)
 
         def registered(connection: Connection) -> int | None:
             return connection.execute(select(Movie.movieId).where(
@@ -285,7 +310,7 @@ class ISPyBResultsStore(ResultsStore):
         if not rows:
             return None
         chosen = next((row for row in rows if row.run_id == job["run_id"]), rows[0])
-        motion_job = self._job(chosen.processing_job_id)
+        motion_job = self._job_identity(chosen.processing_job_id)
         processing_job_id = self._linked(connection, self._job_key(motion_job))
         if processing_job_id is None:
             return None
@@ -355,7 +380,7 @@ class ISPyBResultsStore(ResultsStore):
 
     def register_movie(self, session_id: int, path: str | PurePath) -> int:
         movie_id = super().register_movie(session_id, path)
-        session = self._row(schema.session, "session_id", session_id)
+        session = self._identity(schema.session, "session_id", session_id)
         self._ispyb(lambda connection: self._movie(
             connection, self._data_collection(connection, session["session_key"]), movie_id))
         return movie_id
@@ -364,19 +389,19 @@ class ISPyBResultsStore(ResultsStore):
     def _per_movie(self, job_id: int, movie_id: int,
                    write: Callable[[Connection, Mapping[str, Any], int, int, int, int], int]) -> int:
         """Run `write(connection, job, data collection, program, ISPyB job, ISPyB movie)` in one transaction."""
-        job = self._job(job_id)
+        job = self._job_identity(job_id)
 
         def work(connection: Connection) -> int:
             data_collection_id = self._data_collection(connection, job["session_key"])
             processing_job_id, program_id = self._program_of(connection, job)
-            ispyb_movie_id = self._movie(connection, data_collection_id, movie_id)
+            ispyb_movie_id = self._movie_of(connection, data_collection_id, movie_id)
             return write(connection, job, data_collection_id, program_id, processing_job_id, ispyb_movie_id)
         return self._ispyb(work)
 
     def record_motion_correction(self, job_id: int, movie_id: int, result: ResultLike) -> int:
         row_id = super().record_motion_correction(job_id, movie_id, result)
         row = self._row(schema.motion_correction, "motion_correction_id", row_id)
-        movie = self._row(schema.movie, "movie_id", movie_id)
+        movie = self._identity(schema.movie, "movie_id", movie_id)
 
         def write(connection: Connection, job: Mapping[str, Any], data_collection_id: int, program_id: int,
                   processing_job_id: int, ispyb_movie_id: int) -> int:
@@ -446,7 +471,7 @@ class ISPyBResultsStore(ResultsStore):
     # -- batch results --------------------------------------------------------------------------------------
     def _group_key(self, connection: Connection, group_id: int) -> tuple[str, Mapping[str, Any]]:
         group = self._row(schema.particle_classification_group, "particle_classification_group_id", group_id)
-        job = self._job(group["processing_job_id"])
+        job = self._job_identity(group["processing_job_id"])
         processing_job_id, _program_id = self._program_of(connection, job)
         return f"classification_group|{processing_job_id}|{group['type']}|{group['batch_number']}", group
 
@@ -493,7 +518,7 @@ class ISPyBResultsStore(ResultsStore):
         with self._transaction() as own:
             class_rows = own.execute(select(table).where(table.c.particle_classification_group_id == group_id)
                                      .order_by(table.c.class_number)).mappings().all()
-        job = self._job(job_id)
+        job = self._job_identity(job_id)
 
         def work(connection: Connection) -> None:
             key, _group = self._group_key(connection, group_id)
@@ -553,7 +578,7 @@ class ISPyBResultsStore(ResultsStore):
         the class the B-factor points hang from."""
         refinement_id = super().record_refinement(job_id, result)
         row = self._row(schema.refinement, "refinement_id", refinement_id)
-        job = self._job(job_id)
+        job = self._job_identity(job_id)
 
         def work(connection: Connection) -> None:
             processing_job_id, program_id = self._program_of(connection, job)
@@ -575,7 +600,7 @@ class ISPyBResultsStore(ResultsStore):
         refinement with the most particles (the B-factor stage may be a job of its own)."""
         fit_id = super().record_bfactor_fit(job_id, result)
         row = self._row(schema.bfactor_fit, "bfactor_fit_id", fit_id)
-        job = self._job(job_id)
+        job = self._job_identity(job_id)
         refinement, jobs = schema.refinement, schema.processing_job
         with self._transaction() as own:
             found = own.execute(select(refinement.c.processing_job_id, refinement.c.symmetry)
@@ -586,7 +611,7 @@ class ISPyBResultsStore(ResultsStore):
         if found is None:
             raise ResultsNotFoundError(f"cannot record the B-factor point of processing job {job_id} in ISPyB: "
                                        f"its run has no refinement yet (BFactorFit hangs from its class)")
-        refinement_job = self._job(found.processing_job_id)
+        refinement_job = self._job_identity(found.processing_job_id)
 
         def work(connection: Connection) -> None:
             processing_job_id, _program_id = self._program_of(connection, job)
@@ -612,7 +637,7 @@ class ISPyBResultsStore(ResultsStore):
         table = schema.tilt_image_alignment
         with self._transaction() as own:
             per_tilt = own.execute(select(table).where(table.c.tomogram_id == tomogram_id)).mappings().all()
-        job = self._job(job_id)
+        job = self._job_identity(job_id)
         pixel_a = row["pixel_size_a"]
 
         def work(connection: Connection) -> None:
@@ -634,7 +659,7 @@ class ISPyBResultsStore(ResultsStore):
             for one in per_tilt:
                 if one["excluded"]:
                     continue
-                movie_id = self._movie(connection, data_collection_id, one["movie_id"])
+                movie_id = self._movie_of(connection, data_collection_id, one["movie_id"])
                 kept.append(movie_id)
                 values = {"refinedTiltAngle": one["refined_tilt_angle_deg"],
                           "refinedTiltAxis": one["refined_tilt_axis_deg"],
@@ -650,7 +675,7 @@ class ISPyBResultsStore(ResultsStore):
     def record_processed_tomogram(self, job_id: int, tilt_series_id: int, result: ResultLike) -> int:
         processed_id = super().record_processed_tomogram(job_id, tilt_series_id, result)
         row = self._row(schema.processed_tomogram, "processed_tomogram_id", processed_id)
-        job = self._job(job_id)
+        job = self._job_identity(job_id)
 
         def work(connection: Connection) -> None:
             processing_job_id, _program_id = self._program_of(connection, job)
