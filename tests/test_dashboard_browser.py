@@ -456,23 +456,26 @@ def test_a_thumbnail_opens_enlarged_on_click_and_closes_again(server: Server, br
     from selenium.webdriver.common.keys import Keys
 
     browser.get(f"{server.base}/cryoem/sessions/{server.spa.session_id}")
-    thumb = wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, '#newest-thumbs figure[data-kind="ctf_fit"] img'))[0]
-    natural_px = wait(browser).until(lambda d: d.execute_script(
-        "return arguments[0].complete && arguments[0].naturalWidth", thumb))
-    assert thumb.size["width"] <= 256 + 2 < natural_px  # shown (in a 1 px border) smaller than the image is
-    thumb.click()
-    lightbox = browser.find_element(By.ID, "lightbox")
-    wait(browser).until(lambda d: lightbox.is_displayed())
-    enlarged = lightbox.find_element(By.TAG_NAME, "img")
-    assert enlarged.get_attribute("src") == thumb.get_attribute("src")
-    wait(browser).until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", enlarged))
-    assert enlarged.size["width"] == natural_px  # at its own size: the window (1400 px) is wider
-    assert lightbox.find_element(By.TAG_NAME, "a").get_attribute("href") == thumb.get_attribute("src")
+    lightbox = None
+    for kind in ("ctf_fit", "drift"):  # CTF fit 512 px, drift plot 480 px, both shown at most 256 px
+        thumb = wait(browser).until(lambda d: d.find_elements(
+            By.CSS_SELECTOR, f'#newest-thumbs figure[data-kind="{kind}"] img'))[0]
+        natural_px = wait(browser).until(lambda d: d.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", thumb))
+        assert thumb.size["width"] <= 256 + 2 < natural_px  # shown (in a 1 px border) smaller than the image is
+        thumb.click()
+        lightbox = browser.find_element(By.ID, "lightbox")
+        wait(browser).until(lambda d: lightbox.is_displayed())
+        enlarged = lightbox.find_element(By.TAG_NAME, "img")
+        assert enlarged.get_attribute("src") == thumb.get_attribute("src")
+        wait(browser).until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth",
+                                                        enlarged))
+        assert enlarged.size["width"] == natural_px  # at its own size: the window (1400 px) is wider
+        assert lightbox.find_element(By.TAG_NAME, "a").get_attribute("href") == thumb.get_attribute("src")
+        if kind == "ctf_fit":
+            ActionChains(browser).send_keys(Keys.ESCAPE).perform()  # to the open dialog, which has the focus
+            wait(browser).until(lambda d: not lightbox.is_displayed())
     screenshot(browser, "dashboard-enlarged-thumbnail.png")
-    ActionChains(browser).send_keys(Keys.ESCAPE).perform()  # to the open dialog, which has the focus
-    wait(browser).until(lambda d: not lightbox.is_displayed())
-    thumb.click()
-    wait(browser).until(lambda d: lightbox.is_displayed())
     enlarged.click()  # a click on the enlarged image closes it too
     wait(browser).until(lambda d: not lightbox.is_displayed())
 

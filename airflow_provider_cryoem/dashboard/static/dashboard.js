@@ -257,7 +257,7 @@
   // its own size (at most the window's) in a modal dialog; a click on it or Escape closes it.
   function enlargeOnClick() {
     const image = el("img", {alt: ""});
-    const caption = el("figcaption", {});
+    const caption = el("span", {});
     const full = el("a", {target: "_blank", rel: "noopener"}, "open the image alone");
     const lightbox = el("dialog", {id: "lightbox"}, el("figure", {}, image, el("figcaption", {}, caption, " · ", full)));
     document.body.append(lightbox);
