@@ -95,6 +95,17 @@ def test_session_without_data_collection_fails_clearly(ispyb_url: str, tmp_path:
         store.get_or_create_session("nodc", watch, tmp_path / "processing")
 
 
+def test_unreachable_ispyb_is_retryable_and_hides_the_password(tmp_path: Path) -> None:
+    from airflow_provider_cryoem.devtools.local_airflow import free_port
+    from airflow_provider_cryoem.results import ResultsUnavailableError
+
+    url = make_url(f"mysql+pymysql://ispyb_writer:s3cret-pw@127.0.0.1:{free_port()}/ispyb")
+    store = ISPyBResultsStore(sqlite_engine(tmp_path / "book.sqlite"), ispyb_engine(url))
+    with pytest.raises(ResultsUnavailableError) as failure:
+        store.ensure_schema()
+    assert "ispyb_writer" in str(failure.value) and "s3cret-pw" not in str(failure.value)
+
+
 def test_given_data_collection_id_wins(ispyb_url: str, tmp_path: Path) -> None:
     """The session form's ispyb_data_collection_id links a folder ISPyB knows under another path."""
     chosen = register_data_collection(ispyb_url, "/elsewhere/on/the/microscope/pc")

@@ -113,3 +113,29 @@ def test_spa_live_writes_its_results_into_ispyb(tmp_path, airflow_env, ispyb_url
         assert row["estimatedDefocus"] == pytest.approx((mine.defocus_u_a + mine.defocus_v_a) / 2, rel=1e-5)
         assert row["numberOfParticles"] == mine.number_of_particles
     assert "preprocessing" in stages and len(stages) == len(set(stages))
+
+
+@pytest.mark.integration
+def test_spa_live_without_a_data_collection_fails_at_opening(tmp_path, airflow_env, ispyb_url: str) -> None:
+    """A folder ISPyB does not know: the run fails in open_session, saying so, and writes nothing to ISPyB."""
+    watch_dir = tmp_path / "unknown" / "raw"
+    watch_dir.mkdir(parents=True)
+    url = make_url(ispyb_url)
+    env = {**airflow_env, "CRYOEM_DATA_ROOTS": str(tmp_path), "CRYOEM_RESULTS_CONN_ID": CONN_ID,
+           f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps({
+               "conn_type": "mysql", "host": url.host, "port": url.port, "login": url.username,
+               "schema": url.database, "extra": {"ispyb": True}})}
+    before = _processing_jobs(ispyb_url)
+    run = subprocess.run([AIRFLOW, "dags", "test", "spa_live", "--conf", json.dumps(
+        {"session_name": "unknown", "watch_dir": str(watch_dir)})], env=env, capture_output=True, text=True)
+    output = run.stdout + run.stderr
+    assert "DataCollectionNotFoundError" in output and f"imageDirectory is {watch_dir}" in output
+    assert _processing_jobs(ispyb_url) == before
+
+
+def _processing_jobs(ispyb_url: str) -> int:
+    engine = create_engine(ispyb_url)
+    with engine.connect() as connection:
+        count = connection.execute(select(func.count()).select_from(ProcessingJob)).scalar_one()
+    engine.dispose()
+    return count
