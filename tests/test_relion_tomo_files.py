@@ -40,6 +40,10 @@ RELION5_LABEL_TYPES = {
     "rlnDefocusAngle": "DOUBLE", "rlnCtfFigureOfMerit": "DOUBLE", "rlnCtfMaxResolution": "DOUBLE",
     "rlnTomoXTilt": "DOUBLE", "rlnTomoYTilt": "DOUBLE", "rlnTomoZRot": "DOUBLE", "rlnTomoXShiftAngst": "DOUBLE",
     "rlnTomoYShiftAngst": "DOUBLE",
+    # written on request: the even/odd frame sums, the half tomograms, the denoised tomogram
+    "rlnMicrographNameEven": "STRING", "rlnMicrographNameOdd": "STRING",
+    "rlnTomoReconstructedTomogramHalf1": "STRING", "rlnTomoReconstructedTomogramHalf2": "STRING",
+    "rlnTomoReconstructedTomogramDenoised": "STRING",
 }
 # Relion 5.0.0 src/pipeline_jobs.h: PROC_*_DIRNAME and the LABEL_*_TOMOGRAMS node labels; process labels are
 # PROC_*_LABELNEW with ccpem-pipeliner's deeper layer (Relion's get_proc_type drops it).

@@ -4,7 +4,10 @@ Steps: gain/defect-correct each frame and take its FFT; align whole frames on a 
 (iterated leave-one-out cross-correlation, engines/motion_align.py); align patches of the globally
 aligned frames the same way and fit a smooth deformation (engines/motion_local.py), kept only if it
 explains significantly more than noise; sum the frames shifted in Fourier space, with and without
-dose weighting (engines/dose_weighting.py); write both sums and a drift plot.
+dose weighting (engines/dose_weighting.py); write both sums and a drift plot. On request also the
+dose-weighted sums of the even and of the odd frames with the same alignment (`<stem>_EVN.mrc`,
+`<stem>_ODD.mrc`, as Relion 5's "Save images for denoising?" names them): two images of one exposure with
+independent noise, which noise2noise denoisers train on.
 """
 from __future__ import annotations
 
@@ -77,6 +80,15 @@ class MotionCorrectionInputs(BaseModel):
                                        description="Largest side of the Fourier-cropped copy used for alignment.")
     early_motion_dose_e_a2: float = Field(4.0, gt=0, description="Early/late motion split (e⁻/Å²).")
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=1024)
+    even_odd_sums: bool = Field(False, description="Also write the even- and odd-frame sums (Relion 5's "
+                                                   "do_even_odd_split), for noise2noise denoising.")
+
+
+def half_sum_paths(micrograph_path: str | Path) -> tuple[Path, Path]:
+    """Where the even- and odd-frame sums of a micrograph go: `<stem>_EVN.mrc`, `<stem>_ODD.mrc` beside it (the
+    names Relion 5's motion correction gives them)."""
+    path = Path(micrograph_path)
+    return path.with_name(f"{path.stem}_EVN.mrc"), path.with_name(f"{path.stem}_ODD.mrc")
 
 
 class LocalMotionSummary(BaseModel):
@@ -99,6 +111,8 @@ class MotionCorrectionResult(BaseModel):
     movie_path: str
     micrograph: str
     micrograph_no_dw: str
+    micrograph_even: str | None = Field(None, description="Sum of frames 0, 2, 4 … (even_odd_sums)")
+    micrograph_odd: str | None = Field(None, description="Sum of frames 1, 3, 5 … (even_odd_sums)")
     drift_plot: str
     n_frames: int
     image_shape_px: list[int] = Field(description="[ny, nx] of the micrograph")
@@ -158,6 +172,14 @@ def _read(inputs: MotionCorrectionInputs, notes: list[str]) -> _Frames:
     even = (slice(None), slice(0, ny - ny % 2), slice(0, nx - nx % 2))
     return _Frames(raw[even], None if gain is None else gain[even[1:]],
                    None if defects is None else defects[even[1:]])
+
+
+def _half_exposure(exposure: Exposure | None, count: int) -> Exposure | None:
+    """Every other frame: half the frames, each standing for twice the dose (frame k of a half starts at 2k
+    frames' dose, as it does in the movie, give or take the one frame between the halves)."""
+    if exposure is None:
+        return None
+    return Exposure(count, 2 * exposure.dose_per_frame_e_a2, exposure.voltage_kv)
 
 
 def _spectra(frames: _Frames, workers: int) -> np.ndarray:
@@ -272,6 +294,7 @@ def run_motion_correction(inputs: MotionCorrectionInputs) -> MotionCorrectionRes
     del local_spectra
     out_pixel_a = inputs.pixel_size_a * inputs.bin_factor
     exposure = Exposure(n_frames, inputs.dose_per_frame_e_a2, inputs.voltage_kv) if inputs.dose_weighting else None
+    halves: list[np.ndarray] = []
     if fit is not None and fit.significant:
         del spectra
         layout = TileLayout(shape, _tile_core_px(fit, shape, inputs.bin_factor), TILE_MARGIN_PX * inputs.bin_factor)
@@ -283,15 +306,30 @@ def run_motion_correction(inputs: MotionCorrectionInputs) -> MotionCorrectionRes
 
         dw, plain = local_sum(frames, n_frames, layout, shifts_at, inputs.pixel_size_a, exposure,
                               inputs.bin_factor, inputs.threads)
+        if inputs.even_odd_sums:
+            for first in (0, 1):
+                count = len(range(first, n_frames, 2))
+                halves.append(local_sum(
+                    lambda i, first=first: frames(first + 2 * i), count, layout,
+                    lambda centres, i, first=first: shifts_at(centres, first + 2 * i), inputs.pixel_size_a,
+                    _half_exposure(exposure, count), inputs.bin_factor, inputs.threads)[0])
     else:
         dw, plain = global_sum(spectra, shape, shifts, inputs.pixel_size_a, exposure, inputs.bin_factor,
                                inputs.threads)
+        if inputs.even_odd_sums:
+            for first in (0, 1):
+                count = len(range(first, n_frames, 2))
+                halves.append(global_sum(spectra[first::2], shape, shifts[first::2], inputs.pixel_size_a,
+                                         _half_exposure(exposure, count), inputs.bin_factor, inputs.threads)[0])
         del spectra
     lap("sum_s")
     out = Path(inputs.output_path)
     no_dw = out.with_name(f"{out.stem}_noDW{out.suffix or '.mrc'}")
     write_mrc(out, dw, out_pixel_a)
     write_mrc(no_dw, plain, out_pixel_a)
+    half_paths: list[str | None] = [None, None]
+    if halves:
+        half_paths = [str(write_mrc(path, image, out_pixel_a)) for path, image in zip(half_sum_paths(out), halves)]
     shifts = np.round(shifts, 4)  # the reported shifts, so the statistics follow them exactly
     stats = motion_statistics(shifts, inputs.pixel_size_a, inputs.dose_per_frame_e_a2, inputs.early_motion_dose_e_a2)
     plot = drift_plot(shifts * inputs.pixel_size_a, drift_plot_path(out, inputs.movie_path), size_px=400, unit="Å")
@@ -299,6 +337,7 @@ def run_motion_correction(inputs: MotionCorrectionInputs) -> MotionCorrectionRes
     timings["total_s"] = round(sum(timings.values()), 4)
     return MotionCorrectionResult(
         movie_path=str(inputs.movie_path), micrograph=str(out), micrograph_no_dw=str(no_dw), drift_plot=str(plot),
+        micrograph_even=half_paths[0], micrograph_odd=half_paths[1],
         n_frames=n_frames, image_shape_px=list(dw.shape), pixel_size_a=out_pixel_a,
         shifts_px=shifts.tolist(), total_motion_a=stats.total_motion_a,
         early_motion_a=stats.early_motion_a, late_motion_a=stats.late_motion_a,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import scipy.fft
@@ -146,6 +147,21 @@ def align_tilt_series(inputs: TiltAlignmentInputs) -> TiltAlignmentResult:
     mean_residual = None if result.mean_residual_px is None else result.mean_residual_px * binning
     return result.model_copy(update={"tilts": tilts, "mean_residual_px": mean_residual,
                                      "aligned_stack_path": inputs.aligned_stack_path})
+
+
+def apply_alignment(result: TiltAlignmentResult, micrograph_paths: Sequence[str | Path], binning: int,
+                    aligned_stack_path: str | Path) -> str:
+    """Write other images of the same tilts (their even- or odd-frame sums, one per tilt in `result.tilts`'
+    order) as an aligned stack moved exactly as the aligned stack was: the same tilts, order, axis and shifts."""
+    kept = sorted((tilt.stack_index, i) for i, tilt in enumerate(result.tilts) if tilt.stack_index is not None)
+    images, problems = read_tilt_images([str(micrograph_paths[i]) for _, i in kept], binning)
+    for problem in problems:
+        if problem is not None:
+            raise ImageFileError(aligned_stack_path, f"cannot align the series' other images: {problem}")
+    aligned = np.stack([to_axis_frame(image, result.tilt_axis_deg, np.asarray(result.tilts[i].shift_px) / binning)
+                        for image, (_, i) in zip(images, kept)])
+    write_mrc(aligned_stack_path, aligned, result.aligned_pixel_size_a, is_stack=True)
+    return str(aligned_stack_path)
 
 
 def read_tilt_images(paths: Sequence[str], binning: int) -> tuple[np.ndarray, list[str | None]]:

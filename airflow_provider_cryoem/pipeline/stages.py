@@ -70,6 +70,7 @@ def run_motioncorr(ctx: MovieContext) -> dict[str, Any]:
         iterations=params.iterations,
         tolerance_px=params.tolerance_px,
         threads=available_cores(),
+        even_odd_sums=params.even_odd_sums and ctx.item["experiment"] == "tomography",
     )
     return run_motion_correction(inputs).model_dump(mode="json")
 

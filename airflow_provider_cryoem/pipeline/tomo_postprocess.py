@@ -9,6 +9,11 @@ the denoised tomogram when the series has one, else the tomogram.
 
 Memory on this worker: the Topaz runner holds one padded cube (tools/topaz_denoise3d), so the budget bounds
 the cube, never the tomogram; membrain-seg holds the whole tomogram, so the budget bounds the tomogram.
+
+With `noise2noise` and a series that has half tomograms (the tomogram stage's half_tomograms), Topaz first
+trains on the pair, starting from the stage's model, and denoises the tomogram with the trained model, which is
+kept beside the denoised tomogram (`<tomogram>_noise2noise_epochN.sav`). Training holds both halves in memory
+(Topaz's dataset reads them whole), which the local budget check counts.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from ..config import SessionConfig, check_under_roots
 from ..engines.tomo_images import denoising_comparison, mask_projection, segmentation_overlay
 from ..io import read_mrc, read_mrc_pixel_size_a, read_mrc_shape
 from ..io.memory_budget import BUDGET_ENV, max_decoded_bytes
-from ..recipes.stages import DenoiseParams, SegmentationParams
+from ..recipes.stages import DenoiseParams, Noise2NoiseParams, SegmentationParams
 from ..relion_project import OpticsGroup, RelionProject
 from ..relion_project.job_types import NodeType
 from ..tools import membrain, topaz
@@ -66,17 +71,38 @@ def denoise_cube_bytes(shape_zyx: tuple[int, ...], patch_px: int, padding_px: in
     return DENOISE_BASE_BYTES + window * DENOISE_BYTES_PER_VOXEL
 
 
-def denoise_patch_px(tomogram: Path, shape_zyx: tuple[int, ...], params: DenoiseParams) -> int:
+def training_bytes(shape_zyx: tuple[int, ...], patch_px: int, settings: Noise2NoiseParams) -> int:
+    """Memory of a noise2noise training run besides the model: both halves as float32, the training and
+    validation cubes of both halves, and a batch's activations kept for back-propagation (about three times the
+    forward pass's)."""
+    cube = patch_px ** 3
+    voxels = 1
+    for n in shape_zyx:
+        voxels *= n
+    return (2 * voxels * 4 + 2 * (settings.n_train + settings.n_test) * cube * 4
+            + 3 * settings.batch_size * cube * DENOISE_BYTES_PER_VOXEL)
+
+
+def denoise_patch_px(tomogram: Path, shape_zyx: tuple[int, ...], params: DenoiseParams,
+                     training: bool = False) -> int:
     """The cube edge for a local run: the recipe's if it fits the budget, else the largest that fits;
-    StageSettingError naming the tomogram and the settings when none does."""
+    StageSettingError naming the tomogram and the settings when none does. With `training` (noise2noise), the
+    cube is also the training cube and the training's memory counts too."""
     budget, source = _budget_bytes(params.memory_budget_gb)
     choices = [params.patch_size_px] if params.patch_size_px else list(DENOISE_PATCH_CHOICES_PX)
+
+    def need_bytes(patch: int) -> int:
+        need = denoise_cube_bytes(shape_zyx, patch, params.padding_px)
+        return need + training_bytes(shape_zyx, patch, params.noise2noise) if training and params.noise2noise \
+            else need
+
     for patch in choices:
-        if denoise_cube_bytes(shape_zyx, patch, params.padding_px) <= budget:
+        if need_bytes(patch) <= budget:
             return patch
-    need = denoise_cube_bytes(shape_zyx, choices[-1], params.padding_px)
+    need = need_bytes(choices[-1])
     raise StageSettingError(
-        f"{tomogram}: denoising in {choices[-1]}-voxel cubes with {params.padding_px} voxels of padding needs "
+        f"{tomogram}: {'training on its halves and ' if training else ''}denoising in {choices[-1]}-voxel cubes "
+        f"with {params.padding_px} voxels of padding needs "
         f"about {_gb(need)}, over the {_gb(budget)} budget ({source}); lower stages.denoise.params.patch_size_px "
         f"or padding_px, raise stages.denoise.params.memory_budget_gb, or place the stage on Slurm (runs_on)")
 
@@ -127,7 +153,8 @@ def denoise_series(config: SessionConfig, params: DenoiseParams, tool: str, runs
     def work() -> dict[str, Any]:
         tomogram, shape, voxel_a = _tomogram_of(item)
         local = not isinstance(runs_on, dict)
-        patch = denoise_patch_px(tomogram, shape, params) if local else params.patch_size_px or 96
+        halves = item["tomogram"].get("half_paths") if params.noise2noise is not None else None
+        patch = denoise_patch_px(tomogram, shape, params, halves is not None) if local else params.patch_size_px or 96
         program, launch = denoise_program(params.program, runs_on)
         project = _project(config, item)
         gpus = int(runs_on.get("gpus") or 0) if isinstance(runs_on, dict) else 0
@@ -136,7 +163,9 @@ def denoise_series(config: SessionConfig, params: DenoiseParams, tool: str, runs
             model=params.model or topaz.pretrained_3d_model(voxel_a or config.motion_corrected_pixel_size_a
                                                             * config.tomogram_binning),
             patch_size_px=patch, padding_px=params.padding_px, device=0 if gpus else -1,
-            threads=placement_threads(params.threads, runs_on), program=program, launch=launch)
+            threads=placement_threads(params.threads, runs_on), program=program, launch=launch,
+            half_tomogram_paths=tuple(halves) if halves else None,
+            **({"training": params.noise2noise} if params.noise2noise is not None else {}))
         Path(inputs.out_dir).mkdir(parents=True, exist_ok=True)
         stage_executor("denoise", tool, runs_on, inputs.out_dir)(topaz.denoise3d_command(inputs))
         denoised = topaz.parse_denoised(inputs)
@@ -144,7 +173,8 @@ def denoise_series(config: SessionConfig, params: DenoiseParams, tool: str, runs
                                      Path(inputs.out_dir) / "images" / f"{series}_raw_vs_denoised.jpg")
         _record(item, "Denoised", {"path": denoised["denoised_path"], "central_slice": str(image)})
         project.add_denoised_tomogram(series, denoised["denoised_path"])
-        return item | {"denoised": {"path": denoised["denoised_path"], "model": inputs.model,
+        return item | {"denoised": {"path": denoised["denoised_path"], "model": denoised["model"],
+                                    "noise2noise": halves is not None,
                                     "patch_size_px": patch, "padding_px": params.padding_px,
                                     "comparison_image": str(image)}}
 

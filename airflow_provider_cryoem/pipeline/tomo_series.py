@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SessionConfig
+from ..engines.motion import half_sum_paths
 from ..ingest import MovieFile, scan_folder
 from ..io import ImageFileError
 from ..io.mdoc import MdocSeries, read_mdoc
@@ -189,7 +190,10 @@ def _write_tilt_star_files(config: SessionConfig, session: dict[str, Any], decis
     project = relion_project(session["relion_dir"], OpticsGroup.from_session(config), session["relion_dialect"],
                              "tomography")
     watch_dir = Path(session["watch_dir"])
-    for tilt in tilts:
+    # the even/odd sums are listed when every tilt has them (motion correction with even_odd_sums)
+    sums = [half_sum_paths(tilt["micrograph"]) for tilt in tilts]
+    with_sums = all(path.is_file() for pair in sums for path in pair)
+    for tilt, pair in zip(tilts, sums):
         movie = watch_dir / tilt["movie"]
         mdoc_tilt = next((t.mdoc_tilt for t in decision.tilts if t.movie.relative_path == tilt["movie"]), None)
         nominal_defocus_um = mdoc_tilt.defocus_um if mdoc_tilt is not None and mdoc_tilt.defocus_um else \
@@ -197,7 +201,7 @@ def _write_tilt_star_files(config: SessionConfig, session: dict[str, Any], decis
         project.add_tilt_movie(decision.series, movie, tilt["frame_count"], tilt["tilt_angle_deg"], axis_deg,
                                tilt["pre_exposure_e_a2"] or 0.0, abs(nominal_defocus_um))
         project.add_motion_corrected_tilt(decision.series, movie, tilt["micrograph"], tilt["total_motion_a"],
-                                          tilt["early_motion_a"], tilt["late_motion_a"])
+                                          tilt["early_motion_a"], tilt["late_motion_a"], pair if with_sums else None)
         project.add_tilt_ctf(decision.series, movie, CtfValues(
             defocus_u_a=tilt["defocus_u_a"], defocus_v_a=tilt["defocus_v_a"],
             astigmatism_angle_deg=tilt["astigmatism_angle_deg"], figure_of_merit=tilt["ctf_figure_of_merit"] or 0.0,

@@ -4,14 +4,20 @@ The built-in path aligns (engines/tomo_align) and reconstructs (engines/tomo_rec
 `aretomo2` and `imod` run the program where the recipe places it (pipeline/tomo_external). A series that
 cannot be aligned (too few usable tilts, unreadable images, a program failing) is recorded as a failed step
 and skipped by run_or_skip, like a particle batch; the session goes on.
+
+With `half_tomograms` (built-in path), the tilts' even- and odd-frame sums are moved by the same alignment and
+reconstructed with the same settings into two half tomograms (Relion 5's split tomograms, the pair noise2noise
+denoising trains on); their noise is independent, their signal the tomogram's.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from ..config import SessionConfig
-from ..engines.tomo_align import TiltAlignmentInputs, TiltAlignmentResult, align_tilt_series
+from ..engines.motion import half_sum_paths
+from ..engines.tomo_align import TiltAlignmentInputs, TiltAlignmentResult, align_tilt_series, apply_alignment
 from ..engines.tomo_images import alignment_plot, tilt_series_montage, tilt_series_movie, tomogram_views
 from ..engines.tomo_reconstruct import TomogramInputs, TomogramResult, reconstruct_tomogram
 from ..io import read_mrc
@@ -21,6 +27,8 @@ from .batch_outcome import run_or_skip
 from .stages import available_cores
 from .stores import relion_project, results_store
 from .tomo_external import program_tomogram
+
+log = logging.getLogger(__name__)
 
 
 def aligner_of(tool: str, params: TomogramParams) -> str:
@@ -39,19 +47,27 @@ def make_tomogram(config: SessionConfig, params: TomogramParams, tool: str, runs
     def work() -> dict[str, Any]:
         project = relion_project(item["relion_dir"], OpticsGroup.from_session(config), item["relion_dialect"],
                                  "tomography")
+        halves = None
         if tool == "builtin":
             alignment = _align(config, params, project, series, aligner)
-            tomogram = _reconstruct(config, params, project, series, alignment)
+            tomogram = _reconstruct(config, params, series, alignment, alignment.aligned_stack_path,
+                                    project.tomogram_path(series["name"]))
+            if params.half_tomograms:
+                halves = _half_tomograms(config, params, project, series, alignment)
         else:
             alignment, tomogram = program_tomogram(config, params, project, series, tool, ALIGNER_KINDS[aligner],
                                                    runs_on)
+            if params.half_tomograms:
+                log.warning("%s: half tomograms are reconstructed on the built-in path only, not with %s",
+                            series["name"], tool)
         images = _images(alignment, tomogram, Path(tomogram.tomogram_path).parent / "images" / series["name"])
         _record(item, series, alignment, tomogram, images)
         _write_relion_files(project, item, series, alignment, tomogram, config.motion_corrected_pixel_size_a,
-                            aligner)
+                            aligner, halves)
         return item | {"tomogram": {"path": tomogram.tomogram_path, "shape": list(tomogram.shape),
                                     "tilt_axis_deg": alignment.tilt_axis_deg,
-                                    "mean_residual_px": alignment.mean_residual_px}}
+                                    "mean_residual_px": alignment.mean_residual_px,
+                                    **({"half_paths": halves} if halves else {})}}
 
     return run_or_skip(item, f"tomogram {series['name']}", work)
 
@@ -69,17 +85,37 @@ def _align(config: SessionConfig, params: TomogramParams, project: RelionProject
         alignment_size_px=params.alignment_size_px, fft_workers=available_cores()))
 
 
-def _reconstruct(config: SessionConfig, params: TomogramParams, project: RelionProject, series: dict[str, Any],
-                 alignment: TiltAlignmentResult) -> TomogramResult:
+def _reconstruct(config: SessionConfig, params: TomogramParams, series: dict[str, Any],
+                 alignment: TiltAlignmentResult, stack_path: str, tomogram_path: Path) -> TomogramResult:
+    """Reconstruct the aligned stack at `stack_path` (the series' tilts as `alignment` placed them)."""
     kept = [(tilt, aligned) for tilt, aligned in zip(series["tilts"], alignment.tilts) if not aligned.excluded]
     kept.sort(key=lambda pair: pair[1].stack_index)
     defocus = [(tilt["defocus_u_a"] + tilt["defocus_v_a"]) / 2 for tilt, _ in kept]
     return reconstruct_tomogram(TomogramInputs(
-        aligned_stack_path=alignment.aligned_stack_path, tilt_angles_deg=alignment.aligned_tilt_angles_deg,
-        tomogram_path=str(project.tomogram_path(series["name"])), pixel_size_a=alignment.aligned_pixel_size_a,
+        aligned_stack_path=stack_path, tilt_angles_deg=alignment.aligned_tilt_angles_deg,
+        tomogram_path=str(tomogram_path), pixel_size_a=alignment.aligned_pixel_size_a,
         thickness_nm=config.thickness_nm, weighting=params.weighting, sirt_iterations=params.sirt_iterations,
         defocus_a=defocus if params.ctf_correction else None, voltage_kv=config.voltage_kv, cs_mm=config.cs_mm,
         amplitude_contrast=config.amplitude_contrast, fft_workers=available_cores()))
+
+
+def _half_tomograms(config: SessionConfig, params: TomogramParams, project: RelionProject, series: dict[str, Any],
+                    alignment: TiltAlignmentResult) -> list[str] | None:
+    """The two half tomograms from the tilts' even- and odd-frame sums, or None (logged) when a tilt has none
+    (motion correction ran without stages.motioncorr.params.even_odd_sums)."""
+    sums = [half_sum_paths(tilt["micrograph"]) for tilt in series["tilts"]]
+    missing = [str(path) for pair in sums for path in pair if not path.is_file()]
+    if missing:
+        log.warning("%s: no half tomograms: %d even/odd tilt sums missing (e.g. %s); set "
+                    "stages.motioncorr.params.even_odd_sums", series["name"], len(missing), missing[0])
+        return None
+    stack = Path(alignment.aligned_stack_path)
+    written = []
+    for half, tomogram_path in enumerate(project.half_tomogram_paths(series["name"])):
+        half_stack = apply_alignment(alignment, [pair[half] for pair in sums], config.tomogram_binning,
+                                     stack.with_name(f"{stack.stem}_half{half + 1}.mrc"))
+        written.append(_reconstruct(config, params, series, alignment, half_stack, tomogram_path).tomogram_path)
+    return written
 
 
 def _images(alignment: TiltAlignmentResult, tomogram: TomogramResult, stem: Path) -> dict[str, str]:
@@ -119,8 +155,9 @@ def _record(item: dict[str, Any], series: dict[str, Any], alignment: TiltAlignme
 
 def _write_relion_files(project: RelionProject, item: dict[str, Any], series: dict[str, Any],
                         alignment: TiltAlignmentResult, tomogram: TomogramResult, input_pixel_a: float,
-                        aligner: str) -> None:
-    """aligned_tilt_series.star (Relion's rotations, shifts in Å) and the tomogram in tomograms.star.
+                        aligner: str, halves: list[str] | None = None) -> None:
+    """aligned_tilt_series.star (Relion's rotations, shifts in Å) and the tomogram (with its halves, if any) in
+    tomograms.star.
 
     Shifts are in the tilt images' pixels (`input_pixel_a`, the motion-corrected pixel size)."""
     watch_dir = Path(item["watch_dir"])
@@ -131,4 +168,5 @@ def _write_relion_files(project: RelionProject, item: dict[str, Any], series: di
         for tilt, aligned in zip(series["tilts"], alignment.tilts) if not aligned.excluded],
         aligner=aligner)
     nz, ny, nx = tomogram.shape
-    project.add_tomogram(series["name"], tomogram.tomogram_path, tomogram.pixel_size_a / input_pixel_a, [nx, ny, nz])
+    project.add_tomogram(series["name"], tomogram.tomogram_path, tomogram.pixel_size_a / input_pixel_a, [nx, ny, nz],
+                         halves)

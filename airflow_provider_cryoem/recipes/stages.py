@@ -24,6 +24,11 @@ class MotionCorrectionParams(_StageParams):
     bfactor_a2: float = Field(150.0, ge=0, le=5000)
     iterations: int = Field(10, ge=1, le=100)
     tolerance_px: float = Field(0.1, gt=0, le=5)
+    even_odd_sums: bool = Field(False, description=(
+        "Tomography: also write each tilt's sums of its even and of its odd frames (Relion 5's \"Save images "
+        "for denoising?\", rlnMicrographNameEven/Odd), from which the tomogram stage can reconstruct half "
+        "tomograms for noise2noise denoising (stages.tomogram.params.half_tomograms). Built-in engine only; "
+        "two more images per tilt, the alignment is shared."))
 
 
 class CtfParams(_StageParams):
@@ -225,6 +230,26 @@ class TomogramParams(_StageParams):
     imod_alignment: Literal["patch", "fiducials"] = Field("patch", description=(
         "IMOD (tool: imod): patch tracking (fiducial-free), or gold-bead tracking."))
     fiducial_diameter_nm: float = Field(10.0, gt=0, le=100, description="Gold bead size (IMOD bead tracking).")
+    half_tomograms: bool = Field(False, description=(
+        "Also reconstruct the even- and odd-frame tilt sums (stages.motioncorr.params.even_odd_sums) into two "
+        "half tomograms with the tomogram's own alignment and settings (Relion 5's \"Generate tomograms for "
+        "denoising?\", rlnTomoReconstructedTomogramHalf1/2), for noise2noise denoising "
+        "(stages.denoise.params.noise2noise). Tool builtin; a series whose tilts have no halves gets none."))
+
+
+class Noise2NoiseParams(_StageParams):
+    """Topaz's noise2noise training on a series' two half tomograms (`topaz denoise3d -a HALF1 -b HALF2`),
+    starting from the stage's model as Topaz does, then denoising the tomogram with the trained model. Topaz
+    cuts its training cubes at the stage's patch_size_px. Topaz's defaults (1000 cubes, 500 epochs) are for a
+    GPU; the defaults here are a short CPU run."""
+
+    num_epochs: int = Field(3, ge=1, le=1000, description="Training epochs (--num-epochs; Topaz's default 500).")
+    n_train: int = Field(40, ge=1, le=100_000, description="Training cubes per tomogram (--N-train; Topaz 1000).")
+    n_test: int = Field(8, ge=1, le=100_000, description="Validation cubes per tomogram (--N-test; Topaz 200).")
+    batch_size: int = Field(4, ge=1, le=256, description="Cubes per step (--batch-size; Topaz 10).")
+    optimizer: Literal["adam", "adagrad", "sgd"] = Field("adagrad", description="--optim (Topaz's default).")
+    learning_rate: float = Field(0.001, gt=0, le=1, description="--lr (Topaz's default).")
+    criteria: Literal["L1", "L2"] = Field("L2", description="Loss (--criteria; Topaz's default).")
 
 
 class DenoiseParams(_StageParams):
@@ -255,6 +280,10 @@ class DenoiseParams(_StageParams):
         "of an environment with topaz-em and this provider (a name starting with `python`), which runs the "
         "runner there: topaz-em 0.3.20's own denoise3d cannot load its pretrained 3D models on Python ≥ 3.11 "
         "without setuptools < 81 (pkg_resources)."))
+    noise2noise: Noise2NoiseParams | None = Field(None, description=(
+        "Train on the series' half tomograms (stages.tomogram.params.half_tomograms) before denoising, for "
+        "samples the pretrained models do not fit; a series without halves is denoised with the pretrained "
+        "model. Default: off (the pretrained model)."))
 
 
 class SegmentationParams(_StageParams):

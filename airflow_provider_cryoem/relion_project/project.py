@@ -524,8 +524,11 @@ class RelionProject:
             tomo_files.upsert_tilt(job.path, job.name, tomo_files.IMPORT, name, values, self._tomo_optics())
 
     def add_motion_corrected_tilt(self, series: str, movie_path: str | Path, micrograph_path: str | Path,
-                                  total_motion_a: float, early_motion_a: float, late_motion_a: float) -> None:
-        """Add a tilt's motion-corrected image and its accumulated motion (Å) to corrected_tilt_series.star."""
+                                  total_motion_a: float, early_motion_a: float, late_motion_a: float,
+                                  half_sum_paths: Sequence[str | Path] | None = None) -> None:
+        """Add a tilt's motion-corrected image and its accumulated motion (Å) to corrected_tilt_series.star;
+        `half_sum_paths`: its even- and odd-frame sums (rlnMicrographNameEven/Odd, job option
+        do_even_odd_split, as Relion 5's "Save images for denoising?" writes them)."""
         name = self._tomo_series(series)
         job = self.job("tomo_motioncorr")
         upstream = self._upstream_dir(job)
@@ -533,10 +536,14 @@ class RelionProject:
                                    "rlnAccumMotionTotal": float(total_motion_a),
                                    "rlnAccumMotionEarly": float(early_motion_a),
                                    "rlnAccumMotionLate": float(late_motion_a)}
+        if half_sum_paths is not None:
+            added |= dict(zip(tomo_files.HALF_SUM_COLUMNS, map(self.relative, half_sum_paths)))
         with project_lock(self.root):
             row = tomo_files.upstream_row(upstream, name, self.relative(movie_path))
             tomo_files.upsert_tilt(job.path, job.name, tomo_files.MOTIONCORR, name, {**row, **added},
                                    self._tomo_optics())
+        if half_sum_paths is not None:
+            job.set_options({"do_even_odd_split": "Yes"})
 
     def add_tilt_ctf(self, series: str, movie_path: str | Path, ctf: CtfValues, ctf_image_path: str | Path) -> None:
         """Add a tilt's CTF fit to tilt_series_ctf.star (`ctf_image_path`: its power spectrum, MRC)."""
@@ -582,10 +589,17 @@ class RelionProject:
         """Where the Tomograms job keeps the series' tomogram: `Tomograms/jobNNN/tomograms/rec_<series>.mrc`."""
         return tomo_files.tomogram_file(self.job("tomograms").path, self._tomo_series(series))
 
+    def half_tomogram_paths(self, series: str) -> tuple[Path, Path]:
+        """Where the Tomograms job keeps the series' half tomograms (`rec_<series>_half1.mrc`, `_half2.mrc`)."""
+        job_dir, name = self.job("tomograms").path, self._tomo_series(series)
+        return tomo_files.tomogram_file(job_dir, name, 1), tomo_files.tomogram_file(job_dir, name, 2)
+
     def add_tomogram(self, series: str, tomogram_path: str | Path, binning: float,
-                     volume_size_px: Sequence[int]) -> None:
+                     volume_size_px: Sequence[int], half_paths: Sequence[str | Path] | None = None) -> None:
         """List the series' tomogram in tomograms.star. `volume_size_px` is the volume's [x, y, z] as written
-        (binned); Relion records the bin-1 size (rlnTomoSizeX: "Width of a bin-1 tomogram in pixels")."""
+        (binned); Relion records the bin-1 size (rlnTomoSizeX: "Width of a bin-1 tomogram in pixels").
+        `half_paths`: its half tomograms (rlnTomoReconstructedTomogramHalf1/2, job option
+        generate_split_tomograms, as Relion 5's "Generate tomograms for denoising?" writes them)."""
         name = self._tomo_series(series)
         if len(volume_size_px) != 3 or binning <= 0:
             raise ValueError(f"tomogram of {name}: need [x, y, z] sizes and a positive binning, "
@@ -596,12 +610,16 @@ class RelionProject:
         extra: dict[str, Value] = {"rlnTomoTomogramBinning": float(binning), "rlnTomoSizeX": sizes[0],
                                    "rlnTomoSizeY": sizes[1], "rlnTomoSizeZ": sizes[2],
                                    "rlnTomoReconstructedTomogram": self.relative(tomogram_path)}
+        if half_paths is not None:
+            extra |= dict(zip(tomo_files.HALF_TOMOGRAM_COLUMNS, map(self.relative, half_paths)))
         with project_lock(self.root):
             rows = list(tomo_files.upstream_rows(upstream, name).values())
             if not rows:
                 raise ImageFileError(tomo_files.series_file(upstream, name), "missing: align the series first")
             tomo_files.replace_series(job.path, job.name, tomo_files.TOMOGRAMS, name, rows, self._tomo_optics(),
                                       extra)
+        if half_paths is not None:
+            job.set_options({"generate_split_tomograms": "Yes"})
 
     def denoised_tomogram_dir(self) -> Path:
         """Where the Denoise job keeps denoised tomograms: `Denoise/jobNNN/tomograms/`."""
@@ -618,8 +636,9 @@ class RelionProject:
             if not rows:
                 raise ImageFileError(tomo_files.series_file(upstream, name), "missing: reconstruct the series first")
             reconstructed = tomo_files.global_values(upstream, tomo_files.TOMOGRAMS, name)
-            extra: dict[str, Value] = {column: reconstructed[column] for column in tomo_files.TOMOGRAMS_GLOBAL
-                                       if column not in tomo_files.TILT_SERIES_GLOBAL}
+            extra: dict[str, Value] = {column: reconstructed[column]
+                                       for column in (*tomo_files.TOMOGRAMS_GLOBAL, *tomo_files.HALF_TOMOGRAM_COLUMNS)
+                                       if column in reconstructed and column not in tomo_files.TILT_SERIES_GLOBAL}
             extra[tomo_files.DENOISED_COLUMN] = self.relative(denoised_path)
             tomo_files.replace_series(job.path, job.name, tomo_files.DENOISED, name, rows, self._tomo_optics(),
                                       extra)

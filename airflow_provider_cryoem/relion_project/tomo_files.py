@@ -70,6 +70,11 @@ CTF_TILT = MOTIONCORR_TILT + ("rlnCtfImage", "rlnDefocusU", "rlnDefocusV", "rlnC
 POWER_SPECTRA_FILE = "power_spectra_fits.star"
 POWER_SPECTRA_COLUMNS = ("rlnCtfImage", "rlnDefocusU", "rlnDefocusV", "rlnCtfAstigmatism", "rlnDefocusAngle",
                          "rlnCtfFigureOfMerit", "rlnCtfMaxResolution")
+# Motion correction with "Save images for denoising?" adds the even- and odd-frame sums before rlnMicrographName
+# (motioncorr_runner.cpp), and the reconstruction with "Generate tomograms for denoising?" the half tomograms
+# after rlnTomoReconstructedTomogram (reconstruct_tomogram.cpp); later jobs keep both. Present only when written.
+HALF_SUM_COLUMNS = ("rlnMicrographNameEven", "rlnMicrographNameOdd")
+HALF_TOMOGRAM_COLUMNS = ("rlnTomoReconstructedTomogramHalf1", "rlnTomoReconstructedTomogramHalf2")
 # align_tilt_series/{aretomo,imod}/align_tilt_series.py.
 ALIGNED_TILT = CTF_TILT + ("rlnTomoXTilt", "rlnTomoYTilt", "rlnTomoZRot", "rlnTomoXShiftAngst", "rlnTomoYShiftAngst")
 
@@ -109,6 +114,26 @@ class TiltAlignmentValues(BaseModel):
     y_shift_a: float
 
 
+def _with_optional(columns: tuple[str, ...], values: Mapping[str, Value], optional: tuple[str, ...],
+                   anchor: str, after: bool) -> tuple[str, ...]:
+    """`columns` with the `optional` ones placed before (or after) `anchor` when `values` has them all."""
+    if anchor not in columns or not all(column in values for column in optional):
+        return columns
+    at = columns.index(anchor) + (1 if after else 0)
+    return columns[:at] + optional + columns[at:]
+
+
+def tilt_columns(table: TomoTable, values: Mapping[str, Value]) -> tuple[str, ...]:
+    """The per-tilt columns a row of `table` is written with: with the half sums when it has them."""
+    return _with_optional(table.tilt_columns, values, HALF_SUM_COLUMNS, "rlnMicrographName", after=False)
+
+
+def global_columns(table: TomoTable, values: Mapping[str, Value]) -> tuple[str, ...]:
+    """The global columns a series' row of `table` is written with: with the half tomograms when it has them."""
+    return _with_optional(table.global_columns, values, HALF_TOMOGRAM_COLUMNS, "rlnTomoReconstructedTomogram",
+                          after=True)
+
+
 def check_series_name(name: str) -> str:
     """A series name names a STAR data block and a file: no whitespace, no folders."""
     if not name or any(ch.isspace() for ch in name) or "/" in name or name.startswith((".", "#", "_")):
@@ -129,7 +154,7 @@ def global_row(table: TomoTable, name: str, series_star: str, optics: OpticsGrou
         "rlnMicrographOriginalPixelSize": optics.movie_pixel_size_a, "rlnTomoHand": float(optics.tomo_hand),
         "rlnOpticsGroupName": optics.name, "rlnTomoTiltSeriesPixelSize": optics.micrograph_pixel_size_a,
         **(extra or {})}
-    return [values[column] for column in table.global_columns]
+    return [values[column] for column in global_columns(table, values)]
 
 
 def import_tilt_values(movie: str, frame_count: int, tilt_angle_deg: float, tilt_axis_deg: float,
@@ -170,8 +195,9 @@ def upsert_tilt(job_dir: Path, job_name: str, table: TomoTable, name: str, value
         raise ValueError(f"tilt row for {table.file_name} lacks {missing}")
     path = series_file(job_dir, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    upsert_rows(path, loop_header(name, table.tilt_columns, VERSION), name, table.tilt_columns,
-                MOVIE_COLUMN, str(values[MOVIE_COLUMN]), [[values[column] for column in table.tilt_columns]])
+    columns = tilt_columns(table, values)
+    upsert_rows(path, loop_header(name, columns, VERSION), name, columns, MOVIE_COLUMN, str(values[MOVIE_COLUMN]),
+                [[values[column] for column in columns]])
     upsert_series(job_dir, job_name, table, name, optics)
 
 
@@ -189,8 +215,11 @@ def replace_series(job_dir: Path, job_name: str, table: TomoTable, name: str, ro
         missing = [column for column in table.tilt_columns if column not in row]
         if missing:
             raise ValueError(f"tilt row for {table.file_name} lacks {missing}")
-    replace_rows(series_file(job_dir, name), loop_header(name, table.tilt_columns, VERSION),
-                 [[row[column] for column in table.tilt_columns] for row in rows])
+    columns = table.tilt_columns  # the half sums only when every tilt has them
+    if rows and all(column in row for row in rows for column in HALF_SUM_COLUMNS):
+        columns = tilt_columns(table, rows[0])
+    replace_rows(series_file(job_dir, name), loop_header(name, columns, VERSION),
+                 [[row[column] for column in columns] for row in rows])
     upsert_series(job_dir, job_name, table, name, optics, extra)
 
 
@@ -198,9 +227,9 @@ def upsert_series(job_dir: Path, job_name: str, table: TomoTable, name: str, opt
                   extra: Mapping[str, Value] | None = None) -> None:
     """The series' row in the job's global file, pointing at `<job>/tilt_series/<name>.star`."""
     series_star = f"{job_name}{SERIES_FOLDER}/{name}.star"
-    upsert_rows(job_dir / table.file_name, loop_header(GLOBAL_BLOCK, table.global_columns, VERSION),
-                GLOBAL_BLOCK, table.global_columns, NAME_COLUMN, name,
-                [global_row(table, name, series_star, optics, extra)])
+    columns = global_columns(table, extra or {})
+    upsert_rows(job_dir / table.file_name, loop_header(GLOBAL_BLOCK, columns, VERSION), GLOBAL_BLOCK, columns,
+                NAME_COLUMN, name, [global_row(table, name, series_star, optics, extra)])
 
 
 def global_values(job_dir: Path, table: TomoTable, name: str) -> dict[str, str]:
@@ -217,7 +246,8 @@ def global_values(job_dir: Path, table: TomoTable, name: str) -> dict[str, str]:
     raise ImageFileError(path, f"has no row for tilt series {name}")
 
 
-def tomogram_file(job_dir: Path, name: str) -> Path:
-    """Where Relion's reconstruction puts a series' tomogram: `<job>/tomograms/rec_<name>.mrc`."""
-    return job_dir / TOMOGRAM_FOLDER / f"rec_{name}.mrc"
+def tomogram_file(job_dir: Path, name: str, half: int | None = None) -> Path:
+    """Where Relion's reconstruction puts a series' tomogram: `<job>/tomograms/rec_<name>.mrc`, its half
+    tomograms `rec_<name>_half1.mrc` and `_half2.mrc`."""
+    return job_dir / TOMOGRAM_FOLDER / (f"rec_{name}.mrc" if half is None else f"rec_{name}_half{half}.mrc")
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from airflow_provider_cryoem.execution.spec import CommandSpec
 from airflow_provider_cryoem.io.errors import ImageFileError
+from airflow_provider_cryoem.recipes.stages import Noise2NoiseParams
 
 _COLUMNS = ("image_name", "x_coord", "y_coord", "score")
 RECEPTIVE_FIELD_PX = 71  # resnet8 and resnet16, Topaz's pretrained detectors
@@ -137,6 +138,27 @@ class TopazDenoiseInputs(BaseModel):
     threads: int = Field(0, ge=0, description="torch threads (-j); 0: torch's default.")
     program: str = "topaz"
     launch: str = Field("entry_point", pattern="^(entry_point|bounded_runner)$")
+    half_tomogram_paths: tuple[str, str] | None = Field(None, description=(
+        "Even and odd half tomograms to train on by noise2noise first (-a, -b), starting from `model`."))
+    training: Noise2NoiseParams = Field(default_factory=Noise2NoiseParams, description=(
+        "Training settings, used with half_tomogram_paths."))
+
+
+def trained_model_prefix(inputs: TopazDenoiseInputs) -> Path:
+    """--save-prefix of a noise2noise run: Topaz saves `<prefix>_epochN.sav` beside the denoised tomogram."""
+    return Path(inputs.out_dir) / f"{Path(inputs.tomogram_path).stem}_noise2noise"
+
+
+def _training_args(inputs: TopazDenoiseInputs) -> list[str]:
+    """`topaz denoise3d`'s noise2noise flags (as its --help lists them); the last epoch is always saved."""
+    if inputs.half_tomogram_paths is None:
+        return []
+    settings = inputs.training
+    return ["-a", inputs.half_tomogram_paths[0], "-b", inputs.half_tomogram_paths[1],
+            "--N-train", str(settings.n_train), "--N-test", str(settings.n_test),
+            "--batch-size", str(settings.batch_size), "--num-epochs", str(settings.num_epochs),
+            "--optim", settings.optimizer, "--lr", f"{settings.learning_rate:g}", "--criteria", settings.criteria,
+            "--save-interval", str(settings.num_epochs), "--save-prefix", str(trained_model_prefix(inputs))]
 
 
 def denoised_path(inputs: TopazDenoiseInputs) -> Path:
@@ -147,14 +169,16 @@ def denoised_path(inputs: TopazDenoiseInputs) -> Path:
 
 def denoise3d_command(inputs: TopazDenoiseInputs) -> CommandSpec:
     """`topaz denoise3d VOLUME -o DIR --suffix .denoised -m MODEL -s PATCH -p PADDING -d DEVICE -j THREADS`,
-    the flags cryoem-services' Denoise services pass, started as `inputs.launch` says."""
+    the flags cryoem-services' Denoise services pass, started as `inputs.launch` says; with half tomograms also
+    the noise2noise training flags (-a -b --N-train ... --save-prefix)."""
     return CommandSpec(
         program=inputs.program, cwd=inputs.out_dir, threads=max(1, inputs.threads),
         gpus=1 if inputs.device >= 0 else 0,
         log_path=str(Path(inputs.out_dir) / f"{Path(inputs.tomogram_path).stem}_topaz_denoise3d.log"),
         args=[*DENOISE_LAUNCHES[inputs.launch], inputs.tomogram_path, "-o", inputs.out_dir,
               "--suffix", DENOISED_SUFFIX, "-m", inputs.model, "-s", str(inputs.patch_size_px),
-              "-p", str(inputs.padding_px), "-d", str(inputs.device), "-j", str(inputs.threads)])
+              "-p", str(inputs.padding_px), "-d", str(inputs.device), "-j", str(inputs.threads),
+              *_training_args(inputs)])
 
 
 def parse_denoised(inputs: TopazDenoiseInputs) -> dict[str, Any]:
@@ -167,4 +191,13 @@ def parse_denoised(inputs: TopazDenoiseInputs) -> dict[str, Any]:
     shape, source_shape = read_mrc_shape(path), read_mrc_shape(inputs.tomogram_path)
     if tuple(shape) != tuple(source_shape):
         raise ImageFileError(path, f"denoised volume is {tuple(shape)}, the tomogram {tuple(source_shape)}")
-    return {"denoised_path": str(path), "shape_zyx_px": list(shape), "model": inputs.model}
+    model = inputs.model
+    if inputs.half_tomogram_paths is not None:
+        prefix = trained_model_prefix(inputs)
+        saved = sorted(prefix.parent.glob(f"{prefix.name}_epoch*.sav"),
+                       key=lambda file: int(file.stem.rsplit("_epoch", 1)[1] or 0))
+        if not saved:
+            raise ImageFileError(prefix.parent, f"no trained model {prefix.name}_epochN.sav (did the noise2noise "
+                                                f"training finish?)")
+        model = str(saved[-1])
+    return {"denoised_path": str(path), "shape_zyx_px": list(shape), "model": model}

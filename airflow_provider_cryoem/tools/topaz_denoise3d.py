@@ -19,6 +19,12 @@ cube taken with `padding` voxels of context on every side (clipped at the volume
 zero-filled), normalised again by its own mean and SD for the network and restored after; the context cut
 off. Input and output are memory-mapped, so the memory taken is the network's activations for one padded
 cube (about 1.3 kB per voxel on the CPU, measured) whatever the tomogram's size.
+
+Noise2noise training takes `topaz denoise3d`'s flags too (-a EVEN -b ODD --N-train --N-test --batch-size
+--num-epochs --optim --lr --criteria --save-interval --save-prefix) and runs Topaz's own training code on them
+as that command does: the model named by -m is the starting point, training cubes are cut at the patch size
+(-s), the model is saved as `<save-prefix>_epochN.sav`, and the volumes are then denoised with the trained
+network. Training holds both half tomograms in memory (Topaz's dataset reads them whole).
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import mrcfile
 import numpy as np
@@ -128,16 +134,36 @@ def denoise_volume(volume: np.ndarray, out: np.ndarray, network: "torch.nn.Modul
     return {"min": low, "max": high, "mean": mean_out, "rms": max(total_sq / out.size - mean_out ** 2, 0.0) ** 0.5}
 
 
+def train_network(network: "torch.nn.Module", even_path: str, odd_path: str, args: argparse.Namespace,
+                  device: str) -> "torch.nn.Module":
+    """Fine-tune `network` by noise2noise on one pair of half tomograms with Topaz's dataset and training loop
+    (cubes of the patch size, random rotations and flips), as `topaz denoise3d -a -b` does."""
+    from topaz.denoising.datasets import make_tomogram_datasets
+    from topaz.denoising.models import train_model
+
+    for path in (even_path, odd_path):
+        if not Path(path).is_file():
+            raise ValueError(f"half tomogram {path} not found")
+    train, validation = make_tomogram_datasets(even_path, odd_path, args.patch_size, args.N_train, args.N_test)
+    network = network.to(device)
+    # Topaz's DataLoader would start a worker process; the cubes are already in memory, so none is needed.
+    train_model(network, train, validation, loss_fn=args.criteria, optim=args.optim, lr=args.lr,
+                batch_size=args.batch_size, num_epochs=args.num_epochs, use_cuda=device != "cpu", num_workers=0,
+                save_best=True, save_interval=args.save_interval, save_prefix=args.save_prefix, dims=3)
+    return network.to(device).eval()
+
+
 def output_path(volume_path: str, out_dir: str, suffix: str) -> Path:
     source = Path(volume_path)
     return Path(out_dir or source.parent) / f"{source.stem}{suffix or '.denoised'}{source.suffix}"
 
 
-def denoise_file(volume_path: str, out_dir: str, suffix: str, model: str, patch: int, padding: int,
-                 device: int = -1) -> Path:
-    """Denoise one MRC tomogram into `out_dir/<stem><suffix>.mrc` (float32, voxel size kept), atomically."""
+def denoise_file(volume_path: str, out_dir: str, suffix: str, model: "str | torch.nn.Module", patch: int,
+                 padding: int, device: int = -1) -> Path:
+    """Denoise one MRC tomogram into `out_dir/<stem><suffix>.mrc` (float32, voxel size kept), atomically;
+    `model`: a pretrained model's name, a saved model's path, or a network in memory."""
     torch_device = f"cuda:{device}" if device >= 0 else "cpu"
-    network = load_network(model, torch_device)
+    network = load_network(model, torch_device) if isinstance(model, str) else model
     target = output_path(volume_path, out_dir, suffix)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
@@ -164,14 +190,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--patch-padding", type=int, default=48)
     parser.add_argument("-d", "--device", type=int, default=-1)
     parser.add_argument("-j", "--num-threads", type=int, default=0)
+    training = parser.add_argument_group("noise2noise training (topaz denoise3d's flags and defaults)")
+    training.add_argument("-a", "--even-train-path")
+    training.add_argument("-b", "--odd-train-path")
+    training.add_argument("--N-train", type=int, default=1000)
+    training.add_argument("--N-test", type=int, default=200)
+    training.add_argument("--optim", choices=("adam", "adagrad", "sgd"), default="adagrad")
+    training.add_argument("--lr", type=float, default=0.001)
+    training.add_argument("--criteria", choices=("L1", "L2"), default="L2")
+    training.add_argument("--batch-size", type=int, default=10)
+    training.add_argument("--num-epochs", type=int, default=500)
+    training.add_argument("--save-interval", type=int, default=10)
+    training.add_argument("--save-prefix")
     args = parser.parse_args(argv)
     if args.num_threads > 0:
         import torch
 
         torch.set_num_threads(args.num_threads)
+    torch_device = f"cuda:{args.device}" if args.device >= 0 else "cpu"
+    model: Any = args.model
+    if args.even_train_path or args.odd_train_path:
+        if not (args.even_train_path and args.odd_train_path):
+            print("ERROR: noise2noise training needs both -a (even) and -b (odd) half tomograms", file=sys.stderr)
+            return 2
+        try:
+            model = train_network(load_network(args.model, torch_device), args.even_train_path,
+                                  args.odd_train_path, args, torch_device)
+        except (ValueError, OSError) as exc:
+            print(f"ERROR: {args.even_train_path}, {args.odd_train_path}: cannot train ({exc})", file=sys.stderr)
+            return 2
     for volume in args.volumes:
         try:
-            written = denoise_file(volume, args.output, args.suffix, args.model, args.patch_size,
+            written = denoise_file(volume, args.output, args.suffix, model, args.patch_size,
                                    args.patch_padding, args.device)
         except (ValueError, OSError) as exc:
             print(f"ERROR: {volume}: cannot denoise ({exc})", file=sys.stderr)
