@@ -263,7 +263,7 @@ def test_recipe_stage_runs_relion_motion_correction_as_a_slurm_job(cluster, tmp_
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     (recipes / "slurm_live.yaml").write_text(
-        "name: slurm_live\nstages:\n"
+        "name: slurm_live\nbatching: {parallel_tasks: 1}\nstages:\n"
         "  motioncorr: {tool: relion, params: {patches_x: 1, patches_y: 1},"
         " runs_on: {slurm_conn_id: cryoem_slurm, cpus: 1, time_limit_min: 10}}\n"
         "  ctf: {after: [motioncorr]}\n  pick: {after: [motioncorr]}\n  extract: {after: [pick, ctf]}\n")
@@ -281,7 +281,12 @@ def test_recipe_stage_runs_relion_motion_correction_as_a_slurm_job(cluster, tmp_
     assert run.returncode == 0, run.stdout[-4000:]
     summary = results_store(None, str(tmp_path / "session" / "processing")).session_summary("on_slurm")
     assert summary.failures == [] and summary.stages["motion_correction"].succeeded == settings.n_movies
-    assert "submitted relion_run_motioncorr as Slurm job" in run.stdout + run.stderr
+    output = run.stdout + run.stderr
+    assert "submitted relion_run_motioncorr as Slurm job" in output
+    # the task submitted both movies' jobs, then waited for them in the trigger (dags test runs it inline)
+    # and read them back when it ran again: one job per movie, none submitted twice
+    assert "motioncorr: 2 movies wait for Slurm jobs; deferring on job" in output
+    assert output.count("submitted relion_run_motioncorr as Slurm job") == settings.n_movies
     jobs = cluster.hook.run_remote("squeue -h -t all -o '%j %T'")[1].splitlines()
     assert sum(line.startswith("cryoem-motioncorr-") and line.endswith("COMPLETED") for line in jobs) >= 2
 

@@ -295,12 +295,28 @@ def cancel_waiting_slurm_jobs() -> None:
         _WAITING_SLURM_JOBS.discard((conn_id, job_id))
 
 
-def slurm_executor(stage: str, tool: str, placement: dict[str, Any], job_key: str) -> Execute:
+class SlurmJobPending(Exception):
+    """A Slurm job of a deferring stage is still queued or running: the task defers to the triggerer until it
+    ends, then runs the step again, whose submission then re-attaches to the finished job and reads it."""
+
+    def __init__(self, ssh_conn_id: str, job: dict[str, Any], jobcomp_file: str | None,
+                 poll_interval_s: float) -> None:
+        super().__init__(f"Slurm job {job['job_id']} ({job['job_name']}) has not ended yet")
+        self.ssh_conn_id, self.job, self.jobcomp_file, self.poll_interval_s = (ssh_conn_id, job, jobcomp_file,
+                                                                               poll_interval_s)
+
+
+def slurm_executor(stage: str, tool: str, placement: dict[str, Any], job_key: str,
+                   submitted: dict[str, int] | None = None) -> Execute:
     """Submit commands to Slurm over SSH and wait; a retried task re-attaches to its job by name.
 
     The name hashes `job_key`, the program and its `--o` (Relion) or `-o` (Topaz, crYOLO) output: one executor
     can run several jobs of one program (a B-factor series' refinements, Topaz's preprocess then extract)
     without one re-attaching to another.
+
+    `submitted` (job name -> id, filled in here) makes the task wait in the triggerer instead of this process:
+    a job that has not ended raises SlurmJobPending, and when the task runs the step again a job it already
+    submitted is read back by its id, never submitted anew (so a failed job fails its movie, once).
     """
     from ..execution.slurm import job_name
     from ..hooks.slurm import SlurmHook
@@ -311,22 +327,33 @@ def slurm_executor(stage: str, tool: str, placement: dict[str, Any], job_key: st
         spec = spec.model_copy(update={"threads": placement["cpus"], "gpus": placement["gpus"],
                                        "memory_mb": int(placement["memory_gb"] * 1024),
                                        "timeout_s": placement["time_limit_min"] * 60})
-        job = hook.submit(spec, job_name(job_key, slurm_job_item(spec), stage))
-        waiting = (placement["slurm_conn_id"], job.job_id)
-        _WAITING_SLURM_JOBS.add(waiting)
-        try:
-            status = hook.wait(job)
-        finally:
-            _WAITING_SLURM_JOBS.discard(waiting)
+        name = job_name(job_key, slurm_job_item(spec), stage)
+        if submitted is not None:
+            job = hook.job(submitted[name], name, reattached=True) if name in submitted else hook.submit(spec, name)
+            submitted[name] = job.job_id
+            status = hook.status(job.job_id)
+            if not status.finished:
+                raise SlurmJobPending(placement["slurm_conn_id"], job.model_dump(), hook.jobcomp_file,
+                                      hook.settings.poll_interval_s)
+        else:
+            job = hook.submit(spec, name)
+            waiting = (placement["slurm_conn_id"], job.job_id)
+            _WAITING_SLURM_JOBS.add(waiting)
+            try:
+                status = hook.wait(job)
+            finally:
+                _WAITING_SLURM_JOBS.discard(waiting)
         hook.raise_for_status(spec.program, job, status)
         return hook.read_output(job)
     return execute
 
 
-def stage_executor(stage: str, tool: str, runs_on: str | dict[str, Any], job_key: str) -> Execute:
-    """Where the recipe places a stage's programs: this worker, or Slurm (`job_key`: where outputs go)."""
+def stage_executor(stage: str, tool: str, runs_on: str | dict[str, Any], job_key: str,
+                   submitted: dict[str, int] | None = None) -> Execute:
+    """Where the recipe places a stage's programs: this worker, or Slurm (`job_key`: where outputs go;
+    `submitted`: wait in the triggerer, see slurm_executor)."""
     if isinstance(runs_on, dict):
-        return slurm_executor(stage, tool, runs_on, job_key)
+        return slurm_executor(stage, tool, runs_on, job_key, submitted)
     return local_executor(stage, tool)
 
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from ..config import SessionConfig
 from ..execution import ToolExecutionError
 from ..relion_project import OpticsGroup
-from .external import EXTERNAL_STEPS, stage_executor
+from .external import EXTERNAL_STEPS, SlurmJobPending, stage_executor
 from .record import RECORDERS, RESULT_STAGE_NAMES
 from .stages import BUILTIN_RUNNERS, MovieContext
 from .stores import relion_project, results_store
@@ -26,19 +26,28 @@ def _missing_inputs(item: dict[str, Any], upstream: dict[str, dict[str, dict[str
             if by_movie.get(item["movie"], {}).get("status") != "ok"]
 
 
-def _run_step(stage: str, tool: str, runs_on: str | dict[str, Any], ctx: MovieContext) -> dict[str, Any]:
+class BatchPending(Exception):
+    """Some movies of the batch wait for Slurm jobs: the outcomes of the others, and the jobs waited for."""
+
+    def __init__(self, outcomes: list[dict[str, Any]], pending: list[SlurmJobPending]) -> None:
+        super().__init__(f"{len(pending)} movies wait for their Slurm jobs")
+        self.outcomes, self.pending = outcomes, pending
+
+
+def _run_step(stage: str, tool: str, runs_on: str | dict[str, Any], ctx: MovieContext,
+              slurm_jobs: dict[str, int] | None = None) -> dict[str, Any]:
     """Run the stage for one movie with the recipe's program, on this worker or on Slurm."""
     if tool == "builtin":
         return BUILTIN_RUNNERS[stage](ctx)
     # The job's identity is where its outputs go: the same work (a retry) re-attaches, while another
     # session that happens to share a name or a job number (a fresh results database) never does.
     job_key = f"{ctx.item['relion_dir']}|{ctx.item['processing_job_id']}|{ctx.item['movie']}"
-    return EXTERNAL_STEPS[(stage, tool)](ctx, stage_executor(stage, tool, runs_on, job_key))
+    return EXTERNAL_STEPS[(stage, tool)](ctx, stage_executor(stage, tool, runs_on, job_key, slurm_jobs))
 
 
 def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: list[dict[str, Any]],
                   config: SessionConfig, params: BaseModel, upstream: dict[str, dict[str, dict[str, Any]]],
-                  run_id: str) -> list[dict[str, Any]]:
+                  run_id: str, slurm_jobs: dict[str, int] | None = None) -> list[dict[str, Any]]:
     """Process every movie of the batch; a bad movie is recorded as failed and the others go on.
 
     Errors of the movie itself, while processing or recording it (unreadable file, engine refusing the
@@ -48,10 +57,15 @@ def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: 
     program (ToolChoiceError) or a retryable Slurm failure fails the task. Anything else (database down, out
     of memory) propagates, so the task fails and Airflow retries the batch; writes are idempotent, so the
     retry duplicates nothing.
+
+    With `slurm_jobs` (a Slurm placement whose task waits in the triggerer; the jobs submitted so far, by name,
+    filled in here), every movie's job is submitted first; if any has not ended, BatchPending carries the
+    finished movies' outcomes and the jobs to wait for.
     """
     recorder = RECORDERS[stage]
     optics = OpticsGroup.from_session(config)
     outcomes: list[dict[str, Any]] = []
+    pending: list[SlurmJobPending] = []
     for item in movies:
         store = results_store(item["results_conn_id"], item["processing_path"])
         project = relion_project(item["relion_dir"], optics, item["relion_dialect"], item["experiment"])
@@ -66,8 +80,11 @@ def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: 
                                project, runs_on)
         started_s = time.perf_counter()
         try:
-            result = _run_step(stage, tool, runs_on, context)
+            result = _run_step(stage, tool, runs_on, context, slurm_jobs)
             recorder(context, result, store, item["processing_job_id"], movie_id)
+        except SlurmJobPending as waiting:
+            pending.append(waiting)
+            continue
         except (ValueError, ToolExecutionError, FileNotFoundError, MemoryError) as exc:
             if getattr(exc, "retryable", False):
                 raise  # e.g. a Slurm node failure: let Airflow retry the batch
@@ -79,4 +96,6 @@ def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: 
         outcomes.append({"movie": item["movie"], "session_id": item["session_id"], "status": "ok",
                          "compute_s": round(time.perf_counter() - started_s, 3),
                          "result": {k: v for k, v in result.items() if k not in _KEPT_OUT_OF_XCOM}})
+    if pending:
+        raise BatchPending(outcomes, pending)
     return outcomes
