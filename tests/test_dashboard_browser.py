@@ -520,6 +520,20 @@ def open_form_section(driver: object, section: str) -> None:
         one["shown"] for one in d.execute_script(_FORM_FIELDS_JS, section).values()))
 
 
+def select_options(driver: object, name: str) -> list[str]:
+    """The options a select of the trigger form offers; chooses its current option again to close it."""
+    from selenium.webdriver.common.by import By
+
+    select = driver.find_element(By.ID, f"element_{name}")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", select)
+    select.find_element(By.CSS_SELECTOR, "input").click()
+    options = wait(driver).until(lambda d: select.find_elements(By.CSS_SELECTOR, '[role="option"]'))
+    offered = [option.text for option in options]
+    next(option for option in options if option.get_attribute("aria-selected") == "true").click()
+    wait(driver).until(lambda d: not select.find_elements(By.CSS_SELECTOR, '[role="option"]'))
+    return offered
+
+
 def replace_value(driver: object, name: str, value: str) -> None:
     """Type `value` over a form field's value, then leave the field (when the form checks it)."""
     from selenium.webdriver.common.by import By
@@ -562,6 +576,7 @@ def test_airflows_trigger_form_shows_every_session_setting_with_label_unit_defau
                 assert shown["checked"] == default, name
             elif "enum" in schema:  # a select: its chosen option lives in a hidden input
                 assert shown["type"] == "hidden" and shown["value"] == str(default), name
+                assert select_options(driver, name) == [str(value) for value in schema["enum"]], name
             elif default is None or isinstance(default, str):
                 assert shown["value"] == (default or ""), name
             else:
