@@ -232,3 +232,48 @@ def test_halves_and_training_are_off_unless_the_recipe_asks():
     assert MotionCorrectionParams().even_odd_sums is False
     assert TomogramParams().half_tomograms is False
     assert DenoiseParams().noise2noise is None
+
+
+def test_tomo_live_carries_the_halves_from_motion_correction_to_noise2noise_denoising(tmp_path, airflow_env):
+    """The three recipe options through Airflow (`airflow dags test tomo_live`, one series of 7 tilts): the
+    Relion columns in every job, the half tomograms, and the denoise stage's command with Topaz's training."""
+    import json
+    import subprocess
+
+    import yaml
+
+    from airflow_provider_cryoem.simulate.session import END_MARKER_NAME
+
+    from .conftest import AIRFLOW
+
+    watch_dir = tmp_path / "visit" / "raw"
+    write_tomo_session(SETTINGS, watch_dir)
+    (watch_dir / END_MARKER_NAME).write_text("")
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "tomo_live.yaml").read_text())
+    recipe["stages"]["motioncorr"].setdefault("params", {})["even_odd_sums"] = True
+    recipe["stages"]["tomogram"]["params"] = {"half_tomograms": True}
+    recipe["stages"]["denoise"] = {"tool": "topaz", "after": ["tomogram"], "params": {
+        "patch_size_px": 32, "padding_px": 8,
+        "noise2noise": {"num_epochs": 1, "n_train": 4, "n_test": 2, "batch_size": 2, "learning_rate": 0.0001}}}
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "tomo_live.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    conf = {"session_name": "n2n", "watch_dir": str(watch_dir), "pixel_size_a": SETTINGS.pixel_size_a,
+            "dose_per_frame_e_a2": SETTINGS.dose_per_frame_e_a2, "tilt_axis_deg": SETTINGS.tilt_axis_deg,
+            "gain_reference_path": str(watch_dir / GAIN_REFERENCE_NAME), "thickness_nm": SETTINGS.thickness_nm,
+            "tilt_range_deg": 45, "tomogram_binning": BINNING, "movie_glob": "*.tif"}
+    env = {**airflow_env, "CRYOEM_DATA_ROOTS": str(tmp_path), "CRYOEM_RECIPES_DIR": str(tmp_path / "recipes")}
+    run = subprocess.run([AIRFLOW, "dags", "test", "tomo_live", "--conf", json.dumps(conf)], env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-4000:]
+    relion = tmp_path / "visit" / "processing" / "relion"
+    for job in ("MotionCorr", "CtfFind", "Tomograms", "Denoise"):
+        rows = starfile.read(next(relion.glob(f"{job}/job*/tilt_series/TS_01.star")))
+        assert len(rows) == len(SETTINGS.acquisition_order()), job
+        assert all((relion / path).is_file() for path in (*rows["rlnMicrographNameEven"], *rows["rlnMicrographNameOdd"]))
+    row = starfile.read(next(relion.glob("Denoise/job*/tomograms.star")), always_dict=True)["global"].iloc[0]
+    assert row["rlnTomoReconstructedTomogramHalf1"].endswith("tomograms/rec_TS_01_half1.mrc")
+    assert (relion / row["rlnTomoReconstructedTomogramHalf2"]).is_file()
+    assert (relion / row["rlnTomoReconstructedTomogramDenoised"]).is_file()
+    denoise_dir = relion / Path(row["rlnTomoReconstructedTomogramDenoised"]).parent
+    assert (denoise_dir / "rec_TS_01_noise2noise_epoch1.sav").is_file()
+    assert "# training completed!" in (denoise_dir / "rec_TS_01_topaz_denoise3d.log").read_text()
