@@ -17,6 +17,9 @@ import pytest
 from sqlalchemy import inspect, text
 
 from airflow_provider_cryoem.devtools.live_session import (
+    LATENCY_REQUIREMENT_S,
+    LIVE_MOVIE_INTERVAL_S,
+    LIVE_TEST_SETTINGS,
     Microscope,
     crash_scheduler_and_triggerer,
     landed_s,
@@ -29,16 +32,13 @@ from airflow_provider_cryoem.devtools.live_session import (
     wait_for_session_end,
 )
 from airflow_provider_cryoem.devtools.local_airflow import wait_until
-from airflow_provider_cryoem.simulate import SpaSimulationSettings, prepare_session_folder
+from airflow_provider_cryoem.simulate import prepare_session_folder
 
 pytestmark = pytest.mark.integration
 
 DAG_ID = "spa_live"
 SESSION = "live_it"
-SETTINGS = SpaSimulationSettings(n_movies=16, image_size_px=384, n_frames=8, particle_diameter_a=90,
-                                 particles_per_micrograph=5, seed=21)
-MOVIE_INTERVAL_S = 3.0
-LATENCY_REQUIREMENT_S = 15.0
+SETTINGS = LIVE_TEST_SETTINGS.model_copy(update={"seed": 21})
 # Movies whose wait overlaps the crash wait for the restarted components (orphaned task instances are
 # reset after the 15 s health-check threshold). The requirement is judged on every movie of the session,
 # crash included, and again on the movies the crash did not touch.
@@ -76,7 +76,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str) -> dict[st
         prepare_session_folder(SETTINGS, watch_dir)
         triggered_s = start_session(stack, DAG_ID, session_conf(SETTINGS, SESSION, watch_dir, processing_dir,
                                                                 idle_timeout_s=60))
-        microscope = Microscope(SETTINGS, watch_dir, MOVIE_INTERVAL_S)
+        microscope = Microscope(SETTINGS, watch_dir, LIVE_MOVIE_INTERVAL_S)
         microscope.start()
         wait_until(lambda: len(_claims(results)) >= 2, 120, "two movies taken by a run",
                    on_timeout=stack.diagnostics)

@@ -20,6 +20,9 @@ import yaml
 from sqlalchemy import inspect, text
 
 from airflow_provider_cryoem.devtools.live_session import (
+    LATENCY_REQUIREMENT_S,
+    LIVE_MOVIE_INTERVAL_S,
+    LIVE_TEST_SETTINGS,
     Microscope,
     landed_s,
     live_stack,
@@ -32,17 +35,14 @@ from airflow_provider_cryoem.devtools.live_session import (
 )
 from airflow_provider_cryoem.devtools.local_airflow import CeleryWorker, wait_until
 from airflow_provider_cryoem.devtools.local_redis import redis_server
-from airflow_provider_cryoem.simulate import SpaSimulationSettings, prepare_session_folder
+from airflow_provider_cryoem.simulate import prepare_session_folder
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 REPO = Path(__file__).resolve().parents[1]
 DAG_ID = "spa_live"
 SESSION = "celery_it"
-SETTINGS = SpaSimulationSettings(n_movies=16, image_size_px=384, n_frames=8, particle_diameter_a=90,
-                                 particles_per_micrograph=5, seed=23)
-MOVIE_INTERVAL_S = 3.0
-LATENCY_REQUIREMENT_S = 15.0
+SETTINGS = LIVE_TEST_SETTINGS.model_copy(update={"seed": 23})
 # The worker is killed once this many movies are motion-corrected: the latency is judged on the movies
 # corrected before the kill (the others wait for the lost task to be found, up to the heartbeat timeout).
 KILL_AFTER_MOVIES = 8
@@ -94,7 +94,7 @@ def celery_session(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str) 
         prepare_session_folder(SETTINGS, watch_dir)
         triggered_s = start_session(stack, DAG_ID, session_conf(SETTINGS, SESSION, watch_dir, processing_dir,
                                                                 idle_timeout_s=60), timeout_s=120)
-        microscope = Microscope(SETTINGS, watch_dir, MOVIE_INTERVAL_S)
+        microscope = Microscope(SETTINGS, watch_dir, LIVE_MOVIE_INTERVAL_S)
         microscope.start()
         victim = wait_until(lambda: len(_motion_rows(results)) >= KILL_AFTER_MOVIES and _running_motioncorr(stack),
                             180, f"a motion correction running on the compute worker after {KILL_AFTER_MOVIES} "

@@ -31,6 +31,12 @@ from ..simulate import (
 from .local_airflow import AirflowStack, fresh_postgres_database, wait_until
 
 ACTIVE_RUN_STATES = ("queued", "running")
+# The live tests' session: small movies, one every 3 s (a fast microscope), and the requirement they judge,
+# movie complete -> motion correction started.
+LIVE_TEST_SETTINGS = SpaSimulationSettings(n_movies=16, image_size_px=384, n_frames=8, particle_diameter_a=90,
+                                           particles_per_micrograph=5)
+LIVE_MOVIE_INTERVAL_S = 3.0
+LATENCY_REQUIREMENT_S = 15.0
 
 
 @contextmanager

@@ -322,6 +322,16 @@ class AirflowStack:
         return logs[-1].read_text(errors="replace") if logs else f"(no log under {folder})"
 
 
+def stop_process(process: subprocess.Popen, grace_s: float = _STOP_GRACE_S) -> None:
+    """SIGTERM a server the tests started, SIGKILL it if it is still there after `grace_s`."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from airflow_provider_cryoem.devtools.local_airflow import free_port
+from airflow_provider_cryoem.devtools.local_airflow import free_port, stop_process
 from airflow_provider_cryoem.devtools.local_postgres import apt_install, listening
 
 MARIADB_ADMIN_URL = os.environ.get("CRYOEM_TEST_MARIADB_ADMIN_URL", "mysql+pymysql://root@127.0.0.1:3306/")
@@ -69,12 +69,7 @@ def private_mariadb_server() -> Iterator[str]:
             time.sleep(0.2)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, grace_s=60)
         shutil.rmtree(root, ignore_errors=True)
 
 

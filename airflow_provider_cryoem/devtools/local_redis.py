@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .local_airflow import free_port, wait_until
+from .local_airflow import free_port, stop_process, wait_until
 from .local_postgres import apt_install
 
 REDIS_URL = os.environ.get("CRYOEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -62,12 +62,7 @@ def private_redis_server() -> Iterator[str]:
         wait_until(up, 30, "the private Redis to answer")
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         shutil.rmtree(root, ignore_errors=True)
 
 
