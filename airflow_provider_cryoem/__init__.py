@@ -46,11 +46,13 @@ def get_provider_info() -> dict:
         ],
         "hooks": [
             {"integration-name": "Cryo-EM", "python-modules": ["airflow_provider_cryoem.hooks.results",
-                                                           "airflow_provider_cryoem.hooks.slurm"]},
+                                                           "airflow_provider_cryoem.hooks.slurm",
+                                                           "airflow_provider_cryoem.hooks.slurm_rest"]},
         ],
         "triggers": [
             {"integration-name": "Cryo-EM", "python-modules": ["airflow_provider_cryoem.triggers.new_movies",
-                                                           "airflow_provider_cryoem.triggers.slurm"]},
+                                                           "airflow_provider_cryoem.triggers.slurm",
+                                                           "airflow_provider_cryoem.triggers.slurm_rest"]},
         ],
         "connection-types": [],
     }

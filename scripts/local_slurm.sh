@@ -6,15 +6,25 @@
 # running. Prints the Airflow connection as AIRFLOW_CONN_CRYOEM_SLURM (JSON) and writes it to
 # $CRYOEM_SLURM_DIR/airflow_conn.json. Must run as root (it installs packages and starts daemons).
 #
-# `local_slurm.sh stop` stops the four daemons again (by their pid files).
+# `local_slurm.sh rest` also starts slurmrestd on 127.0.0.1 (JWT auth, as the unprivileged user
+# cryoem-rest, since slurmrestd refuses root) and prints AIRFLOW_CONN_CRYOEM_SLURM_REST: an HTTP
+# connection whose password is a JWT from `scontrol token` for root (the SSH connection's login).
+# slurm.conf always carries AuthAltTypes=auth/jwt, so switching between the two never restarts Slurm.
+#
+# `local_slurm.sh stop` stops the daemons again (by their pid files); `stop-rest` only slurmrestd.
 #
 # Settings (environment): CRYOEM_SLURM_DIR (default /var/lib/cryoem-slurm),
-# CRYOEM_SLURM_SSH_PORT (default 2222), CRYOEM_SLURM_PARTITION (default cryoem).
+# CRYOEM_SLURM_SSH_PORT (default 2222), CRYOEM_SLURM_PARTITION (default cryoem),
+# CRYOEM_SLURM_REST_PORT (default 6820), CRYOEM_SLURM_TOKEN_LIFESPAN_S (default 86400).
 set -euo pipefail
 
 STATE_DIR="${CRYOEM_SLURM_DIR:-/var/lib/cryoem-slurm}"
 SSH_PORT="${CRYOEM_SLURM_SSH_PORT:-2222}"
 PARTITION="${CRYOEM_SLURM_PARTITION:-cryoem}"
+REST_PORT="${CRYOEM_SLURM_REST_PORT:-6820}"
+TOKEN_LIFESPAN_S="${CRYOEM_SLURM_TOKEN_LIFESPAN_S:-86400}"
+REST_USER=cryoem-rest
+JWT_KEY=/var/spool/slurmctld/jwt_hs256.key
 SLURM_CONF=/etc/slurm/slurm.conf
 JOBCOMP_LOG=/var/log/slurm/jobcomp.log
 NODE="$(hostname -s)"
@@ -30,6 +40,8 @@ install_missing_packages() {
     local missing=()
     command -v slurmctld >/dev/null || missing+=(slurm-wlm)
     command -v munged >/dev/null || missing+=(munge)
+    command -v slurmrestd >/dev/null || missing+=(slurmrestd)
+    [ -f /usr/lib/x86_64-linux-gnu/slurm-wlm/auth_jwt.so ] || missing+=(slurm-wlm-jwt-plugin)
     [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
     command -v relion_image_handler >/dev/null || missing+=(relion)
     if [ "${#missing[@]}" -gt 0 ]; then
@@ -68,6 +80,8 @@ ClusterName=cryoem-local
 SlurmctldHost=${NODE}(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
+AuthAltTypes=auth/jwt
+AuthAltParameters=jwt_key=${JWT_KEY}
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -90,6 +104,10 @@ PartitionName=${PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 )"
     mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
+    if [ ! -s "$JWT_KEY" ]; then
+        dd if=/dev/urandom bs=32 count=1 of="$JWT_KEY" status=none
+    fi
+    chmod 600 "$JWT_KEY"
     if [ ! -f "$SLURM_CONF" ] || [ "$(cat "$SLURM_CONF")" != "$new" ]; then
         log "writing $SLURM_CONF"
         printf '%s\n' "$new" > "$SLURM_CONF"
@@ -159,9 +177,41 @@ JSON
     printf "export AIRFLOW_CONN_CRYOEM_SLURM='%s'\n" "$conn"
 }
 
+# slurmrestd has no daemon mode: run it detached, remember its pid, wait until it answers.
+start_slurmrestd() {
+    id "$REST_USER" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$REST_USER"
+    if ! running "$STATE_DIR/slurmrestd.pid"; then
+        log "starting slurmrestd on 127.0.0.1:$REST_PORT"
+        SLURM_JWT=daemon setsid runuser -u "$REST_USER" -- /usr/sbin/slurmrestd -a rest_auth/jwt -s openapi/v0.0.38 \
+            "127.0.0.1:${REST_PORT}" </dev/null >>/var/log/slurm/slurmrestd.log 2>&1 &
+        echo $! > "$STATE_DIR/slurmrestd.pid"
+    fi
+    for _ in $(seq 1 50); do
+        # Any HTTP answer will do (even /openapi wants a token: 401 means it is up).
+        if [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${REST_PORT}/openapi/v3")" != 000 ]; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    echo "slurmrestd did not answer on 127.0.0.1:$REST_PORT; see /var/log/slurm/slurmrestd.log" >&2
+    exit 1
+}
+
+print_rest_connection() {
+    local token conn
+    token="$(scontrol token username=root lifespan="$TOKEN_LIFESPAN_S" | sed -n 's/^SLURM_JWT=//p')"
+    conn="$(cat <<JSON
+{"conn_type": "http", "host": "127.0.0.1", "port": ${REST_PORT}, "schema": "http", "login": "root", "password": "${token}", "extra": {"slurm_partition": "${PARTITION}", "slurm_remote_workdir": "${STATE_DIR}/jobs", "slurm_jobcomp_file": "${JOBCOMP_LOG}"}}
+JSON
+)"
+    printf '%s\n' "$conn" > "$STATE_DIR/airflow_conn_rest.json"
+    chmod 600 "$STATE_DIR/airflow_conn_rest.json"
+    printf "export AIRFLOW_CONN_CRYOEM_SLURM_REST='%s'\n" "$conn"
+}
+
 stop_all() {
     local pidfile pid
-    for pidfile in /run/slurmd.pid /run/slurmctld.pid "$STATE_DIR/sshd.pid" /run/munge/munged.pid; do
+    for pidfile in "$@"; do
         if running "$pidfile"; then
             pid="$(cat "$pidfile")"
             log "stopping pid $pid ($pidfile)"
@@ -171,13 +221,18 @@ stop_all() {
     done
 }
 
-if [ "${1:-start}" = "stop" ]; then
-    stop_all
-    exit 0
-fi
+case "${1:-start}" in
+    stop) stop_all "$STATE_DIR/slurmrestd.pid" /run/slurmd.pid /run/slurmctld.pid "$STATE_DIR/sshd.pid" \
+              /run/munge/munged.pid; exit 0 ;;
+    stop-rest) stop_all "$STATE_DIR/slurmrestd.pid"; exit 0 ;;
+esac
 install_missing_packages
 start_munge
 write_slurm_conf
 start_slurm
 start_sshd
 print_connection
+if [ "${1:-start}" = "rest" ]; then
+    start_slurmrestd
+    print_rest_connection
+fi

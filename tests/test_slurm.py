@@ -37,32 +37,14 @@ from airflow_provider_cryoem.operators.slurm import SlurmCommandOperator
 from airflow_provider_cryoem.simulate import SpaSimulationSettings, simulate_movie
 from airflow_provider_cryoem.triggers.slurm import SlurmJobTrigger
 
+from ._slurm_jobs import POLL_S, FakeTaskInstance, check_failing_job_is_reported_and_rerun, python_spec
+
 REPO = Path(__file__).resolve().parents[1]
-POLL_S = 0.5
 RUN_ID = f"{os.getpid()}-{time.time_ns()}"  # job names unique to this test run
 
 
 def unique_name(stage: str) -> str:
     return job_name(f"pytest-{RUN_ID}", "item", stage)
-
-
-def python_spec(code: str, *args: str, **kwargs) -> CommandSpec:
-    return CommandSpec(program=sys.executable, args=["-c", code, *args], **kwargs)
-
-
-class FakeTaskInstance:
-    """Just the XCom part of a task instance, which is all the operator uses of it."""
-
-    def __init__(self, task_id: str) -> None:
-        self.task_id = task_id
-        self.xcom: dict[str, object] = {}
-
-    def xcom_push(self, key: str, value: object) -> None:
-        self.xcom[key] = value
-
-    def xcom_pull(self, task_ids: str, key: str) -> object:
-        assert task_ids == self.task_id
-        return self.xcom[key]
 
 
 @pytest.fixture(scope="session")
@@ -109,20 +91,7 @@ def test_relion_program_runs_as_slurm_job_on_simulated_micrograph(cluster, tmp_p
 
 
 def test_failing_job_error_carries_state_exit_code_and_stderr_tail_and_is_rerun_not_reattached(cluster):
-    spec = python_spec("import sys\nfor i in range(40): print('noise', i, file=sys.stderr)\n"
-                       "print('frame 7 of movie_01.tiff is corrupt', file=sys.stderr)\nsys.exit(3)")
-    name = unique_name("ctf")
-    job = cluster.hook.submit(spec, name)
-    status = cluster.hook.wait(job, POLL_S, timeout_s=60)
-    with pytest.raises(SlurmJobError) as caught:
-        cluster.hook.raise_for_status(spec.program, job, status)
-    message = str(caught.value)
-    assert f"Slurm job {job.job_id} ended FAILED" in message and "exit code 3" in message
-    assert message.rstrip().endswith("frame 7 of movie_01.tiff is corrupt") and "noise 20" not in message
-    assert not caught.value.retryable
-    again = cluster.hook.submit(spec, name)
-    assert not again.reattached and again.job_id != job.job_id
-    cluster.hook.cancel(again.job_id)
+    check_failing_job_is_reported_and_rerun(cluster.hook, unique_name("ctf"))
 
 
 def test_retry_reattaches_to_running_job_without_second_submission(cluster):

@@ -1,7 +1,8 @@
 """Slurm without a transport: batch scripts, sbatch/squeue/scontrol command lines and their parsing.
 
 Everything here is plain text in, plain text out, so it is tested without a cluster; the SSH side
-lives in `hooks/slurm.py` and `triggers/slurm.py`. Every value that reaches a shell is shlex-quoted.
+lives in `hooks/slurm.py` and `triggers/slurm.py`, the REST side (the same options as JSON) in
+`hooks/slurm_rest.py`. Every value that reaches a shell is shlex-quoted.
 """
 from __future__ import annotations
 
@@ -161,23 +162,74 @@ def job_paths(settings: SlurmSettings, name: str, job_id: int | str = "%j") -> t
     return f"{base}.sh", f"{base}.{job_id}.out", f"{base}.{job_id}.err"
 
 
+def job_options(spec: CommandSpec, settings: SlurmSettings, name: str) -> dict[str, str]:
+    """The job's sbatch options (long names without `--`), shared by the sbatch line and the REST request."""
+    _, stdout_path, stderr_path = job_paths(settings, name)
+    gpus = settings.gpus if settings.gpus is not None else spec.gpus
+    options = {"job-name": name, "output": stdout_path, "error": stderr_path,
+               "cpus-per-task": str(settings.cpus_per_task or spec.threads),
+               "partition": settings.partition, "account": settings.account, "qos": settings.qos,
+               "gres": settings.gres, "mem": settings.memory or (f"{spec.memory_mb}M" if spec.memory_mb else None),
+               "time": time_limit(spec, settings), "gpus": str(gpus) if gpus else None}
+    return {key: value for key, value in options.items() if value}
+
+
 def submit_command(spec: CommandSpec, settings: SlurmSettings, name: str) -> str:
     """One shell line: create the work folder, write the script (base64, no quoting traps), sbatch it."""
-    script_path, stdout_path, stderr_path = job_paths(settings, name)
-    options = [f"--job-name={name}", f"--output={stdout_path}", f"--error={stderr_path}",
-               f"--cpus-per-task={settings.cpus_per_task or spec.threads}"]
-    optional = {"--partition": settings.partition, "--account": settings.account, "--qos": settings.qos,
-                "--gres": settings.gres, "--mem": settings.memory or (f"{spec.memory_mb}M" if spec.memory_mb
-                                                                      else None),
-                "--time": time_limit(spec, settings)}
-    gpus = settings.gpus if settings.gpus is not None else spec.gpus
-    if gpus:
-        optional["--gpus"] = str(gpus)
-    options += [f"{flag}={value}" for flag, value in optional.items() if value]
+    script_path, _, _ = job_paths(settings, name)
+    options = [f"--{flag}={value}" for flag, value in job_options(spec, settings, name).items()]
     encoded = base64.b64encode(render_batch_script(spec, settings).encode()).decode()
     workdir = shlex.quote(settings.remote_workdir)
     return (f"mkdir -p -- {workdir} && printf %s {encoded} | base64 -d > {shlex.quote(script_path)} && "
             f"sbatch --parsable {shlex.join(options)} {shlex.quote(script_path)}")
+
+
+def memory_mb(text: str) -> int:
+    """sbatch's --mem text (`16G`, `512M`, `2048`: megabytes by default) in megabytes."""
+    match = re.fullmatch(r"(\d+)([KMGT]?)", text.strip().upper())
+    if match is None:
+        raise ValueError(f"memory {text!r} is not <number>[K|M|G|T]")
+    scale = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 ** 2}[match.group(2)]
+    return max(1, math.ceil(int(match.group(1)) * scale))
+
+
+def minutes(text: str) -> int:
+    """sbatch's --time text (`M`, `M:S`, `H:M:S`, `D-H`, `D-H:M`, `D-H:M:S`) in whole minutes, rounded up."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
+    if match is None:
+        raise ValueError(f"time limit {text!r} is not one of Slurm's forms (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S)")
+    days, first, second, third = (int(part) if part else None for part in match.groups())
+    if days is not None:  # D-H[:M[:S]]
+        seconds = ((days * 24 + first) * 60 + (second or 0)) * 60 + (third or 0)
+    elif third is not None:  # H:M:S
+        seconds = (first * 60 + second) * 60 + third
+    else:  # M or M:S
+        seconds = first * 60 + (second or 0)
+    return max(1, math.ceil(seconds / 60))
+
+
+# sbatch option -> slurmrestd v0.0.38 job property, and how its text becomes the property's JSON value.
+_REST_PROPERTIES: dict[str, tuple[str, Any]] = {
+    "job-name": ("name", str), "output": ("standard_output", str), "error": ("standard_error", str),
+    "cpus-per-task": ("cpus_per_task", int), "partition": ("partition", str), "account": ("account", str),
+    "qos": ("qos", str), "gres": ("gres", str), "gpus": ("gpus", str),
+    "mem": ("memory_per_node", memory_mb), "time": ("time_limit", minutes),
+}
+
+
+def rest_submission(spec: CommandSpec, settings: SlurmSettings, name: str,
+                    environment: dict[str, str]) -> dict[str, Any]:
+    """The body of slurmrestd's `POST job/submit`: the same script and options as the sbatch line.
+
+    slurmrestd passes no environment of its own (v0.0.38 requires one), so `environment` is the job's whole
+    starting environment; the script's module and set-up lines build on it as they do under sbatch.
+    """
+    job: dict[str, Any] = {"environment": environment,
+                           "current_working_directory": spec.cwd or settings.remote_workdir}
+    for flag, value in job_options(spec, settings, name).items():
+        key, convert = _REST_PROPERTIES[flag]
+        job[key] = convert(value)
+    return {"script": render_batch_script(spec, settings), "job": job}
 
 
 def parse_submitted_job_id(stdout: str) -> int:
@@ -264,3 +316,11 @@ def tail_command(path: str, lines: int = STDERR_TAIL_LINES) -> str:
 
 def cancel_command(job_id: int) -> str:
     return f"scancel {int(job_id)}"
+
+
+def rest_job_status(job: dict[str, Any]) -> SlurmJobStatus:
+    """A job of slurmrestd's `GET job/{id}` answer; its exit_code is the raw wait status (768 = exit 3)."""
+    raw = job.get("exit_code")
+    exit_code, signal = (None, None) if raw is None else ((raw >> 8) & 0xFF, raw & 0x7F)
+    return SlurmJobStatus(job_id=job["job_id"], state=str(job["job_state"]).split()[0].upper(),
+                          exit_code=exit_code, signal=signal, reason=job.get("state_reason"), source="slurmrestd")

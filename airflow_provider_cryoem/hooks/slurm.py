@@ -1,5 +1,9 @@
 """SlurmHook: submit, watch and cancel Slurm batch jobs over the SSH provider's SSHHook.
 
+`SlurmJobs` is what the stages and SlurmCommandOperator use of any cluster transport (re-attach by name,
+wait, turn a failed job into an error); `slurm_hook` picks SlurmHook or the REST API's SlurmRestHook
+(`hooks/slurm_rest.py`) from the Airflow connection's type.
+
 Site settings (partition, account, qos, gres/gpus, cpus, memory, time limit, modules, set-up lines,
 remote work folder) come from the SSH connection's `slurm_*` extras, so one connection describes one
 cluster. The command text itself is built by `execution.slurm`; this hook only carries it over SSH.
@@ -8,11 +12,13 @@ from __future__ import annotations
 
 import shlex
 import time
+from abc import ABC, abstractmethod
 from functools import cached_property
 from typing import Any
 
 import paramiko
 from airflow.providers.ssh.hooks.ssh import SSHHook
+from airflow.sdk import BaseHook
 
 from airflow_provider_cryoem.execution.errors import ToolExecutionError
 from airflow_provider_cryoem.execution.slurm import (
@@ -54,7 +60,91 @@ class SlurmCommandError(RuntimeError):
     """A Slurm client command (sbatch, squeue, scontrol, scancel) itself failed on the login node."""
 
 
-class SlurmHook(SSHHook):
+class SlurmJobs(ABC):
+    """Submit / status / cancel / re-attach by name, whatever carries them to the cluster (SSH or slurmrestd).
+
+    A transport supplies the primitives (find a job by name, submit, status, cancel, read files); the
+    semantics the stages rely on (never two jobs of one name, waiting, what counts as failure) live here once.
+    """
+
+    settings: SlurmSettings
+    log: Any
+
+    @property
+    @abstractmethod
+    def where(self) -> str:
+        """The cluster's address, for log lines and errors (never a credential)."""
+
+    @property
+    @abstractmethod
+    def jobcomp_file(self) -> str | None:
+        """Where finished jobs are recorded when Slurm has forgotten them (jobcomp/filetxt)."""
+
+    @abstractmethod
+    def find_job(self, name: str) -> int | None:
+        """A job of this name that is queued, running or completed, so it is not submitted twice."""
+
+    @abstractmethod
+    def _submit_new(self, spec: CommandSpec, name: str) -> int:
+        """Submit the batch job (nothing of its script or environment logged); its id."""
+
+    @abstractmethod
+    def status(self, job_id: int) -> SlurmJobStatus: ...
+
+    @abstractmethod
+    def read_tail(self, path: str) -> list[str]:
+        """The last lines of a job's output file (empty when it does not exist)."""
+
+    @abstractmethod
+    def read_output(self, job: SlurmJob) -> str: ...
+
+    @abstractmethod
+    def cancel(self, job_id: int) -> None: ...
+
+    def job(self, job_id: int, name: str, reattached: bool = False) -> SlurmJob:
+        _, stdout_path, stderr_path = job_paths(self.settings, name, job_id)
+        return SlurmJob(job_id=job_id, job_name=name, stdout_path=stdout_path, stderr_path=stderr_path,
+                        reattached=reattached)
+
+    def submit(self, spec: CommandSpec, name: str) -> SlurmJob:
+        """Re-attach to a live or completed job called `name`, else submit it."""
+        existing = self.find_job(name)
+        if existing is not None:
+            self.log.info("re-attaching to Slurm job %s (%s) instead of submitting again", existing, name)
+            return self.job(existing, name, reattached=True)
+        job_id = self._submit_new(spec, name)
+        self.log.info("submitted %s as Slurm job %s (%s) on %s", spec.program, job_id, name, self.where)
+        return self.job(job_id, name)
+
+    def raise_for_status(self, program: str, job: SlurmJob, status: SlurmJobStatus) -> None:
+        """Raise SlurmJobError with the end of the job's stderr unless it completed with status 0."""
+        if not status.succeeded:
+            raise SlurmJobError(program, status, self.read_tail(job.stderr_path), job.stderr_path)
+
+    def wait(self, job: SlurmJob, poll_interval_s: float | None = None,
+             timeout_s: float | None = None) -> SlurmJobStatus:
+        """Poll until the job ends (blocking; the trigger does the same without holding a worker)."""
+        interval_s = poll_interval_s or self.settings.poll_interval_s
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            status = self.status(job.job_id)
+            if status.finished:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"Slurm job {job.job_id} still {status.state} after {timeout_s:g} s")
+            time.sleep(interval_s)
+
+
+def slurm_hook(conn_id: str = DEFAULT_CONN_ID) -> SlurmJobs:
+    """The transport a connection names: an HTTP(S) connection is slurmrestd, anything else SSH."""
+    if BaseHook.get_connection(conn_id).conn_type in ("http", "https"):
+        from .slurm_rest import SlurmRestHook
+
+        return SlurmRestHook(conn_id)
+    return SlurmHook(ssh_conn_id=conn_id)
+
+
+class SlurmHook(SlurmJobs, SSHHook):
     """SSHHook plus the Slurm client commands; credentials are never logged (only the commands are, except the
     submission line and batch script)."""
 
@@ -113,29 +203,22 @@ class SlurmHook(SSHHook):
         location = self._checked(jobcomp_location_command(), "scontrol show config").strip()
         return location if location.startswith("/") else None
 
-    def job(self, job_id: int, name: str, reattached: bool = False) -> SlurmJob:
-        _, stdout_path, stderr_path = job_paths(self.settings, name, job_id)
-        return SlurmJob(job_id=job_id, job_name=name, stdout_path=stdout_path, stderr_path=stderr_path,
-                        reattached=reattached)
+    @property
+    def where(self) -> str:
+        return f"{self.remote_host} (connection {self.ssh_conn_id!r})"
 
     def find_job(self, name: str) -> int | None:
         """A job of this name that is queued, running or completed, so it is not submitted twice."""
         return reattachable_job(parse_found_jobs(self._checked(find_jobs_command(name), "squeue")))
 
-    def submit(self, spec: CommandSpec, name: str) -> SlurmJob:
-        """Re-attach to a live or completed job called `name`, else write its script and sbatch it."""
-        existing = self.find_job(name)
-        if existing is not None:
-            self.log.info("re-attaching to Slurm job %s (%s) instead of submitting again", existing, name)
-            return self.job(existing, name, reattached=True)
-        # Neither the script nor the line that uploads it is logged: the set-up lines and the job's environment
-        # may hold site credentials. The script stays on the cluster for whoever needs to read it.
+    def _submit_new(self, spec: CommandSpec, name: str) -> int:
+        """Write the batch script and sbatch it. Neither the script nor the line that uploads it is logged: the
+        set-up lines and the job's environment may hold site credentials. The script stays on the cluster."""
         script_path, _, _ = job_paths(self.settings, name)
-        job_id = parse_submitted_job_id(self._checked(submit_command(spec, self.settings, name), "sbatch",
-                                                      log_command=False))
-        self.log.info("submitted %s as Slurm job %s (%s, batch script %s on %s)", spec.program, job_id, name,
-                      script_path, self.remote_host)
-        return self.job(job_id, name)
+        self.log.info("writing the batch script of %s to %s on %s and submitting it", name, script_path,
+                      self.remote_host)
+        return parse_submitted_job_id(self._checked(submit_command(spec, self.settings, name), "sbatch",
+                                                    log_command=False))
 
     def status(self, job_id: int) -> SlurmJobStatus:
         _, stdout, _ = self.run_remote(status_command(job_id, self.jobcomp_file))
@@ -155,21 +238,3 @@ class SlurmHook(SSHHook):
     def cancel(self, job_id: int) -> None:
         self._checked(cancel_command(job_id), "scancel")
         self.log.info("cancelled Slurm job %s", job_id)
-
-    def raise_for_status(self, program: str, job: SlurmJob, status: SlurmJobStatus) -> None:
-        """Raise SlurmJobError with the end of the job's stderr unless it completed with status 0."""
-        if not status.succeeded:
-            raise SlurmJobError(program, status, self.read_tail(job.stderr_path), job.stderr_path)
-
-    def wait(self, job: SlurmJob, poll_interval_s: float | None = None,
-             timeout_s: float | None = None) -> SlurmJobStatus:
-        """Poll until the job ends (blocking; the trigger does the same without holding a worker)."""
-        interval_s = poll_interval_s or self.settings.poll_interval_s
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            status = self.status(job.job_id)
-            if status.finished:
-                return status
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"Slurm job {job.job_id} still {status.state} after {timeout_s:g} s")
-            time.sleep(interval_s)

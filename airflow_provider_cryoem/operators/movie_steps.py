@@ -96,15 +96,15 @@ class MovieStepOperator(StepOperator):
                                      self.step_settings(), self._upstream_results(context), context["run_id"],
                                      slurm_jobs=state["jobs"] if deferring else None)
         except BatchPending as waiting:
-            from ..triggers.slurm import SlurmJobTrigger  # the SSH provider, only where a stage waits on Slurm
+            from ..triggers.slurm_rest import slurm_job_trigger  # SSH or REST, only where a stage waits on Slurm
 
             ti.xcom_push(key=state_key, value={"done": state["done"] + waiting.outcomes, "jobs": state["jobs"]})
             first = waiting.pending[0]
             log.info("%s: %d movies wait for Slurm jobs; deferring on job %s", self.step, len(waiting.pending),
                      first.job["job_id"])
-            self.defer(trigger=SlurmJobTrigger(ssh_conn_id=first.ssh_conn_id, job_id=first.job["job_id"],
-                                               stderr_path=first.job["stderr_path"], jobcomp_file=first.jobcomp_file,
-                                               poll_interval_s=first.poll_interval_s),
+            self.defer(trigger=slurm_job_trigger(first.ssh_conn_id, first.job["job_id"], first.job["stderr_path"],
+                                                 jobcomp_file=first.jobcomp_file,
+                                                 poll_interval_s=first.poll_interval_s),
                        method_name="execute_complete")
         order = {name: index for index, name in enumerate(names)}
         outcomes = sorted(state["done"] + outcomes, key=lambda outcome: order[outcome["movie"]])

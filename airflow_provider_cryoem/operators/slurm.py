@@ -1,4 +1,4 @@
-"""SlurmCommandOperator: run one CommandSpec as a Slurm batch job over SSH, optionally deferrable.
+"""SlurmCommandOperator: run one CommandSpec as a Slurm batch job (over SSH or slurmrestd), optionally deferrable.
 
 Submission re-attaches to a queued, running or completed job of the same name (see
 `execution.slurm.job_name`), so an Airflow retry never runs the same work twice on the cluster.
@@ -16,16 +16,19 @@ from airflow_provider_cryoem.execution.slurm import SlurmJob, SlurmJobStatus
 from airflow_provider_cryoem.execution.spec import CommandSpec
 from airflow_provider_cryoem.hooks.slurm import (
     DEFAULT_CONN_ID,
-    SlurmHook,
     SlurmJobError,
+    SlurmJobs,
+    slurm_hook,
 )
-from airflow_provider_cryoem.triggers.slurm import SlurmJobTrigger
+from airflow_provider_cryoem.triggers.slurm_rest import slurm_job_trigger
 
 XCOM_KEY = "slurm_job"
 
 
 class SlurmCommandOperator(BaseOperator):
-    """Submit `command` with sbatch, then wait (poll here, or defer to SlurmJobTrigger)."""
+    """Submit `command` as a batch job, then wait (poll here, or defer to the connection's job trigger).
+
+    `ssh_conn_id` names the cluster: an SSH connection, or an HTTP one for slurmrestd (hooks.slurm_rest)."""
 
     template_fields: Sequence[str] = ("command", "job_name", "ssh_conn_id")
     ui_color = "#d9e7f5"
@@ -43,8 +46,9 @@ class SlurmCommandOperator(BaseOperator):
         self.deferrable = deferrable
         self._job: SlurmJob | None = None
 
-    def _hook(self) -> SlurmHook:
-        return SlurmHook(ssh_conn_id=self.ssh_conn_id)
+    def _hook(self) -> SlurmJobs:
+        """SSH or slurmrestd, as the connection says (see hooks.slurm.slurm_hook)."""
+        return slurm_hook(self.ssh_conn_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
         spec = CommandSpec.model_validate(self.command)
@@ -52,9 +56,8 @@ class SlurmCommandOperator(BaseOperator):
         self._job = hook.submit(spec, self.job_name)
         context["ti"].xcom_push(key=XCOM_KEY, value=self._job.model_dump())
         if self.deferrable:
-            self.defer(trigger=SlurmJobTrigger(
-                ssh_conn_id=self.ssh_conn_id, job_id=self._job.job_id, stderr_path=self._job.stderr_path,
-                jobcomp_file=hook.jobcomp_file,
+            self.defer(trigger=slurm_job_trigger(
+                self.ssh_conn_id, self._job.job_id, self._job.stderr_path, jobcomp_file=hook.jobcomp_file,
                 poll_interval_s=self.poll_interval_s or hook.settings.poll_interval_s,
             ), method_name="execute_complete")
         status = hook.wait(self._job, self.poll_interval_s)

@@ -288,10 +288,10 @@ _WAITING_SLURM_JOBS: set[tuple[str, int]] = set()
 
 def cancel_waiting_slurm_jobs() -> None:
     """scancel every Slurm job this process is waiting on (called by the step operators' on_kill)."""
-    from ..hooks.slurm import SlurmHook
+    from ..hooks.slurm import slurm_hook
 
     for conn_id, job_id in list(_WAITING_SLURM_JOBS):
-        SlurmHook(ssh_conn_id=conn_id).cancel(job_id)
+        slurm_hook(conn_id).cancel(job_id)
         _WAITING_SLURM_JOBS.discard((conn_id, job_id))
 
 
@@ -319,9 +319,9 @@ def slurm_executor(stage: str, tool: str, placement: dict[str, Any], job_key: st
     submitted is read back by its id, never submitted anew (so a failed job fails its movie, once).
     """
     from ..execution.slurm import job_name
-    from ..hooks.slurm import SlurmHook
+    from ..hooks.slurm import slurm_hook
 
-    hook = SlurmHook(ssh_conn_id=placement["slurm_conn_id"])
+    hook = slurm_hook(placement["slurm_conn_id"])
 
     def execute(spec: CommandSpec) -> str:
         spec = spec.model_copy(update={"threads": placement["cpus"], "gpus": placement["gpus"],
