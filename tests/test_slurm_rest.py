@@ -24,7 +24,8 @@ from airflow_provider_cryoem.execution.slurm import SlurmSettings, job_name, job
 from airflow_provider_cryoem.hooks.slurm import SlurmCommandError, SlurmHook, slurm_hook
 from airflow_provider_cryoem.hooks.slurm_rest import SlurmRestHook
 from airflow_provider_cryoem.operators.slurm import SlurmCommandOperator
-from airflow_provider_cryoem.triggers.slurm_rest import SlurmRestJobTrigger
+from airflow_provider_cryoem.pipeline.external import SlurmJobPending, stage_executor
+from airflow_provider_cryoem.triggers.slurm_rest import SlurmRestJobTrigger, slurm_job_trigger
 
 from ._slurm_jobs import POLL_S, FakeTaskInstance, check_failing_job_is_reported_and_rerun, python_spec
 
@@ -95,9 +96,9 @@ def test_retry_reattaches_to_running_job_over_rest_and_ssh_then_cancel(rest_clus
     spec = python_spec("import time; time.sleep(120)")
     first = rest_cluster.hook.submit(spec, name)
     try:
-        retried = SlurmRestHook(REST_CONN_ID).submit(spec, name)  # a fresh hook, as in a new task try
-        assert retried.reattached and retried.job_id == first.job_id
-        assert SlurmHook().find_job(name) == first.job_id  # the SSH transport sees the same job by name
+        # new task tries, with a fresh hook of either transport: the same job, no second submission
+        retries = [SlurmRestHook(REST_CONN_ID).submit(spec, name), SlurmHook().submit(spec, name)]
+        assert [(job.reattached, job.job_id) for job in retries] == [(True, first.job_id)] * 2
         assert rest_cluster.hook.status(first.job_id).state in ("PENDING", "RUNNING")
     finally:
         rest_cluster.hook.cancel(first.job_id)
@@ -159,3 +160,21 @@ def test_rejected_token_fails_clearly_and_is_never_logged(rest_cluster, caplog):
     assert "slurmrestd at http://127.0.0.1:6820" in str(caught.value)
     assert bad_token not in str(caught.value) and bad_token not in caplog.text
     assert rest_cluster.conn["password"] not in caplog.text
+
+
+def test_stage_placed_on_the_rest_connection_submits_once_and_waits_in_the_trigger(rest_cluster, tmp_path):
+    """A stage's `runs_on: {slurm_conn_id: <HTTP connection>}`: the job is submitted through slurmrestd, the
+    task would defer on SlurmRestJobTrigger, and running the step again reads the same job back."""
+    placement = {"slurm_conn_id": REST_CONN_ID, "cpus": 1, "gpus": 0, "memory_gb": 0.5, "time_limit_min": 5}
+    submitted: dict[str, int] = {}
+    execute = stage_executor("ctf", "ctffind4", placement, f"pytest-rest-{RUN_ID}/{tmp_path.name}", submitted)
+    spec = python_spec("import time; time.sleep(2); print('fitted', 3.2)", "-o", str(tmp_path / "ctf.txt"))
+    with pytest.raises(SlurmJobPending) as pending:
+        execute(spec)
+    (name, job_id), = submitted.items()
+    trigger = slurm_job_trigger(pending.value.ssh_conn_id, job_id, pending.value.job["stderr_path"],
+                                pending.value.jobcomp_file, POLL_S)
+    assert isinstance(trigger, SlurmRestJobTrigger)
+    assert first_event(trigger)["status"] == "success"
+    assert execute(spec).strip() == "fitted 3.2"  # the step again: read back by id, not submitted anew
+    assert submitted == {name: job_id} and rest_cluster.hook.find_job(name) == job_id
