@@ -150,16 +150,23 @@ def test_rest_trigger_reports_failure_with_stderr_tail_and_on_kill_cancels(rest_
     assert rest_cluster.hook.wait(running, POLL_S, timeout_s=30).state == "CANCELLED"
 
 
-def test_rejected_token_fails_clearly_and_is_never_logged(rest_cluster, caplog):
+def test_tokens_and_job_environment_are_never_logged_and_a_rejected_token_fails_clearly(rest_cluster, caplog,
+                                                                                        capfd):
+    secret = f"licence-{RUN_ID}"
     bad_token = "eyJhbGciOiJIUzI1NiJ9.not-a-real-token.h5"
-    conn = dict(rest_cluster.conn, password=bad_token)
-    os.environ["AIRFLOW_CONN_CRYOEM_SLURM_REST_BAD"] = json.dumps(conn)
-    caplog.set_level(logging.DEBUG)
+    os.environ["AIRFLOW_CONN_CRYOEM_SLURM_REST_BAD"] = json.dumps(dict(rest_cluster.conn, password=bad_token))
+    caplog.set_level(logging.DEBUG)  # httpx and httpcore included
+    job = rest_cluster.hook.submit(python_spec("import os; print(len(os.environ['SITE_LICENCE']))",
+                                               env={"SITE_LICENCE": secret}), unique_name("secret"))
+    assert rest_cluster.hook.wait(job, POLL_S, timeout_s=60).succeeded
     with pytest.raises(SlurmCommandError) as caught:
         SlurmRestHook("cryoem_slurm_rest_bad").find_job(unique_name("never"))
-    assert "slurmrestd at http://127.0.0.1:6820" in str(caught.value)
-    assert bad_token not in str(caught.value) and bad_token not in caplog.text
-    assert rest_cluster.conn["password"] not in caplog.text
+    assert "slurmrestd at http://127.0.0.1:6820" in str(caught.value) and bad_token not in str(caught.value)
+    captured = capfd.readouterr()  # Airflow's hook loggers write through structlog to the console
+    logged = caplog.text + captured.out + captured.err
+    assert f"as Slurm job {job.job_id}" in logged and "send_request_headers" in logged  # logs were captured
+    for never in (rest_cluster.conn["password"], bad_token, secret):
+        assert never not in logged
 
 
 def test_stage_placed_on_the_rest_connection_submits_once_and_waits_in_the_trigger(rest_cluster, tmp_path):
