@@ -222,7 +222,7 @@ def test_the_slurm_command_trains_with_topaz_denoise3d_flags():
     assert spec.args[spec.args.index("-j") + 2:] == [
         "-a", "/p/Tomograms/job006/tomograms/rec_TS_01_half1.mrc", "-b", "/p/Tomograms/job006/tomograms/rec_TS_01_half2.mrc",
         "--N-train", "500", "--N-test", "100", "--batch-size", "8", "--num-epochs", "20", "--optim", "adam",
-        "--lr", "0.001", "--criteria", "L2", "--save-interval", "20",
+        "--lr", "0.0001", "--criteria", "L2", "--save-interval", "20",
         "--save-prefix", "/p/Denoise/job007/tomograms/rec_TS_01_noise2noise"]
     plain = topaz.denoise3d_command(inputs.model_copy(update={"half_tomogram_paths": None}))
     assert "-a" not in plain.args and plain.args[-2:] == ["-j", "0"]
