@@ -41,7 +41,7 @@ install_missing_packages() {
     command -v slurmctld >/dev/null || missing+=(slurm-wlm)
     command -v munged >/dev/null || missing+=(munge)
     command -v slurmrestd >/dev/null || missing+=(slurmrestd)
-    [ -f /usr/lib/x86_64-linux-gnu/slurm-wlm/auth_jwt.so ] || missing+=(slurm-wlm-jwt-plugin)
+    dpkg -s slurm-wlm-jwt-plugin >/dev/null 2>&1 || missing+=(slurm-wlm-jwt-plugin)  # AuthAltTypes=auth/jwt
     [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
     command -v relion_image_handler >/dev/null || missing+=(relion)
     if [ "${#missing[@]}" -gt 0 ]; then
