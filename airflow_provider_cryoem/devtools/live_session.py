@@ -177,6 +177,7 @@ class StageRun:
     status: str
     compute_s: float | None
     result: dict[str, Any] = field(default_factory=dict)
+    session_id: int | None = None
 
 
 def task_returns(stack: AirflowStack, dag_id: str, task_id: str) -> list[dict[str, Any]]:
@@ -197,7 +198,8 @@ def stage_runs(stack: AirflowStack, dag_id: str, task_id: str) -> list[StageRun]
         for outcome in row["value"]:
             found.append(StageRun(outcome["movie"], row["run_id"], row["map_index"], row["rendered_map_index"],
                                   row["try_number"], row["start_date"].timestamp(), row["end_date"].timestamp(),
-                                  outcome["status"], outcome.get("compute_s"), outcome.get("result") or {}))
+                                  outcome["status"], outcome.get("compute_s"), outcome.get("result") or {},
+                                  outcome.get("session_id")))
     return found
 
 

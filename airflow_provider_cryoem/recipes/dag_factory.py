@@ -131,7 +131,7 @@ def build_dag(recipe: Recipe) -> DAG:
         start_date=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
         catchup=False,
         params=session_params(recipe.session_defaults),
-        max_active_runs=4 if live else 1,
+        max_active_runs=recipe.batching.max_active_runs if live else 1,
         max_active_tasks=64,
         render_template_as_native_obj=True,
         tags=["cryoem", recipe.mode],

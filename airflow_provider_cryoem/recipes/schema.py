@@ -67,6 +67,8 @@ class BatchingSpec(BaseModel):
     poll_interval_s: float = Field(2.0, gt=0, le=600, description="Folder scan interval of the watcher.")
     stable_for_s: float = Field(2.0, ge=0, le=600, description="A movie is complete once its size has not "
                                                                  "changed for this long.")
+    max_active_runs: int = Field(16, ge=1, le=256, description="Live: runs of this DAG active at once, over all "
+                                 "its sessions (a session keeps one waiting for movies and those still processing).")
 
 
 class Recipe(BaseModel):
