@@ -42,10 +42,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 REPO = Path(__file__).resolve().parents[1]
 DAG_ID = "spa_live"
 SESSION = "celery_it"
-SETTINGS = LIVE_TEST_SETTINGS.model_copy(update={"seed": 23})
+SETTINGS = LIVE_TEST_SETTINGS.model_copy(update={"seed": 23, "n_movies": 12})
 # The worker is killed once this many movies are motion-corrected: the latency is judged on the movies
 # corrected before the kill (the others wait for the lost task to be found, up to the heartbeat timeout).
-KILL_AFTER_MOVIES = 8
+KILL_AFTER_MOVIES = 6
 WORKERS = {"session_worker": CeleryWorker(("session",), concurrency=2),
            "compute_worker": CeleryWorker(("compute",), concurrency=3)}
 

@@ -34,7 +34,7 @@ from airflow_provider_cryoem.simulate import prepare_session_folder
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 DAG_ID = "spa_live"
-N_MOVIES = 8
+N_MOVIES = 6
 # session name -> (seed, seconds between movies: two streams and a burst)
 SESSIONS = {"grid_a": (41, LIVE_MOVIE_INTERVAL_S), "grid_b": (42, LIVE_MOVIE_INTERVAL_S), "grid_burst": (43, 0.2)}
 # Bound on any movie's wait with three sessions on 2 cores (measured 20-44 s on a machine at load 6-9).
