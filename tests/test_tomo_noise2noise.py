@@ -277,3 +277,16 @@ def test_tomo_live_carries_the_halves_from_motion_correction_to_noise2noise_deno
     denoise_dir = relion / Path(row["rlnTomoReconstructedTomogramDenoised"]).parent
     assert (denoise_dir / "rec_TS_01_noise2noise_epoch1.sav").is_file()
     assert "# training completed!" in (denoise_dir / "rec_TS_01_topaz_denoise3d.log").read_text()
+
+
+def test_the_local_budget_counts_training_on_both_halves(tmp_path):
+    from airflow_provider_cryoem.pipeline.tomo_postprocess import StageSettingError, denoise_patch_px
+
+    tomogram, shape = tmp_path / "rec_TS_01.mrc", (300, 1024, 1024)  # halves of 1.2 GB each as float32
+    params = DenoiseParams(memory_budget_gb=2.5, padding_px=16, noise2noise=Noise2NoiseParams())
+    denoise_patch_px(tomogram, shape, params)  # denoising alone fits 2.5 GB
+    with pytest.raises(StageSettingError) as refused:
+        denoise_patch_px(tomogram, shape, params, training=True)
+    assert "training on its halves" in str(refused.value) and str(tomogram) in str(refused.value)
+    roomier = params.model_copy(update={"memory_budget_gb": 4})
+    assert denoise_patch_px(tomogram, shape, roomier, training=True) < denoise_patch_px(tomogram, shape, roomier)
