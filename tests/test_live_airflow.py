@@ -19,6 +19,7 @@ from sqlalchemy import inspect, text
 from airflow_provider_cryoem.devtools.live_session import (
     LATENCY_REQUIREMENT_S,
     LIVE_MOVIE_INTERVAL_S,
+    LIVE_TEST_PARALLELISM,
     LIVE_TEST_SETTINGS,
     Microscope,
     crash_scheduler_and_triggerer,
@@ -70,7 +71,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str) -> dict[st
     root = tmp_path_factory.mktemp("live")
     watch_dir, processing_dir = root / "session" / "raw", root / "session" / "processing"
     started = time.monotonic()
-    with live_stack(root, pg_admin_url, DAG_ID) as (stack, results):
+    with live_stack(root, pg_admin_url, DAG_ID, parallelism=LIVE_TEST_PARALLELISM) as (stack, results):
         # As at the microscope: the session is started on its folder and gain reference, then the first
         # movie comes.
         prepare_session_folder(SETTINGS, watch_dir)

@@ -22,6 +22,7 @@ from sqlalchemy import inspect, text
 from airflow_provider_cryoem.devtools.live_session import (
     LATENCY_REQUIREMENT_S,
     LIVE_MOVIE_INTERVAL_S,
+    LIVE_TEST_PARALLELISM,
     LIVE_TEST_SETTINGS,
     Microscope,
     landed_s,
@@ -88,7 +89,8 @@ def celery_session(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str) 
     recipes = _celery_recipes(root / "recipes")
     # parallelism: task slots of the executor across both workers (a killed worker's task holds its slot until
     # the scheduler finds it lost)
-    with redis_server() as broker_url, live_stack(root, pg_admin_url, DAG_ID, recipes_dir=recipes, parallelism=8,
+    with redis_server() as broker_url, live_stack(root, pg_admin_url, DAG_ID, recipes_dir=recipes,
+                                                  parallelism=LIVE_TEST_PARALLELISM,
                                                   celery_broker_url=broker_url, celery_workers=WORKERS) as (
             stack, results):
         prepare_session_folder(SETTINGS, watch_dir)

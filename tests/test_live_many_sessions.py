@@ -19,6 +19,7 @@ from sqlalchemy import text
 
 from airflow_provider_cryoem.devtools.live_session import (
     LIVE_MOVIE_INTERVAL_S,
+    LIVE_TEST_PARALLELISM,
     LIVE_TEST_SETTINGS,
     Microscope,
     landed_s,
@@ -44,8 +45,7 @@ MAX_SHARED_LATENCY_S = 120.0
 @pytest.fixture(scope="module")
 def sessions(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("many")
-    # three sessions' chains of runs and their stage tasks: more executor slots than one session needs
-    with live_stack(root, pg_admin_url, DAG_ID, parallelism=6) as (stack, results):
+    with live_stack(root, pg_admin_url, DAG_ID, parallelism=LIVE_TEST_PARALLELISM) as (stack, results):
         folders, microscopes = {}, {}
         for name, (seed, interval_s) in SESSIONS.items():
             settings = LIVE_TEST_SETTINGS.model_copy(update={"seed": seed, "n_movies": N_MOVIES})
