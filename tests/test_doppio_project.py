@@ -62,10 +62,10 @@ def _nothing_rejected(root: Path, job: str, reason: str) -> bool:
 
 def test_every_job_of_the_session_shows_its_results_in_doppio(project, monkeypatch):
     root = project["root"]
-    processes = processes(root)
+    graph = processes(root)
     job_folders = {f"{p.parent.name}/{p.name}/" for p in root.glob("*/job[0-9][0-9][0-9]") if not p.is_symlink()}
-    assert {p.name for p in processes} == job_folders
-    assert {p.type.split(".")[1] for p in processes} >= {
+    assert {p.name for p in graph} == job_folders
+    assert {p.type.split(".")[1] for p in graph} >= {
         "import", "motioncorr", "ctffind", "autopick", "extract", "select", "class2d", "initialmodel", "class3d",
         "refine3d", "maskcreate", "postprocess"}
     assert display_problems(root, monkeypatch, accepted=partial(_nothing_rejected, root)) == {}

@@ -21,6 +21,7 @@ from airflow_provider_cryoem.io import (
     read_movie,
     read_mrc,
     read_mrc_pixel_size_a,
+    read_mrc_shape,
     read_star,
     write_eer,
     write_mrc,
@@ -354,6 +355,18 @@ def test_mrc_with_a_corrupt_header_is_rejected(tmp_path: Path) -> None:
     path.write_bytes(bytes(raw))
     with pytest.raises(ImageFileError, match=r"movie\.mrc.*not an MRC file"):
         read_movie(path)
+
+
+def test_mrc_declaring_a_negative_size_fails_naming_the_file(tmp_path: Path) -> None:
+    """Found by the hypothesis fuzz test: the top byte of nx flipped, so the memory map's length went negative."""
+    path = _written(tmp_path, "mrc")
+    raw = bytearray(path.read_bytes())
+    raw[3] ^= 128  # nx (little-endian int32 at byte 0) becomes negative
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ImageFileError, match=r"movie\.mrc.*(malformed|negative|positive)"):
+        read_movie(path)
+    with pytest.raises(ImageFileError, match=r"movie\.mrc.*positive"):
+        read_mrc_shape(path)
 
 
 @pytest.mark.parametrize(("name", "content", "problem"), [

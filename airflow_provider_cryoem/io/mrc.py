@@ -29,7 +29,7 @@ def read_mrc(path: str | Path, mmap: bool = True) -> np.ndarray:
     try:
         with memory_error_as_file_error(path, "MRC data"), opener(path, mode="r", permissive=False) as mrc:
             data = mrc.data
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, OverflowError) as exc:  # OverflowError: a negative size reaching mmap
         raise ImageFileError(path, f"malformed or truncated MRC file ({exc})") from None
     if data is None:
         raise ImageFileError(path, "MRC file has no data block")
@@ -46,6 +46,8 @@ def _checked_header(path: Path) -> tuple[tuple[int, int, int], np.dtype]:
             dtype = mrcfile.utils.data_dtype_from_header(header)
     except (ValueError, OSError) as exc:
         raise ImageFileError(path, f"malformed MRC header ({exc})") from None
+    if min(shape) < 1:
+        raise ImageFileError(path, f"malformed MRC header: dimensions {shape} must be positive")
     expected_bytes = data_start + math.prod(shape) * dtype.itemsize
     if path.stat().st_size < expected_bytes:
         raise ImageFileError(path, f"truncated MRC file: header declares {shape} {dtype} = {expected_bytes} bytes, "
