@@ -179,7 +179,7 @@ def test_stage_placed_on_the_rest_connection_submits_once_and_waits_in_the_trigg
     with pytest.raises(SlurmJobPending) as pending:
         execute(spec)
     (name, job_id), = submitted.items()
-    trigger = slurm_job_trigger(pending.value.ssh_conn_id, job_id, pending.value.job["stderr_path"],
+    trigger = slurm_job_trigger(pending.value.conn_id, job_id, pending.value.job["stderr_path"],
                                 pending.value.jobcomp_file, POLL_S)
     assert isinstance(trigger, SlurmRestJobTrigger)
     assert first_event(trigger)["status"] == "success"

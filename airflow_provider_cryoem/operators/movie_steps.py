@@ -102,7 +102,7 @@ class MovieStepOperator(StepOperator):
             first = waiting.pending[0]
             log.info("%s: %d movies wait for Slurm jobs; deferring on job %s", self.step, len(waiting.pending),
                      first.job["job_id"])
-            self.defer(trigger=slurm_job_trigger(first.ssh_conn_id, first.job["job_id"], first.job["stderr_path"],
+            self.defer(trigger=slurm_job_trigger(first.conn_id, first.job["job_id"], first.job["stderr_path"],
                                                  jobcomp_file=first.jobcomp_file,
                                                  poll_interval_s=first.poll_interval_s),
                        method_name="execute_complete")

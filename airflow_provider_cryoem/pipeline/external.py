@@ -299,16 +299,15 @@ class SlurmJobPending(Exception):
     """A Slurm job of a deferring stage is still queued or running: the task defers to the triggerer until it
     ends, then runs the step again, whose submission then re-attaches to the finished job and reads it."""
 
-    def __init__(self, ssh_conn_id: str, job: dict[str, Any], jobcomp_file: str | None,
-                 poll_interval_s: float) -> None:
+    def __init__(self, conn_id: str, job: dict[str, Any], jobcomp_file: str | None, poll_interval_s: float) -> None:
         super().__init__(f"Slurm job {job['job_id']} ({job['job_name']}) has not ended yet")
-        self.ssh_conn_id, self.job, self.jobcomp_file, self.poll_interval_s = (ssh_conn_id, job, jobcomp_file,
-                                                                               poll_interval_s)
+        self.conn_id, self.job, self.jobcomp_file, self.poll_interval_s = conn_id, job, jobcomp_file, poll_interval_s
 
 
 def slurm_executor(stage: str, tool: str, placement: dict[str, Any], job_key: str,
                    submitted: dict[str, int] | None = None) -> Execute:
-    """Submit commands to Slurm over SSH and wait; a retried task re-attaches to its job by name.
+    """Submit commands to Slurm (over SSH or slurmrestd, by connection) and wait; a retried task re-attaches to
+    its job by name.
 
     The name hashes `job_key`, the program and its `--o` (Relion) or `-o` (Topaz, crYOLO) output: one executor
     can run several jobs of one program (a B-factor series' refinements, Topaz's preprocess then extract)
