@@ -156,16 +156,21 @@ def ctf_profile_figure(freq: np.ndarray, data: np.ndarray, fit: np.ndarray, cc: 
     axes.axvspan(0.0, low, color="0.92", linewidth=0)
     if high < display_max_freq:
         axes.axvspan(high, display_max_freq, color="0.92", linewidth=0)
-    series = {"data": (freq[shown], np.clip(data[shown], y_low, y_high), "-", 1.0),
-              "fit": (freq[band], fit[band], "-", 2.0),
-              "cc": (freq[shown], np.clip(cc[shown], y_low, y_high), "-", 2.0),
-              "noise": (freq[shown], noise_2sigma[shown], "--", 1.0)}
+    # Widths chosen so each line still shows when the dashboard shrinks the picture to a 256 px thumbnail.
+    series = {"data": (freq[shown], np.clip(data[shown], y_low, y_high), "-", 1.3),
+              "fit": (freq[band], fit[band], "-", 2.2),
+              "cc": (freq[shown], np.clip(cc[shown], y_low, y_high), "-", 2.2),
+              "noise": (freq[shown], noise_2sigma[shown], "--", 1.5)}
     for key, (x, y, style, width) in series.items():
         label, colour = _CTF_SERIES[key]
-        axes.plot(x, y, style, color=colour, linewidth=width, label=label)
-    axes.axvline(high, color=_CTF_SERIES["fit"][1], linewidth=1)
+        # The thin data trace over the broad fit, so the eye sees where it leaves the fit.
+        axes.plot(x, y, style, color=colour, linewidth=width, label=label, zorder=3 if key == "data" else 2)
+    axes.axvline(high, color=_CTF_SERIES["fit"][1], linewidth=1.5)
+    # On a white box above the lines: the data trace runs through this corner on real micrographs.
     axes.annotate(f"fit to {_resolution_label(1.0 / high)}", (high, y_low), textcoords="offset points",
-                  xytext=(-4, 4), ha="right", va="bottom", color=_CTF_SERIES["fit"][1], fontsize="small")
+                  xytext=(-4, 4), ha="right", va="bottom", color=_CTF_SERIES["fit"][1], fontsize="small",
+                  bbox={"boxstyle": "square,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85},
+                  zorder=5)
     axes.set_xlim(0.0, display_max_freq)
     axes.set_ylim(y_low, y_high)
     axes.set_xlabel("spatial frequency (1/Å)")

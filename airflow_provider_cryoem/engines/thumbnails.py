@@ -177,19 +177,21 @@ def ctf_spectrum_panel(data: np.ndarray, fit: np.ndarray | None, freq: np.ndarra
     picture = picture.resize((size_px, size_px), Image.Resampling.LANCZOS if 2 * radius > size_px
                              else Image.Resampling.BICUBIC)
     draw = ImageDraw.Draw(picture)
-    font = _font(max(11, size_px // 32))
+    font = _font(max(11, size_px // 28))
+    # Orange on a black outline, 2 px circles: legible over the rings and still visible in a 256 px thumbnail.
+    label_style = {"fill": _RING, "font": font, "stroke_width": 1, "stroke_fill": _INK}
     scale = size_px / (2.0 * radius * step)  # canvas px per 1/Å
     mid = size_px / 2.0
     for index, frequency in enumerate((low, high)):
         r = frequency * scale
         if 2 < r < mid * 1.42:
-            draw.ellipse((mid - r, mid - r, mid + r, mid + r), outline=_RING, width=1)
+            draw.ellipse((mid - r, mid - r, mid + r, mid + r), outline=_RING, width=2)
             label = _resolution_label(1.0 / frequency) + (" (fit)" if index else "")
             y = min(mid + r + 2, size_px - font.size - 2)
-            draw.text((mid + 4, y), label, fill=_RING, font=font, anchor="la")
+            draw.text((mid + 4, y), label, anchor="la", **label_style)
     draw.line((mid, 0, mid, size_px), fill=(90, 90, 90), width=1)
-    draw.text((6, 4), "data", fill=_RING, font=font)
-    draw.text((size_px - 6, 4), "fit", fill=_RING, font=font, anchor="ra")
+    draw.text((6, 4), "data", **label_style)
+    draw.text((size_px - 6, 4), "fit", anchor="ra", **label_style)
     return picture
 
 
