@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from sqlalchemy import inspect, text
 
 from airflow_provider_cryoem.devtools.live_session import (
@@ -27,6 +26,7 @@ from airflow_provider_cryoem.devtools.live_session import (
     Microscope,
     landed_s,
     live_stack,
+    recipes_on_queues,
     session_conf,
     session_row,
     stage_runs,
@@ -40,7 +40,6 @@ from airflow_provider_cryoem.simulate import prepare_session_folder
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
-REPO = Path(__file__).resolve().parents[1]
 DAG_ID = "spa_live"
 SESSION = "celery_it"
 SETTINGS = LIVE_TEST_SETTINGS.model_copy(update={"seed": 23, "n_movies": 12})
@@ -49,17 +48,6 @@ SETTINGS = LIVE_TEST_SETTINGS.model_copy(update={"seed": 23, "n_movies": 12})
 KILL_AFTER_MOVIES = 6
 WORKERS = {"session_worker": CeleryWorker(("session",), concurrency=2),
            "compute_worker": CeleryWorker(("compute",), concurrency=3)}
-
-
-def _celery_recipes(folder: Path) -> Path:
-    """recipes/spa_live.yaml with the session's tasks on `session` and every stage on `compute`."""
-    recipe = yaml.safe_load((REPO / "recipes" / "spa_live.yaml").read_text())
-    recipe["session_queue"] = "session"
-    for stage in recipe["stages"].values():
-        stage["queue"] = "compute"
-    folder.mkdir(parents=True)
-    (folder / "spa_live.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return folder
 
 
 def _motion_rows(results: Any) -> list[str]:
@@ -86,7 +74,7 @@ def _running_motioncorr(stack: Any) -> list[dict[str, Any]]:
 def celery_session(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("celery")
     watch_dir, processing_dir = root / "session" / "raw", root / "session" / "processing"
-    recipes = _celery_recipes(root / "recipes")
+    recipes = recipes_on_queues(root / "recipes", session_queue="session", stage_queue="compute")
     # parallelism: task slots of the executor across both workers (a killed worker's task holds its slot until
     # the scheduler finds it lost)
     with redis_server() as broker_url, live_stack(root, pg_admin_url, DAG_ID, recipes_dir=recipes,

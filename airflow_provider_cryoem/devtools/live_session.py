@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -28,7 +29,7 @@ from ..simulate import (
     run_live_session,
     run_live_tomo_session,
 )
-from .local_airflow import AirflowStack, fresh_postgres_database, wait_until
+from .local_airflow import REPO, AirflowStack, fresh_postgres_database, wait_until
 
 ACTIVE_RUN_STATES = ("queued", "running")
 # The live tests' session: small movies, one every 3 s (a fast microscope), and the requirement they judge,
@@ -44,15 +45,17 @@ LIVE_TEST_PARALLELISM = 8
 
 
 @contextmanager
-def live_stack(root: Path, admin_url: str, dag_id: str, recipes_dir: Path | None = None,
-               **stack_options: Any) -> Iterator[tuple[AirflowStack, Engine]]:
+def live_stack(root: Path, admin_url: str, dag_id: str | tuple[str, ...], recipes_dir: Path | None = None,
+               results_admin_url: str | None = None, **stack_options: Any) -> Iterator[tuple[AirflowStack, Engine]]:
     """A local Airflow stack (AIRFLOW_HOME under `root`) on fresh metadata and results PostgreSQL databases,
-    `dag_id` parsed and unpaused; yields the stack and an engine on the results database. Every task gets the
-    results connection and `root` as its data root; `recipes_dir` replaces the shipped recipes and
-    `stack_options` go to AirflowStack (e.g. Celery workers). A failure inside prints the stack's diagnostics."""
+    `dag_id` (or each of several) parsed and unpaused; yields the stack and an engine on the results database.
+    Every task gets the results connection and `root` as its data root; `recipes_dir` replaces the shipped
+    recipes, `results_admin_url` puts the results database on another server than the metadata (one that a
+    test may restart), and `stack_options` go to AirflowStack (e.g. Celery workers). A failure inside prints
+    the stack's diagnostics."""
     with fresh_postgres_database("cryoem_it_meta", admin_url) as metadata_url, \
-            fresh_postgres_database("cryoem_it_results", admin_url) as results_url:
-        results = create_engine(results_url)
+            fresh_postgres_database("cryoem_it_results", results_admin_url or admin_url) as results_url:
+        results = create_engine(results_url, pool_pre_ping=True)
         results_conn = make_url(results_url).set(drivername="postgres").render_as_string(hide_password=False)
         env = {"CRYOEM_RESULTS_CONN_ID": "cryoem_results",
                "AIRFLOW_CONN_CRYOEM_RESULTS": results_conn,
@@ -60,14 +63,27 @@ def live_stack(root: Path, admin_url: str, dag_id: str, recipes_dir: Path | None
         try:
             with AirflowStack(root / "airflow_home", metadata_url, extra_env=env, **stack_options) as stack:
                 try:
-                    stack.unpause(dag_id)
-                    stack.wait_for_dag(dag_id)
+                    for dag in (dag_id,) if isinstance(dag_id, str) else dag_id:
+                        stack.unpause(dag)
+                        stack.wait_for_dag(dag)
                     yield stack, results
                 except BaseException:
                     print(stack.diagnostics())
                     raise
         finally:
             results.dispose()
+
+
+def recipes_on_queues(folder: Path, session_queue: str, stage_queue: str, recipe: str = "spa_live") -> Path:
+    """A recipes folder holding the shipped `recipe` with its session's own tasks on `session_queue` and every
+    processing stage on `stage_queue`, as a facility splits bookkeeping from compute workers."""
+    content = yaml.safe_load((REPO / "recipes" / f"{recipe}.yaml").read_text())
+    content["session_queue"] = session_queue
+    for stage in content["stages"].values():
+        stage["queue"] = stage_queue
+    folder.mkdir(parents=True)
+    (folder / f"{recipe}.yaml").write_text(yaml.safe_dump(content, sort_keys=False))
+    return folder
 
 
 def start_session(stack: AirflowStack, dag_id: str, conf: dict[str, Any], timeout_s: float = 60) -> float:

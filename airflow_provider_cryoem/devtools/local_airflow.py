@@ -62,7 +62,7 @@ def free_port() -> int:
 def fresh_postgres_database(prefix: str = "cryoem_live", admin_url: str = POSTGRES_ADMIN_URL) -> Iterator[str]:
     """A new empty PostgreSQL database; yields its URL and drops it after. Unreachable server → error."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     try:
         with admin.connect() as connection:
             connection.exec_driver_sql(f'CREATE DATABASE "{name}"')

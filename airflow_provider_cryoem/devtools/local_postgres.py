@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,35 +64,58 @@ def _bin_dir() -> Path:
     return bin_dir
 
 
-@contextmanager
-def private_postgres_server() -> Iterator[str]:
-    """Start a new cluster on a free 127.0.0.1 port; yields its admin URL; stops and deletes it after."""
-    bin_dir = _bin_dir()
-    root = Path(tempfile.mkdtemp(prefix="cryoem-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, log, port = root / "data", root / "server.log", free_port()
+class PrivatePostgres:
+    """A new cluster in a temporary folder on a free 127.0.0.1 port; `restart()` stops it (fast shutdown:
+    open connections are cut) and starts it again on the same port, as a database server restart would."""
 
-    def pg(*args: str) -> None:
-        done = subprocess.run([*as_user, *args], cwd=root, capture_output=True, text=True, timeout=120)
+    def __init__(self) -> None:
+        self.bin_dir = _bin_dir()
+        self.root = Path(tempfile.mkdtemp(prefix="cryoem-pg-"))
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.data, self.log, self.port = self.root / "data", self.root / "server.log", free_port()
+        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _pg(self, program: str, *args: str) -> None:
+        done = subprocess.run([*self.as_user, str(self.bin_dir / program), *args], cwd=self.root,
+                              capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
-            server_log = log.read_text() if log.exists() else ""
-            raise LocalPostgresError(f"{' '.join(args)} failed:\n{done.stdout}{done.stderr}{server_log}")
+            server_log = self.log.read_text() if self.log.exists() else ""
+            raise LocalPostgresError(f"{program} {' '.join(args)} failed:\n{done.stdout}{done.stderr}{server_log}")
 
-    try:
-        pg(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-           "--locale=C", "--no-sync")
+    def init(self) -> None:
+        self._pg("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C",
+                 "--no-sync")
+
+    def start(self) -> None:
         # fsync off: a cluster that is deleted after the run needs no durability, and the tests run faster.
-        pg(str(bin_dir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data), "-l", str(log),
-           "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off")
+        self._pg("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data), "-l", str(self.log),
+                 "-o", f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off")
+
+    def stop(self) -> None:
+        self._pg("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data))
+
+    def restart(self, down_s: float) -> None:
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+
+
+@contextmanager
+def private_postgres_server() -> Iterator[PrivatePostgres]:
+    """Start a new cluster on a free 127.0.0.1 port; yields it (admin URL `url`); stops and deletes it after."""
+    server = PrivatePostgres()
+    try:
+        server.init()
+        server.start()
         try:
-            yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+            yield server
         finally:
-            pg(str(bin_dir / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(data))
+            server.stop()
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(server.root, ignore_errors=True)
 
 
 @contextmanager
@@ -100,5 +124,5 @@ def postgres_server(admin_url: str) -> Iterator[str]:
     if listening(admin_url):
         yield admin_url
         return
-    with private_postgres_server() as url:
-        yield url
+    with private_postgres_server() as server:
+        yield server.url

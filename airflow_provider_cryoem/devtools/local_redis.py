@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,33 +38,65 @@ def redis_answers(url: str) -> bool:
         return False
 
 
-@contextmanager
-def private_redis_server() -> Iterator[str]:
-    """Start a throwaway Redis on a free port (no snapshots, no append-only file); yields its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None and apt_install("redis-server"):
+class PrivateRedis:
+    """A throwaway redis-server on a free port and its own folder; `restart()` takes it down and brings it back
+    on the same port and folder, as an administrator's restart of the broker would.
+
+    `append_only`: keep an append-only file, as a broker that must not lose queued messages over a restart is
+    configured (the default, no persistence, is enough for a broker that is never restarted)."""
+
+    def __init__(self, append_only: bool = False) -> None:
         binary = shutil.which("redis-server")
-    if binary is None:
-        raise LocalRedisError("no Redis answers and redis-server is not installed: run the tests as root once "
-                              "(apt-get install redis-server) or set CRYOEM_TEST_REDIS_URL")
-    root = Path(tempfile.mkdtemp(prefix="cryoem-redis-"))
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    log = root / "redis.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                                    "--appendonly", "no", "--dir", str(root)], stdout=out, stderr=subprocess.STDOUT)
-    try:
+        if binary is None and apt_install("redis-server"):
+            binary = shutil.which("redis-server")
+        if binary is None:
+            raise LocalRedisError("no Redis answers and redis-server is not installed: run the tests as root once "
+                                  "(apt-get install redis-server) or set CRYOEM_TEST_REDIS_URL")
+        self.binary, self.append_only = binary, append_only
+        self.root = Path(tempfile.mkdtemp(prefix="cryoem-redis-"))
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log = self.root / "redis.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(
+                [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                 "--appendonly", "yes" if self.append_only else "no", "--dir", str(self.root)],
+                stdout=out, stderr=subprocess.STDOUT)
+        process = self.process
+
         def up() -> bool:
             if process.poll() is not None:
-                raise LocalRedisError(f"redis-server exited with {process.returncode}:\n{log.read_text()[-2000:]}")
-            return redis_answers(url)
+                raise LocalRedisError(f"redis-server exited with {process.returncode}:\n"
+                                      f"{self.log.read_text()[-2000:]}")
+            return redis_answers(self.url)
 
         wait_until(up, 30, "the private Redis to answer")
-        yield url
+
+    def stop(self) -> None:
+        """SIGTERM: Redis writes its append-only file and exits."""
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+    def restart(self, down_s: float) -> None:
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+
+
+@contextmanager
+def private_redis_server(append_only: bool = False) -> Iterator[PrivateRedis]:
+    """Start a throwaway Redis on a free port; yields it (its `url`); stops it and deletes its folder after."""
+    server = PrivateRedis(append_only)
+    try:
+        server.start()
+        yield server
     finally:
-        stop_process(process)
-        shutil.rmtree(root, ignore_errors=True)
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
 
 
 @contextmanager
@@ -72,5 +105,5 @@ def redis_server(url: str = REDIS_URL) -> Iterator[str]:
     if redis_answers(url):
         yield url
         return
-    with private_redis_server() as private_url:
-        yield private_url
+    with private_redis_server() as server:
+        yield server.url
