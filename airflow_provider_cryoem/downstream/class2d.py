@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from ..engines.thumbnails import class_gallery
-from ..execution import CommandSpec, Execute, run_output
+from ..execution import CommandSpec, Execute, SlurmJobPending, run_output
 from ..io import ImageFileError, read_mrc, read_star
 from ..relion_project import NodeType, RelionJob, RelionProject
 from ..results.store import ResultsStore
@@ -121,6 +121,8 @@ def run_class2d(project: RelionProject, particles_star: str, batch_number: int, 
     try:
         execute(spec)
         result = _collect(project, job, spec, particles_star, batch_number, len(table), pixel_size_a)
+    except SlurmJobPending:
+        raise  # deferred to the triggerer, not failed: the task runs it again
     except BaseException:
         project.finish_job(job, success=False)
         raise

@@ -26,7 +26,7 @@ from ..engines.bfactor import (
     fit_bfactor,
     subset_sizes,
 )
-from ..execution import CommandSpec, Execute, run_output
+from ..execution import CommandSpec, Execute, SlurmJobPending, run_output
 from ..io import read_mrc, read_star
 from ..io.star import write_star
 from ..relion_project import NodeType, RelionJob, RelionProject
@@ -209,6 +209,8 @@ def _run(project: RelionProject, job: RelionJob, spec: CommandSpec, settings: Re
     project.add_command(job, spec.display())
     try:
         return execute(spec)
+    except SlurmJobPending:
+        raise  # deferred to the triggerer, not failed: the task runs it again
     except BaseException:
         project.finish_job(job, success=False)
         raise

@@ -1,6 +1,8 @@
 """Errors of external programs, shared by every place a program can run (local, Slurm)."""
 from __future__ import annotations
 
+from typing import Any
+
 
 class ToolNotFoundError(FileNotFoundError):
     """The executable is not on PATH; the caller adds which recipe setting chose it."""
@@ -30,3 +32,14 @@ class ToolExecutionError(RuntimeError):
 
 class ToolTimeoutError(ToolExecutionError):
     """The program ran longer than its time limit and was stopped."""
+
+
+class SlurmJobPending(Exception):
+    """A Slurm job of a stage that waits in the triggerer is still queued or running: the task defers until it
+    ends, then runs the stage again, which reads the finished job back by its id instead of submitting it anew.
+    Not a failure: code that marks its job failed on any exception lets this one through unmarked."""
+
+    def __init__(self, conn_id: str, job: dict[str, Any], jobcomp_file: str | None, poll_interval_s: float,
+                 message: str | None = None) -> None:
+        super().__init__(message or f"Slurm job {job['job_name']} has not ended yet")
+        self.conn_id, self.job, self.jobcomp_file, self.poll_interval_s = conn_id, job, jobcomp_file, poll_interval_s

@@ -97,6 +97,10 @@ class BatchStepOperator(StepOperator):
     """A step mapped over work items, one particle batch, 3D round or tilt series each.
 
     :param item: the work item (templated; usually mapped with ``.expand(item=<gathering step>.output)``).
+    :param deferrable: with a Slurm placement, wait for each Slurm job in the triggerer, not in a worker slot:
+        the task defers while a job queues and runs, then runs the step again, which reads its finished jobs
+        back by id (a stage of several programs, e.g. refinement then post-processing, submits each once) and
+        records the results (default True; see StepOperator.run_deferring).
     """
 
     template_fields: Sequence[str] = ("item",)
@@ -108,7 +112,8 @@ class BatchStepOperator(StepOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         context["batch_label"] = batch_label(self.item)  # type: ignore[typeddict-unknown-key]
-        return self.process(stage_config(context["params"]))
+        config = stage_config(context["params"])
+        return self.run_deferring(context, lambda _state: self.process(config))
 
     def process(self, config: Any) -> dict[str, Any]:
         raise NotImplementedError

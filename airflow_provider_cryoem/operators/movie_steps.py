@@ -59,10 +59,9 @@ class MovieStepOperator(StepOperator):
     map_index_label = "movie_label"
 
     def __init__(self, *, movies: list[dict[str, Any]], input_tasks: Mapping[str, str] | None = None,
-                 deferrable: bool = True, **kwargs: Any) -> None:
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.movies = movies
-        self.deferrable = deferrable
         self.input_tasks = dict(input_tasks) if input_tasks is not None else \
             {name: name for name in upstream_steps(self.step)}
 
@@ -80,44 +79,30 @@ class MovieStepOperator(StepOperator):
         # numpy/scipy imports would add seconds to each bookkeeping task of a live run.
         from ..pipeline.movie_batch import BatchPending, process_batch
 
-        ti = context["ti"]
         names = [item["movie"] for item in self.movies]
         context["movie_label"] = names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1})"
         config = stage_config(context["params"])
-        deferring = self.deferrable and isinstance(self.runs_on, dict)
-        # What this try has done before it last deferred: the finished movies and the Slurm jobs it submitted.
-        state_key = f"slurm_wait_try{ti.try_number}"
-        state = (ti.xcom_pull(task_ids=self.task_id, key=state_key, map_indexes=ti.map_index) if deferring
-                 else None) or {"done": [], "jobs": {}}
-        finished = {outcome["movie"] for outcome in state["done"]}
-        try:
-            outcomes = process_batch(self.step, self.tool, self.runs_on,
-                                     [item for item in self.movies if item["movie"] not in finished], config,
-                                     self.step_settings(), self._upstream_results(context), context["run_id"],
-                                     slurm_jobs=state["jobs"] if deferring else None)
-        except BatchPending as waiting:
-            from ..triggers.slurm_rest import slurm_job_trigger  # SSH or REST, only where a stage waits on Slurm
 
-            ti.xcom_push(key=state_key, value={"done": state["done"] + waiting.outcomes, "jobs": state["jobs"]})
-            first = waiting.pending[0]
-            log.info("%s: %d movies wait for Slurm jobs; deferring on job %s", self.step, len(waiting.pending),
-                     first.job["job_id"])
-            self.defer(trigger=slurm_job_trigger(first.conn_id, first.job["job_id"], first.job["stderr_path"],
-                                                 jobcomp_file=first.jobcomp_file,
-                                                 poll_interval_s=first.poll_interval_s),
-                       method_name="execute_complete")
+        def work(state: dict[str, Any]) -> list[dict[str, Any]]:
+            """The movies not done in an earlier pass of this try; those waiting for Slurm jobs stay to do."""
+            finished = {outcome["movie"] for outcome in state["done"]}
+            try:
+                outcomes = process_batch(self.step, self.tool, self.runs_on,
+                                         [item for item in self.movies if item["movie"] not in finished], config,
+                                         self.step_settings(), self._upstream_results(context), context["run_id"])
+            except BatchPending as waiting:
+                state["done"] += waiting.outcomes
+                raise
+            return state["done"] + outcomes
+
         order = {name: index for index, name in enumerate(names)}
-        outcomes = sorted(state["done"] + outcomes, key=lambda outcome: order[outcome["movie"]])
+        outcomes = sorted(self.run_deferring(context, work, {"done": []}),
+                          key=lambda outcome: order[outcome["movie"]])
         failed = [o for o in outcomes if o["status"] == "failed"]
         log.info("%s: %d movies, %d failed", self.step, len(outcomes), len(failed))
         for outcome in failed:
             log.warning("%s failed for %s: %s", self.step, outcome["movie"], outcome["error"])
         return outcomes
-
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """A Slurm job waited for has ended: run the batch again; the jobs already submitted are read back
-        (a failed one fails its movie), the others submitted, until no movie waits."""
-        return self.execute(context)
 
 
 class MotionCorrectionOperator(MovieStepOperator):

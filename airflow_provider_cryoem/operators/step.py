@@ -2,12 +2,17 @@
 the DAG file is parsed so a wrong tool or setting is an import error naming the operator and the argument."""
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import logging
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, Context
 from pydantic import BaseModel, ValidationError
 
 from ..recipes.stages import STAGES, tool_settings_problem
+
+log = logging.getLogger(__name__)
+Result = TypeVar("Result")
 
 
 class StepConfigurationError(ValueError):
@@ -24,7 +29,12 @@ def placement(runs_on: str | dict[str, Any] | BaseModel) -> str | dict[str, Any]
 
 
 class StepOperator(BaseOperator):
-    """Base of the processing-step operators: `step` names the stage, its tools and settings model."""
+    """Base of the processing-step operators: `step` names the stage, its tools and settings model.
+
+    :param deferrable: with a Slurm placement, a step that runs through `run_deferring` submits its jobs and
+        waits in the triggerer (``SlurmJobTrigger``, or the REST one) instead of in a worker slot, then runs
+        again and reads the finished jobs back (default True).
+    """
 
     step: ClassVar[str]
     # The tool when none is given: the built-in engine, or the one program a step has.
@@ -34,8 +44,10 @@ class StepOperator(BaseOperator):
     ui_color = "#cfe8ff"
 
     def __init__(self, *, tool: str | None = None, settings: dict[str, Any] | BaseModel | None = None,
-                 runs_on: str | dict[str, Any] | BaseModel = "local", **kwargs: Any) -> None:
+                 runs_on: str | dict[str, Any] | BaseModel = "local", deferrable: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.deferrable = deferrable
         self.tool, self.settings, self.runs_on = self.checked_arguments(self.task_id, tool or self.default_tool,
                                                                         settings, runs_on)
 
@@ -87,6 +99,47 @@ class StepOperator(BaseOperator):
         from ..pipeline.external import cancel_waiting_slurm_jobs
 
         cancel_waiting_slurm_jobs()
+
+    def waits_in_triggerer(self) -> bool:
+        """Whether this task defers while its Slurm jobs queue and run (deferrable, placed on Slurm)."""
+        return self.deferrable and isinstance(self.runs_on, dict)
+
+    def run_deferring(self, context: Context, work: Callable[[dict[str, Any]], Result],
+                      initial: dict[str, Any] | None = None) -> Result:
+        """`work(state)`, deferring to the triggerer while one of its Slurm jobs has not ended.
+
+        `state` is this try's: "jobs" (job name -> id of every Slurm job submitted), plus whatever `work` keeps
+        there (`initial`, e.g. the movies already done); it lives in XCom as `slurm_wait_try<N>`. When a job has
+        not ended, SlurmJobPending leaves `work`; the state is saved and the task defers on that job. Back from
+        the trigger, execute_complete runs the step again and `work` replays: jobs in the state are read back by
+        id (a finished one's output used, a failed one failing as it would have), never submitted again, the
+        next ones submitted, until none waits. Not on Slurm or not deferrable: `work` waits here as it did."""
+        from ..execution import SlurmJobPending
+        from ..pipeline.external import waiting_in_triggerer
+
+        fresh = {**(initial or {}), "jobs": {}}
+        if not self.waits_in_triggerer():
+            return work(fresh)
+        ti = context["ti"]
+        key = f"slurm_wait_try{ti.try_number}"
+        state = ti.xcom_pull(task_ids=self.task_id, key=key, map_indexes=ti.map_index) or fresh
+        try:
+            with waiting_in_triggerer(state["jobs"]):
+                return work(state)
+        except SlurmJobPending as waiting:
+            from ..triggers.slurm_rest import slurm_job_trigger  # SSH or REST, only where a stage waits on Slurm
+
+            ti.xcom_push(key=key, value=state)
+            log.info("%s: %s; deferring on job %s", self.step, waiting, waiting.job["job_id"])
+            self.defer(trigger=slurm_job_trigger(waiting.conn_id, waiting.job["job_id"], waiting.job["stderr_path"],
+                                                 jobcomp_file=waiting.jobcomp_file,
+                                                 poll_interval_s=waiting.poll_interval_s),
+                       method_name="execute_complete")
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        """A Slurm job waited for has ended: run the step again; its jobs already submitted are read back (a
+        failed one fails as it would have), the others submitted, until none waits."""
+        return self.execute(context)
 
     def step_settings(self) -> Any:
         """The settings as the step's pydantic model."""

@@ -9,11 +9,13 @@ import re
 import shutil
 import sys
 import sysconfig
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from ..execution import CommandSpec, Execute, ToolNotFoundError, run_output
+from ..execution import CommandSpec, Execute, SlurmJobPending, ToolNotFoundError, run_output
 from ..relion_project import icebreaker_jobs
 from ..tools import cryolo, ctffind, icebreaker, motioncor2, relion_autopick, relion_motioncorr, topaz
 from .stages import MovieContext, available_cores
@@ -295,13 +297,21 @@ def cancel_waiting_slurm_jobs() -> None:
         _WAITING_SLURM_JOBS.discard((conn_id, job_id))
 
 
-class SlurmJobPending(Exception):
-    """A Slurm job of a deferring stage is still queued or running: the task defers to the triggerer until it
-    ends, then runs the step again, whose submission then re-attaches to the finished job and reads it."""
+# The Slurm jobs a deferrable stage has submitted so far (job name -> id), while its operator runs it (see
+# waiting_in_triggerer); None when the stage waits for its jobs in this process.
+_DEFERRING_SLURM_JOBS: ContextVar[dict[str, int] | None] = ContextVar("deferring_slurm_jobs", default=None)
 
-    def __init__(self, conn_id: str, job: dict[str, Any], jobcomp_file: str | None, poll_interval_s: float) -> None:
-        super().__init__(f"Slurm job {job['job_id']} ({job['job_name']}) has not ended yet")
-        self.conn_id, self.job, self.jobcomp_file, self.poll_interval_s = conn_id, job, jobcomp_file, poll_interval_s
+
+@contextmanager
+def waiting_in_triggerer(submitted: dict[str, int]) -> Iterator[None]:
+    """Within this block the Slurm executors a stage makes raise SlurmJobPending instead of waiting, and fill
+    `submitted` (the operator keeps it in XCom between tries), so that a stage of several programs, whatever
+    depth its executor is made at, replays to its first unfinished job without resubmitting the others."""
+    token = _DEFERRING_SLURM_JOBS.set(submitted)
+    try:
+        yield
+    finally:
+        _DEFERRING_SLURM_JOBS.reset(token)
 
 
 def slurm_executor(stage: str, tool: str, placement: dict[str, Any], job_key: str,
@@ -350,9 +360,10 @@ def slurm_executor(stage: str, tool: str, placement: dict[str, Any], job_key: st
 def stage_executor(stage: str, tool: str, runs_on: str | dict[str, Any], job_key: str,
                    submitted: dict[str, int] | None = None) -> Execute:
     """Where the recipe places a stage's programs: this worker, or Slurm (`job_key`: where outputs go;
-    `submitted`: wait in the triggerer, see slurm_executor)."""
+    `submitted`, else the jobs of an enclosing waiting_in_triggerer: wait in the triggerer, see slurm_executor)."""
     if isinstance(runs_on, dict):
-        return slurm_executor(stage, tool, runs_on, job_key, submitted)
+        return slurm_executor(stage, tool, runs_on, job_key,
+                              submitted if submitted is not None else _DEFERRING_SLURM_JOBS.get())
     return local_executor(stage, tool)
 
 

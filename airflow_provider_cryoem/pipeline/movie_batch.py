@@ -26,28 +26,30 @@ def _missing_inputs(item: dict[str, Any], upstream: dict[str, dict[str, dict[str
             if by_movie.get(item["movie"], {}).get("status") != "ok"]
 
 
-class BatchPending(Exception):
-    """Some movies of the batch wait for Slurm jobs: the outcomes of the others, and the jobs waited for."""
+class BatchPending(SlurmJobPending):
+    """Some movies of the batch wait for Slurm jobs: the outcomes of the others, and the jobs waited for (the
+    task defers on the first)."""
 
     def __init__(self, outcomes: list[dict[str, Any]], pending: list[SlurmJobPending]) -> None:
-        super().__init__(f"{len(pending)} movies wait for their Slurm jobs")
+        first = pending[0]
+        super().__init__(first.conn_id, first.job, first.jobcomp_file, first.poll_interval_s,
+                         f"{len(pending)} movies wait for Slurm jobs")
         self.outcomes, self.pending = outcomes, pending
 
 
-def _run_step(stage: str, tool: str, runs_on: str | dict[str, Any], ctx: MovieContext,
-              slurm_jobs: dict[str, int] | None = None) -> dict[str, Any]:
+def _run_step(stage: str, tool: str, runs_on: str | dict[str, Any], ctx: MovieContext) -> dict[str, Any]:
     """Run the stage for one movie with the recipe's program, on this worker or on Slurm."""
     if tool == "builtin":
         return BUILTIN_RUNNERS[stage](ctx)
     # The job's identity is where its outputs go: the same work (a retry) re-attaches, while another
     # session that happens to share a name or a job number (a fresh results database) never does.
     job_key = f"{ctx.item['relion_dir']}|{ctx.item['processing_job_id']}|{ctx.item['movie']}"
-    return EXTERNAL_STEPS[(stage, tool)](ctx, stage_executor(stage, tool, runs_on, job_key, slurm_jobs))
+    return EXTERNAL_STEPS[(stage, tool)](ctx, stage_executor(stage, tool, runs_on, job_key))
 
 
 def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: list[dict[str, Any]],
                   config: SessionConfig, params: BaseModel, upstream: dict[str, dict[str, dict[str, Any]]],
-                  run_id: str, slurm_jobs: dict[str, int] | None = None) -> list[dict[str, Any]]:
+                  run_id: str) -> list[dict[str, Any]]:
     """Process every movie of the batch; a bad movie is recorded as failed and the others go on.
 
     Errors of the movie itself, while processing or recording it (unreadable file, engine refusing the
@@ -58,9 +60,9 @@ def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: 
     of memory) propagates, so the task fails and Airflow retries the batch; writes are idempotent, so the
     retry duplicates nothing.
 
-    With `slurm_jobs` (a Slurm placement whose task waits in the triggerer; the jobs submitted so far, by name,
-    filled in here), every movie's job is submitted first; if any has not ended, BatchPending carries the
-    finished movies' outcomes and the jobs to wait for.
+    Inside `waiting_in_triggerer` (a Slurm placement whose task waits in the triggerer, see
+    StepOperator.run_deferring), every movie's job is submitted first; if any has not ended, BatchPending
+    carries the finished movies' outcomes and the jobs to wait for.
     """
     recorder = RECORDERS[stage]
     optics = OpticsGroup.from_session(config)
@@ -80,7 +82,7 @@ def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: 
                                project, runs_on)
         started_s = time.perf_counter()
         try:
-            result = _run_step(stage, tool, runs_on, context, slurm_jobs)
+            result = _run_step(stage, tool, runs_on, context)
             recorder(context, result, store, item["processing_job_id"], movie_id)
         except SlurmJobPending as waiting:
             pending.append(waiting)
