@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..io._atomic import naming_disk_full
+
 CLAIM_FILE = ".claimed_by"
 DONE_FILE = ".claim_done"
 HEARTBEAT_S = 30.0
@@ -25,14 +27,15 @@ STALE_AFTER_S = 300.0
 def _create_whole(path: Path, text: str) -> bool:
     """Create `path` holding `text`, atomically; False if it exists already."""
     aside = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    aside.write_text(text)
     try:
+        with naming_disk_full(path):
+            aside.write_text(text)
         os.link(aside, path)
         return True
     except FileExistsError:
         return False
     finally:
-        aside.unlink()
+        aside.unlink(missing_ok=True)
 
 
 def claim_is_live(job_path: Path, stale_after_s: float = STALE_AFTER_S) -> bool:

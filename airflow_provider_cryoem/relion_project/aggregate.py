@@ -8,11 +8,14 @@ series after alignment) is replaced with `replace_rows`. Callers hold the projec
 """
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..io import ImageFileError
+from ..io._atomic import naming_disk_full
+from ..io._atomic import write_text_atomic as _atomic_write
 from .star_text import Value, format_row, parse_star
 
 
@@ -20,35 +23,26 @@ def _keys_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.keys")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Replace `path` whole or not at all (a full disk leaves the old file and no temporary behind)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _append(path: Path, text: str) -> None:
+def append_whole(path: Path, text: str) -> None:
     """Append `text` whole or not at all: a short write (full disk, quota) is retried for the rest, and a
-    write that fails part-way is cut back off, so no truncated row is ever left. Callers hold the lock."""
+    write that fails part-way is cut back off, so no truncated row is ever left; a full disk is a
+    DiskFullError naming `path`. Callers hold the lock."""
     data = memoryview(text.encode())
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        size_before = os.fstat(fd).st_size
+    with naming_disk_full(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            while data:
-                written = os.write(fd, data)
-                if written == 0:
-                    raise OSError(f"{path}: no progress writing {len(data)} bytes")
-                data = data[written:]
-        except BaseException:
-            os.ftruncate(fd, size_before)
-            raise
-    finally:
-        os.close(fd)
+            size_before = os.fstat(fd).st_size
+            try:
+                while data:
+                    written = os.write(fd, data)
+                    if written == 0:
+                        raise OSError(errno.ENOSPC, f"no progress writing {len(data)} bytes", str(path))
+                    data = data[written:]
+            except BaseException:
+                os.ftruncate(fd, size_before)
+                raise
+        finally:
+            os.close(fd)
 
 
 def _split_header(path: Path, text: str) -> tuple[str, list[str]]:
@@ -106,8 +100,8 @@ def upsert_rows(path: Path, header: str, block: str, columns: Sequence[str], key
     if found != list(columns):
         raise ImageFileError(path, f"data_{block} has columns {found}, cannot add rows with {list(columns)}")
     if key not in _present_keys(path, key_column):
-        _append(_keys_path(path), f"{key}\n")
-        _append(path, new_lines)
+        append_whole(_keys_path(path), f"{key}\n")
+        append_whole(path, new_lines)
         return
     existing_header, lines = _split_header(path, path.read_text())
     kept = [line for line in lines if line.split()[key_index] != key]

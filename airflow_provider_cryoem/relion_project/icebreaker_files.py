@@ -9,9 +9,10 @@ its row, never adds one); callers hold the project lock.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
+
+from ..io._atomic import write_text_atomic
 
 FIVE_FIGURES_FILE = "five_figs_test.csv"
 DONE_MICROGRAPHS_FILE = "done_mics.txt"
@@ -20,13 +21,7 @@ FIVE_FIGURE_KEYS = ("minimum", "q1", "median", "q3", "maximum")
 
 
 def _replace(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text("".join(f"{line}\n" for line in lines))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, "".join(f"{line}\n" for line in lines))
 
 
 def upsert_five_figures(job_dir: Path, micrograph: str, figures: Mapping[str, float]) -> Path:

@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 
 from ..io import ImageFileError
+from ..io._atomic import naming_disk_full, write_text_atomic
+from .aggregate import append_whole
 from .job_types import STAR_VERSION, Dialect, JobKind
 from .star_text import Value, loop_block, pair_block, parse_star
 
@@ -28,7 +30,7 @@ def write_job_files(job_dir: Path, kind: JobKind, dialect: Dialect, options: dic
                     command: str | None) -> None:
     """Create the job folder with job.star and, when known, the command in note.txt."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / "job.star").write_text(job_star_text(kind, dialect, options))
+    write_text_atomic(job_dir / "job.star", job_star_text(kind, dialect, options))
     if command:
         append_note(job_dir, command)
 
@@ -49,10 +51,7 @@ def update_job_options(job_dir: Path, kind: JobKind, dialect: Dialect, options: 
     """Set some job.star options of an existing job, keeping the others; the file is replaced atomically
     (doppio and the Relion GUI read it while the session runs)."""
     merged: dict[str, Value] = {**read_job_options(job_dir), **options}
-    path = job_dir / "job.star"
-    tmp = path.with_name(f".job.star.{os.getpid()}.tmp")
-    tmp.write_text(job_star_text(kind, dialect, merged))
-    os.replace(tmp, path)
+    write_text_atomic(job_dir / "job.star", job_star_text(kind, dialect, merged))
 
 
 def log_written_file(job_dir: Path, node: str, count: int) -> None:
@@ -60,17 +59,14 @@ def log_written_file(job_dir: Path, node: str, count: int) -> None:
     path = job_dir / "run.out"
     prefix = f" Written: {node} "
     lines = [line for line in (path.read_text().splitlines() if path.exists() else []) if not line.startswith(prefix)]
-    tmp = path.with_name(f".run.out.{os.getpid()}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in [*lines, f"{prefix}with {count} objects."]))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(f"{line}\n" for line in [*lines, f"{prefix}with {count} objects."]))
 
 
 def append_note(job_dir: Path, command: str) -> None:
     """Add a command to note.txt in Relion's ` ++++ ` layout."""
     stamp = time.strftime("%d/%m/%Y %H:%M:%S")
-    with open(job_dir / "note.txt", "a") as note:
-        note.write(f" ++++ Executing new job on {stamp}\n ++++ with the following command(s): \n"
-                   f"{command}\n ++++ \n")
+    append_whole(job_dir / "note.txt", f" ++++ Executing new job on {stamp}\n ++++ with the following command(s): \n"
+                                       f"{command}\n ++++ \n")
 
 
 def mark_exit(job_dir: Path, success: bool) -> None:
@@ -85,8 +81,9 @@ def point_alias(type_dir: Path, alias: str, job_name: str) -> None:
     link = type_dir / alias
     tmp = type_dir / f".{alias}.{os.getpid()}.tmp"
     tmp.unlink(missing_ok=True)
-    tmp.symlink_to(job_name, target_is_directory=True)
-    os.replace(tmp, link)
+    with naming_disk_full(link):
+        tmp.symlink_to(job_name, target_is_directory=True)
+        os.replace(tmp, link)
 
 
 def alias_target(type_dir: Path, alias: str) -> str | None:

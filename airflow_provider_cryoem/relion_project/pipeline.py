@@ -5,11 +5,11 @@ rewrite unchanged. A pipeline in the other dialect is refused rather than silent
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io import ImageFileError
+from ..io._atomic import write_text_atomic
 from .job_types import STAR_VERSION, Dialect, JobStatus
 from .star_text import loop_block, pair_block, parse_star
 
@@ -100,10 +100,7 @@ class Pipeline:
 
     def write(self, project_dir: Path) -> None:
         """Replace default_pipeline.star atomically (readers never see a half-written file)."""
-        path = project_dir / PIPELINE_FILE
-        tmp = path.with_name(f".{PIPELINE_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(self.to_text())
-        os.replace(tmp, path)
+        write_text_atomic(project_dir / PIPELINE_FILE, self.to_text())
 
 
 def read_pipeline(project_dir: Path, dialect: Dialect) -> Pipeline:

@@ -11,6 +11,7 @@ from pathlib import Path
 import mrcfile
 
 from ..io import ImageFileError
+from ..io._atomic import write_text_atomic
 from . import data_files, icebreaker_files, tomo_files
 from .aggregate import upsert_rows
 from .data_files import TableSpec
@@ -287,7 +288,8 @@ class RelionProject:
         rows = table.rows if table is not None else []
         column = table.column("rlnMicrographName") if table is not None else 0
         micrographs = len({row[column] for row in rows})
-        (job.path / "run.out").write_text(
+        write_text_atomic(
+            job.path / "run.out",
             f" Joining metadata of all particles from {micrographs} micrographs in one STAR file...\n"
             f" Written out STAR file with {len(rows)} particles in {self.relative(star)}\n")
 
@@ -378,8 +380,7 @@ class RelionProject:
             input_options[option] = node
         if output.endswith(RELION3_COORDS_NODE) and input_options:
             # Relion 3.1 keeps the micrographs the coordinates belong to in this small file.
-            (self.root / output).parent.mkdir(parents=True, exist_ok=True)
-            (self.root / output).write_text(f"{input_options['fn_input_autopick']}\n")
+            write_text_atomic(self.root / output, f"{input_options['fn_input_autopick']}\n")
         return input_options
 
     # ----- per-micrograph rows ------------------------------------------------------------------------
@@ -426,10 +427,7 @@ class RelionProject:
         log = image.with_name(image.stem + data_files.CTFFIND_LOG_SUFFIX)
         if log.exists() and "ctffind" in log.read_text(errors="replace").lower():
             return
-        log.parent.mkdir(parents=True, exist_ok=True)
-        tmp = log.with_name(f".{log.name}.{os.getpid()}.tmp")
-        tmp.write_text(data_files.ctffind_log_text(ctf))
-        os.replace(tmp, log)
+        write_text_atomic(log, data_files.ctffind_log_text(ctf))
 
     def add_picks(self, micrograph_path: str | Path, coordinates_px: Sequence[Sequence[float]],
                   figures_of_merit: Sequence[float] | None = None) -> Path:
@@ -444,10 +442,7 @@ class RelionProject:
         text = data_files.coordinates_text([list(c) for c in coordinates_px],
                                            None if figures_of_merit is None else list(figures_of_merit),
                                            self.dialect)
-        coords_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = coords_file.with_name(f".{coords_file.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, coords_file)
+        write_text_atomic(coords_file, text)
         self._upsert(job, data_files.AUTOPICK, micrograph, [[micrograph, self.relative(coords_file)]])
         return coords_file
 
