@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import tifffile
 
@@ -24,14 +26,17 @@ class _Collect(logging.Handler):
 
 
 @contextmanager
-def open_tiff_pages(path: Path, what: str) -> Iterator[tuple[tifffile.TiffFile, list[tifffile.TiffPage]]]:
-    """Yield the open TiffFile and its frame pages after checking that every page lies inside the file."""
+def open_tiff_pages(path: Path, what: str, handle: BinaryIO | None = None
+                    ) -> Iterator[tuple[tifffile.TiffFile, list[tifffile.TiffPage]]]:
+    """Yield the open TiffFile and its frame pages after checking that every page lies inside the file.
+
+    With `handle` (an open binary file, see _unchanged.read_unchanged) the file is read through it."""
     collector = _Collect()
     logger = tifffile.logger()
     logger.addHandler(collector)
     try:
         try:
-            tif = tifffile.TiffFile(path)
+            tif = tifffile.TiffFile(path if handle is None else handle)
         except (tifffile.TiffFileError, ValueError, OSError, struct.error) as exc:
             raise ImageFileError(path, f"malformed or truncated {what} ({exc})") from None
         with tif:
@@ -41,7 +46,7 @@ def open_tiff_pages(path: Path, what: str) -> Iterator[tuple[tifffile.TiffFile, 
                 raise ImageFileError(path, f"truncated or corrupt {what} ({exc})") from None
             if collector.messages:
                 raise ImageFileError(path, f"truncated or corrupt {what}: {collector.messages[0]}")
-            file_bytes = path.stat().st_size
+            file_bytes = (path.stat() if handle is None else os.fstat(handle.fileno())).st_size
             for index, page in enumerate(pages):
                 ends = [offset + count for offset, count in zip(page.dataoffsets, page.databytecounts)]
                 if not ends or max(ends) > file_bytes:

@@ -10,6 +10,7 @@ Sub-pixel positions are ignored (no super-resolution), as with Relion's default 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import tifffile
@@ -53,13 +54,15 @@ def eer_shape(path: str | Path, eer_grouping: int = 20) -> tuple[int, int, int]:
         return _n_fractions(path, len(frames), eer_grouping), ny, nx
 
 
-def read_eer(path: str | Path, frame_range: tuple[int, int] | None = None, eer_grouping: int = 20) -> np.ndarray:
+def read_eer(path: str | Path, frame_range: tuple[int, int] | None = None, eer_grouping: int = 20,
+             handle: BinaryIO | None = None) -> np.ndarray:
     """Fractions `[start, stop)` (all by default) as uint16 (n_fractions, ny, nx) electron counts.
 
-    Fraction i is the sum of EER frames `[i * eer_grouping, (i + 1) * eer_grouping)`.
+    Fraction i is the sum of EER frames `[i * eer_grouping, (i + 1) * eer_grouping)`. With `handle` (an open
+    binary file), the file is read through it.
     """
     path = require_file(path, EER_SUFFIXES)
-    with open_tiff_pages(path, "EER file") as (_, pages):
+    with open_tiff_pages(path, "EER file", handle) as (_, pages):
         frames = _event_pages(path, pages)
         ny, nx = frames[0].shape[:2]
         start, stop = check_frame_range(path, frame_range, _n_fractions(path, len(frames), eer_grouping))
@@ -72,7 +75,7 @@ def read_eer(path: str | Path, frame_range: tuple[int, int] | None = None, eer_g
                 for eer_index in range(fraction_index * eer_grouping, (fraction_index + 1) * eer_grouping):
                     try:
                         events = frames[eer_index].asarray()
-                    except (tifffile.TiffFileError, ValueError, RuntimeError) as exc:
+                    except (tifffile.TiffFileError, ValueError, RuntimeError, OSError) as exc:
                         raise ImageFileError(path, f"cannot decode EER frame {eer_index} ({exc})") from None
                     fractions[fraction_index - start] += events.reshape(ny, nx)
     return fractions

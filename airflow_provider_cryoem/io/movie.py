@@ -5,10 +5,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ._paths import check_frame_range, require_file
+from ._paths import require_file
+from ._unchanged import DISAPPEARED, read_unchanged
 from .eer import EER_SUFFIXES, eer_shape, read_eer
 from .errors import ImageFileError
-from .mrc import MRC_SUFFIXES, read_mrc, read_mrc_shape
+from .mrc import MRC_SUFFIXES, read_mrc_frames, read_mrc_shape
 from .tiff import TIFF_SUFFIXES, read_tiff, tiff_shape
 
 MOVIE_SUFFIXES = MRC_SUFFIXES + TIFF_SUFFIXES + EER_SUFFIXES
@@ -33,17 +34,19 @@ def movie_shape(path: str | Path, eer_grouping: int = 20) -> tuple[int, int, int
 def read_movie(path: str | Path, frame_range: tuple[int, int] | None = None, eer_grouping: int = 20) -> np.ndarray:
     """Frames `[start, stop)` (all by default) as (n_frames, ny, nx) in the file's dtype (uint16 for EER).
 
-    MRC data come from a memory map, so only the frames asked for are read from disk.
+    Read into memory through one open handle (no memory map: a movie truncated underneath is an error, not
+    SIGBUS), and read again if the file was replaced or rewritten during the read (see _unchanged.py), so the
+    frames always come from one complete version of the file. A movie gone since it was found fails by name.
     """
+    if not Path(path).exists():
+        raise ImageFileError(path, DISAPPEARED)
     path = require_file(path, MOVIE_SUFFIXES)
     suffix = path.suffix.lower()
     if suffix in EER_SUFFIXES:
-        return read_eer(path, frame_range, eer_grouping)
+        return read_unchanged(path, lambda handle: read_eer(path, frame_range, eer_grouping, handle))
     if suffix in TIFF_SUFFIXES:
-        return read_tiff(path, frame_range)
-    n_frames, ny, nx = _as_stack(read_mrc_shape(path))
-    start, stop = check_frame_range(path, frame_range, n_frames)
-    return np.array(read_mrc(path, mmap=True).reshape(n_frames, ny, nx)[start:stop])
+        return read_unchanged(path, lambda handle: read_tiff(path, frame_range, handle))
+    return read_unchanged(path, lambda handle: read_mrc_frames(path, handle, frame_range))
 
 
 def check_frames_finite(frames: np.ndarray, path: str | Path) -> None:

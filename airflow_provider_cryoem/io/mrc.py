@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
+from typing import BinaryIO
 
 import mrcfile
 import numpy as np
+from mrcfile.mrcinterpreter import MrcInterpreter
 
 from ._atomic import atomic_path
-from ._paths import require_file
+from ._paths import check_frame_range, require_file
 from .errors import ImageFileError
 from .memory_budget import check_decoded_size, memory_error_as_file_error
 
@@ -36,23 +39,57 @@ def read_mrc(path: str | Path, mmap: bool = True) -> np.ndarray:
     return data
 
 
+def _layout(path: Path, header: np.recarray, file_bytes: int) -> tuple[tuple[int, int, int], np.dtype, int]:
+    """Shape `(nz, ny, nx)`, data dtype and data offset of a header, after checking that a file of `file_bytes`
+    holds all the data it declares."""
+    shape = (int(header.nz), int(header.ny), int(header.nx))
+    data_start = header.nbytes + int(header.nsymbt)
+    try:
+        dtype = mrcfile.utils.data_dtype_from_header(header)
+    except ValueError as exc:
+        raise ImageFileError(path, f"malformed MRC header ({exc})") from None
+    if min(shape) < 1:
+        raise ImageFileError(path, f"malformed MRC header: dimensions {shape} must be positive")
+    expected_bytes = data_start + math.prod(shape) * dtype.itemsize
+    if file_bytes < expected_bytes:
+        raise ImageFileError(path, f"truncated MRC file: header declares {shape} {dtype} = {expected_bytes} bytes, "
+                                   f"file has {file_bytes}")
+    return shape, dtype, data_start
+
+
 def _checked_header(path: Path) -> tuple[tuple[int, int, int], np.dtype]:
     """Header shape `(nz, ny, nx)` and data dtype, after checking the file holds all the data they declare."""
     try:
         with mrcfile.open(path, mode="r", header_only=True, permissive=False) as mrc:
             header = mrc.header
-            shape = (int(header.nz), int(header.ny), int(header.nx))
-            data_start = header.nbytes + int(header.nsymbt)
-            dtype = mrcfile.utils.data_dtype_from_header(header)
     except (ValueError, OSError) as exc:
         raise ImageFileError(path, f"malformed MRC header ({exc})") from None
-    if min(shape) < 1:
-        raise ImageFileError(path, f"malformed MRC header: dimensions {shape} must be positive")
-    expected_bytes = data_start + math.prod(shape) * dtype.itemsize
-    if path.stat().st_size < expected_bytes:
-        raise ImageFileError(path, f"truncated MRC file: header declares {shape} {dtype} = {expected_bytes} bytes, "
-                                   f"file has {path.stat().st_size}")
+    shape, dtype, _ = _layout(path, header, path.stat().st_size)
     return shape, dtype
+
+
+def read_mrc_frames(path: Path, handle: BinaryIO, frame_range: tuple[int, int] | None = None) -> np.ndarray:
+    """Sections `[start, stop)` (all by default) of an open MRC file as (n, ny, nx), copied into memory.
+
+    Read through `handle`, never a memory map: a file truncated underneath gives a short read, an error naming
+    the file, where a memory map would kill the process with SIGBUS.
+    """
+    try:
+        header = MrcInterpreter(iostream=handle, permissive=False, header_only=True).header
+    except (ValueError, OSError) as exc:
+        raise ImageFileError(path, f"malformed MRC header ({exc})") from None
+    (nz, ny, nx), dtype, data_start = _layout(path, header, os.fstat(handle.fileno()).st_size)
+    start, stop = check_frame_range(path, frame_range, nz)
+    check_decoded_size(path, (stop - start, ny, nx), dtype, f"MRC sections [{start}, {stop})")
+    with memory_error_as_file_error(path, f"MRC sections [{start}, {stop})"):
+        frames = np.empty((stop - start, ny, nx), dtype=dtype)
+    wanted = frames.nbytes
+    handle.seek(data_start + start * ny * nx * dtype.itemsize)
+    got = handle.readinto(memoryview(frames.reshape(-1)).cast("B"))
+    if got != wanted:
+        raise ImageFileError(path, f"truncated while being read: {got} of {wanted} bytes of sections "
+                                   f"[{start}, {stop}) could be read")
+    return frames
 
 
 def read_mrc_shape(path: str | Path) -> tuple[int, ...]:

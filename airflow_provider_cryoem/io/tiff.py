@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import tifffile
@@ -37,20 +38,22 @@ def tiff_shape(path: str | Path) -> tuple[int, int, int]:
         return len(pages), ny, nx
 
 
-def read_tiff(path: str | Path, frame_range: tuple[int, int] | None = None) -> np.ndarray:
+def read_tiff(path: str | Path, frame_range: tuple[int, int] | None = None,
+              handle: BinaryIO | None = None) -> np.ndarray:
     """Frames `[start, stop)` (all by default) as (n_frames, ny, nx); only the pages asked for are decoded.
 
     Their decoded size is checked against the memory budget first: a tiny compressed file can declare huge frames.
+    With `handle` (an open binary file), the file is read through it.
     """
     path = require_file(path)
-    with open_tiff_pages(path, "TIFF file") as (tif, pages):
+    with open_tiff_pages(path, "TIFF file", handle) as (tif, pages):
         ny, nx = _frame_shape(path, pages)
         start, stop = check_frame_range(path, frame_range, len(pages))
         check_decoded_size(path, (stop - start, ny, nx), pages[0].dtype, f"TIFF frames [{start}, {stop})")
         try:
             with memory_error_as_file_error(path, f"TIFF frames [{start}, {stop})"):
                 frames = tif.asarray(key=range(start, stop))
-        except (tifffile.TiffFileError, ValueError, RuntimeError) as exc:
+        except (tifffile.TiffFileError, ValueError, RuntimeError, OSError) as exc:
             raise ImageFileError(path, f"cannot decode TIFF frames [{start}, {stop}) ({exc})") from None
     return frames.reshape(stop - start, ny, nx)
 
