@@ -26,6 +26,10 @@ from .stages import STAGES
 # task when executor slots are short: otherwise a burst's stage tasks, weighted by their many downstream
 # tasks, hold the next run's wait back by a whole stage's compute time.
 _SESSION_PRIORITY: dict[str, Any] = {"priority_weight": 1000, "weight_rule": "absolute"}
+# The session's own tasks are retried through an outage of the broker or a database (a task whose Celery message
+# cannot be sent fails without running): 2, 4, 8, 16, 32 s, about a minute in all. Each is safe to run again.
+_SESSION_RETRIES: dict[str, Any] = {"retries": 5, "retry_delay": dt.timedelta(seconds=2),
+                                    "retry_exponential_backoff": True, "max_retry_delay": dt.timedelta(seconds=60)}
 
 
 def _queue(queue: str | None) -> dict[str, Any]:
@@ -66,12 +70,11 @@ def _session_tasks(recipe: Recipe, live: bool) -> tuple[Any, Any, Any]:
             parallel_tasks=recipe.batching.parallel_tasks,
             poke_interval=recipe.batching.poll_interval_s,
             timeout=7 * 24 * 3600,
-            # Airflow 3.3 can fail a deferred task whose trigger fires within seconds: the stale "success"
-            # of the deferring attempt reaches the scheduler after the resumed attempt is queued
+            # Retries also cover Airflow 3.3 failing a deferred task whose trigger fires within seconds: the
+            # stale "success" of the deferring attempt reaches the scheduler after the resumed attempt is queued
             # (apache/airflow#67287, #72716). A retry is safe (the run gets back the movies it claimed)
             # and keeps the session's chain of runs alive.
-            retries=3,
-            retry_delay=dt.timedelta(seconds=1),
+            **_SESSION_RETRIES,
             **_SESSION_PRIORITY,
             **_queue(recipe.session_queue),
         )
@@ -155,7 +158,8 @@ def build_dag(recipe: Recipe) -> DAG:
             if not spec.after:
                 batches >> stage_tasks[name]
 
-        @task(task_id="close_batch", trigger_rule=TriggerRule.ALL_DONE, **_queue(recipe.session_queue))
+        @task(task_id="close_batch", trigger_rule=TriggerRule.ALL_DONE, **_SESSION_RETRIES,
+              **_queue(recipe.session_queue))
         def close_batch_task(opened: dict[str, Any], found_movies: dict[str, Any], **context: Any) -> dict[str, Any]:
             from ..pipeline.session import close_batch
 
@@ -169,7 +173,7 @@ def build_dag(recipe: Recipe) -> DAG:
         if live:
             session >> StartNextRunOperator(task_id="start_next_batch", trigger_dag_id=recipe.name,
                                             sensor_task_id="wait_for_movies", **_SESSION_PRIORITY,
-                                            **_queue(recipe.session_queue))
+                                            **_SESSION_RETRIES, **_queue(recipe.session_queue))
     return dag
 
 
