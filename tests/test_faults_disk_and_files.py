@@ -10,6 +10,7 @@ B. A movie deleted, truncated or replaced while motion correction reads it: the 
 """
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from airflow_provider_cryoem.pipeline import movie_batch
 from airflow_provider_cryoem.pipeline.session import open_session, plan_batches
 from airflow_provider_cryoem.pipeline.stores import results_store
 from airflow_provider_cryoem.recipes.stages import STAGES
+from airflow_provider_cryoem.relion_project import aggregate
 from airflow_provider_cryoem.relion_project.star_text import parse_star
 from airflow_provider_cryoem.results import schema
 from airflow_provider_cryoem.simulate import GAIN_REFERENCE_NAME, SpaSimulationSettings, write_spa_session
@@ -216,6 +218,42 @@ def test_a_full_processing_disk_fails_the_stage_by_file_and_a_retry_completes_ea
     assert movies_star is None or len(movies_star) == len(set(movies_star))
     _assert_nothing_half_written(small_disk)
     print(f"{stage}: filled with {need} bytes free of {free_before}; failed: {message}")
+
+
+@pytest.mark.parametrize("stage", ["motioncorr", "ctf", "pick"])
+def test_a_disk_filling_just_as_a_star_row_is_appended_leaves_that_movie_unrecorded(
+        stage: str, data_root: Path, results_in_postgres: str, monkeypatch: pytest.MonkeyPatch):
+    """The second movie's row is appended to the stage's STAR file (after its key went into the sidecar) just
+    as the row needs a new block of a full disk: write() fails with ENOSPC there (a row that fits in the file's
+    last block still goes through on a full disk, so this one write is made to fail). That movie then has
+    neither a STAR row nor a results row, and the retry adds each movie once."""
+    items, config = _open_batch(data_root)
+    upstream: dict[str, dict] = {}
+    for earlier in STAGE_ORDER[:STAGE_ORDER.index(stage)]:
+        upstream[earlier] = {o["movie"]: o for o in _run(earlier, items, config, upstream)}
+    star_name = STAGE_STAR[stage][1]
+    real_append = aggregate.append_whole
+
+    def no_space(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def full_at_the_first_appended_row(path: Path, text: str) -> None:  # the first movie created the file
+        if path.name == star_name:
+            with monkeypatch.context() as patch:
+                patch.setattr(aggregate.os, "write", no_space)
+                real_append(path, text)
+        else:
+            real_append(path, text)
+
+    monkeypatch.setattr(aggregate, "append_whole", full_at_the_first_appended_row)
+    with pytest.raises(DiskFullError, match=f"{star_name}: No space left on device"):
+        _run(stage, items, config, upstream)
+    recorded, listed = _done_movies(items, stage)
+    assert recorded == listed == {items[0]["movie"]}
+    monkeypatch.undo()
+    assert [o["status"] for o in _run(stage, items, config, upstream)] == ["ok"] * len(items)
+    keys = _star_keys(Path(items[0]["relion_dir"]), stage)
+    assert len(keys) == len(set(keys)) == len(items) and len(_db_rows(items, stage)) == len(items)
 
 
 # ---------------------------------------------------------------------------------------------------------
