@@ -38,6 +38,7 @@ from airflow_provider_cryoem.results import schema
 from airflow_provider_cryoem.simulate import GAIN_REFERENCE_NAME, SpaSimulationSettings, write_spa_session
 
 from ._pg import pg_url  # noqa: F401  (fixture)
+from .test_hardening_sessions import roots as data_root  # noqa: F401  (fixture: data roots with visit/raw)
 
 CONN_ID = "cryoem_faults_test"
 SIM = SpaSimulationSettings(n_movies=3, image_size_px=256, n_frames=6, particle_diameter_a=80,
@@ -56,19 +57,12 @@ BYTES_PER_MOVIE = {"motioncorr": 620_000, "ctf": 510_000, "pick": 56_000, "extra
 
 
 @pytest.fixture
-def results_in_postgres(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> str:  # noqa: F811
-    """Sessions opened in the test record into the run's PostgreSQL database, as a deployment would."""
+def results_in_postgres(pg_url: str, data_root: Path, monkeypatch: pytest.MonkeyPatch) -> str:  # noqa: F811
+    """Sessions opened in the test record into the run's PostgreSQL database, as a deployment would (after
+    `data_root`, which clears the variable)."""
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", pg_url.replace("postgresql+psycopg2://", "postgresql://"))
     monkeypatch.setenv("CRYOEM_RESULTS_CONN_ID", CONN_ID)
     return pg_url
-
-
-@pytest.fixture
-def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "data"
-    (root / "visit" / "raw").mkdir(parents=True)
-    monkeypatch.setenv("CRYOEM_DATA_ROOTS", str(root))
-    return root
 
 
 @pytest.fixture
