@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,6 +213,26 @@ def test_a_full_processing_disk_fails_the_stage_by_file_and_a_retry_completes_ea
     assert movies_star is None or len(movies_star) == len(set(movies_star))
     _assert_nothing_half_written(small_disk)
     print(f"{stage}: filled with {need} bytes free of {free_before}; failed: {message}")
+
+
+@pytest.mark.relion
+def test_an_external_program_failing_on_a_full_disk_fails_the_task_not_the_movie(
+        data_root: Path, small_disk: Path, results_in_postgres: str):
+    """relion_run_motioncorr on a full disk dies with "Can not close image file" (signal 6); that is the disk's
+    fault, so the task fails for a retry instead of the movie being recorded failed for good."""
+    if shutil.which("relion_run_motioncorr") is None:
+        pytest.skip("needs the Debian relion package")
+    items, config = _open_batch(data_root)
+    params = STAGES["motioncorr"].params_model()
+    ballast = _leave_free(small_disk, 300_000)
+    with pytest.raises(DiskFullError, match="when motioncorr failed on .*_fractions.tiff"):
+        movie_batch.process_batch("motioncorr", "relion", "local", items, config, params, {}, "run_1")
+    assert not _failures(items)
+    ballast.unlink()
+    outcomes = movie_batch.process_batch("motioncorr", "relion", "local", items, config, params, {}, "run_1")
+    assert [o["status"] for o in outcomes] == ["ok"] * len(items)
+    recorded, listed = _done_movies(items, "motioncorr")
+    assert recorded == listed == {item["movie"] for item in items} and not _failures(items)
 
 
 @pytest.mark.parametrize("stage", ["motioncorr", "ctf", "pick"])

@@ -34,10 +34,13 @@ def naming_disk_full(path: str | Path) -> Iterator[None]:
         raise
 
 
-def _no_space_left(folder: Path) -> bool:
+def no_space_left(folder: str | Path) -> bool:
     """True when the filesystem holding `folder` has no block left for this process (root may use the blocks
     reserved for it; others may not)."""
-    stats = os.statvfs(folder)
+    try:
+        stats = os.statvfs(folder)
+    except OSError:  # gone or unreadable: nothing to say about its space
+        return False
     return (stats.f_bfree if os.geteuid() == 0 else stats.f_bavail) == 0
 
 
@@ -55,7 +58,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         with naming_disk_full(path):
             yield tmp
-            if _no_space_left(path.parent):
+            if no_space_left(path.parent):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
             os.replace(tmp, path)
     finally:

@@ -30,12 +30,12 @@ class DiskFullError(OSError):
     """The disk (or quota) filled while writing `path`: an infrastructure fault, not a bad movie, so it fails
     the task (Airflow retries it) instead of failing the movie; the file was not left half-written."""
 
-    def __init__(self, path: str | Path, code: int = errno.ENOSPC) -> None:
+    def __init__(self, path: str | Path, code: int = errno.ENOSPC, when: str = "while writing it",
+                 outcome: str = "it was not written") -> None:
         self.path = str(path)
         free = _free_bytes(Path(path))
-        super().__init__(code, f"{os.strerror(code)} while writing it"
-                               f"{'' if free is None else f' ({free} bytes free there)'}; it was not written",
-                         self.path)
+        super().__init__(code, f"{os.strerror(code)} {when}"
+                               f"{'' if free is None else f' ({free} bytes free there)'}; {outcome}", self.path)
 
     def __str__(self) -> str:
         return f"{self.path}: {self.strerror}"

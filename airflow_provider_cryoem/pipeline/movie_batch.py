@@ -9,6 +9,8 @@ from pydantic import BaseModel
 
 from ..config import SessionConfig
 from ..execution import ToolExecutionError
+from ..io._atomic import no_space_left
+from ..io.errors import DiskFullError
 from ..relion_project import OpticsGroup
 from .external import EXTERNAL_STEPS, SlurmJobPending, stage_executor
 from .record import RECORDERS, RESULT_STAGE_NAMES
@@ -57,8 +59,10 @@ def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: 
     external program failing on it or exiting 0 without its output: ToolExecutionError,
     FileNotFoundError; a movie too large to decode: MemoryError) become a failed outcome with its reason. A missing
     program (ToolChoiceError) or a retryable Slurm failure fails the task. Anything else (database down, out
-    of memory) propagates, so the task fails and Airflow retries the batch; writes are idempotent, so the
-    retry duplicates nothing.
+    of memory, the processing disk full: DiskFullError) propagates, so the task fails and Airflow retries the
+    batch; writes are idempotent, so the retry duplicates nothing. A movie's error while the processing folder's
+    filesystem has no space left is taken for the disk's fault (a program that could not write its output),
+    not the movie's.
 
     Inside `waiting_in_triggerer` (a Slurm placement whose task waits in the triggerer, see
     StepOperator.run_deferring), every movie's job is submitted first; if any has not ended, BatchPending
@@ -90,6 +94,9 @@ def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: 
         except (ValueError, ToolExecutionError, FileNotFoundError, MemoryError) as exc:
             if getattr(exc, "retryable", False):
                 raise  # e.g. a Slurm node failure: let Airflow retry the batch
+            if no_space_left(item["processing_path"]):  # e.g. Relion's "Can not close image file" on a full disk
+                raise DiskFullError(item["processing_path"], when=f"when {stage} failed on {item['movie']}",
+                                    outcome="not the movie's fault: the task fails for Airflow to retry") from exc
             reason = "out of memory on this movie" if isinstance(exc, MemoryError) else str(exc)
             store.record_failure(item["processing_job_id"], movie_id, RESULT_STAGE_NAMES[stage], reason)
             outcomes.append({"movie": item["movie"], "session_id": item["session_id"], "status": "failed",
