@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from ..execution import CommandSpec, Execute, run_local, run_output
 from ..io import ImageFileError, read_star
+from ..io._atomic import atomic_path
 from ..io.mrc import read_mrc_shape
 from ..io.star import write_star
 from ..relion_project import NodeType, RelionProject
@@ -95,7 +96,8 @@ def run_denovo_initial_model(project: RelionProject, particles_star: str, settin
         try:
             execute(spec)
             final_map = _last_iteration_map(job.path)
-            shutil.copyfile(final_map, project.root / output)
+            with atomic_path(project.root / output) as copy:  # a full disk leaves no half map as the output
+                shutil.copyfile(final_map, copy)
         except BaseException:
             project.finish_job(job, success=False)
             raise

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
@@ -24,6 +23,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from ..io import ImageFileError, read_star
+from ..io._atomic import write_text_atomic
 from ..relion_project import NodeType, RelionJob, RelionProject
 from ..relion_project.data_files import optics_block
 from ..relion_project.job_types import STAR_VERSION
@@ -222,9 +222,7 @@ def _write_batch(project: RelionProject, path: Path, rows: list[tuple[int, str]]
     text = (optics_block(project.optics, "particles", project.dialect)
             + loop_header("particles", columns, version)
             + "".join(format_row(json.loads(row)) for _, row in rows) + "\n")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def _register(project: RelionProject, job: RelionJob, emitted: list[CompletedBatch], sizes: BatchSizes) -> None:

@@ -30,6 +30,7 @@ from ..engines.tomo_projection import to_axis_frame
 from ..engines.tomo_reconstruct import TomogramResult
 from ..execution import Execute
 from ..io import read_mrc_pixel_size_a, read_mrc_shape, write_mrc
+from ..io._atomic import write_text_atomic
 from ..io.errors import ImageFileError
 from ..recipes.stages import TomogramParams
 from ..relion_project import RelionProject
@@ -94,7 +95,7 @@ def _placement_gpus(runs_on: str | dict[str, Any]) -> list[int]:
 def run_aretomo(config: SessionConfig, series: dict[str, Any], stack: TiltStack, params: TomogramParams,
                 execute: Execute, runs_on: str | dict[str, Any]) -> ProgramAlignment:
     angle_file = stack.folder / f"{stack.name}.tlt"
-    angle_file.write_text("".join(f"{angle:.2f}\n" for angle in stack.angles_deg))
+    write_text_atomic(angle_file, "".join(f"{angle:.2f}\n" for angle in stack.angles_deg))
     pixel_size_a = config.motion_corrected_pixel_size_a
     inputs = aretomo.AreTomoInputs(
         stack_path=str(stack.path), angle_file_path=str(angle_file),

@@ -15,6 +15,7 @@ import starfile
 from pydantic import BaseModel, ConfigDict, Field
 
 from airflow_provider_cryoem.execution.spec import CommandSpec
+from airflow_provider_cryoem.io._atomic import write_text_atomic
 from airflow_provider_cryoem.io.errors import ImageFileError
 
 _CBOX_COLUMNS = ("CoordinateX", "CoordinateY", "Width", "Height", "Confidence")
@@ -45,10 +46,7 @@ def write_config(inputs: CryoloInputs) -> Path:
                         "norm": "STANDARD", "num_patches": 1, "anchors": [inputs.box_size_px, inputs.box_size_px],
                         "filter": [0.1, "filtered"]},
               "other": {"log_path": "logs/"}}
-    path = config_path(inputs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config, indent=2))
-    return path
+    return write_text_atomic(config_path(inputs), json.dumps(config, indent=2))
 
 
 def command(inputs: CryoloInputs) -> CommandSpec:

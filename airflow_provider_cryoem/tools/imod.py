@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from airflow_provider_cryoem.execution.spec import CommandSpec
+from airflow_provider_cryoem.io._atomic import write_text_atomic
 from airflow_provider_cryoem.io.errors import ImageFileError
 
 _RESIDUAL = re.compile(r"Residual error mean and sd:\s+(\S+)\s+(\S+)\s*(\S*)")
@@ -47,9 +48,7 @@ def write_file_list(inputs: NewstackInputs) -> Path:
     lines = [str(len(inputs.input_paths))]
     for image in inputs.input_paths:
         lines += [image, "0"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def newstack_command(inputs: NewstackInputs) -> CommandSpec:
@@ -184,10 +183,8 @@ def write_directive_file(inputs: BatchRunTomoInputs) -> Path:
     folder = Path(inputs.stack_path).parent
     folder.mkdir(parents=True, exist_ok=True)
     rawtlt = folder / f"{dataset_name(inputs)}.rawtlt"
-    rawtlt.write_text("".join(f"{angle:.2f}\n" for angle in inputs.tilt_angles_deg))
-    path = directive_path(inputs)
-    path.write_text("\n".join(directives(inputs)) + "\n")
-    return path
+    write_text_atomic(rawtlt, "".join(f"{angle:.2f}\n" for angle in inputs.tilt_angles_deg))
+    return write_text_atomic(directive_path(inputs), "\n".join(directives(inputs)) + "\n")
 
 
 def batchruntomo_command(inputs: BatchRunTomoInputs) -> CommandSpec:

@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 import mrcfile
 import numpy as np
 
+from airflow_provider_cryoem.io._atomic import atomic_path
+
 if TYPE_CHECKING:
     import torch
 
@@ -165,19 +167,27 @@ def denoise_file(volume_path: str, out_dir: str, suffix: str, model: "str | torc
     torch_device = f"cuda:{device}" if device >= 0 else "cpu"
     network = load_network(model, torch_device) if isinstance(model, str) else model
     target = output_path(volume_path, out_dir, suffix)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    with mrcfile.mmap(volume_path, mode="r", permissive=False) as source:
+    with atomic_path(target) as partial, mrcfile.mmap(volume_path, mode="r", permissive=False) as source:
         volume = source.data
         if volume is None or volume.ndim != 3:
             raise ValueError(f"{volume_path}: not a 3D volume")
         with mrcfile.new_mmap(partial, shape=volume.shape, mrc_mode=2, overwrite=True) as written:
+            _allocate(partial)
             stats = denoise_volume(volume, written.data, network, patch, padding, torch_device)
             written.voxel_size = source.voxel_size
             written.header.dmin, written.header.dmax = stats["min"], stats["max"]
             written.header.dmean, written.header.rms = stats["mean"], stats["rms"]
-    os.replace(partial, target)
     return target
+
+
+def _allocate(path: Path) -> None:
+    """Give the (sparse) file its disk blocks now: a full disk is then ENOSPC here, where storing into the
+    memory map would kill the process with SIGBUS at the first page that has no block."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:
