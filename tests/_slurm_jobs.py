@@ -1,7 +1,15 @@
-"""What the SSH and REST Slurm tests share: job specs, an XCom-only task instance, the failing-job check."""
+"""What the SSH and REST Slurm tests share: the local cluster, job specs, an XCom-only task instance, the
+failing-job check."""
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,3 +54,37 @@ def check_failing_job_is_reported_and_rerun(hook: SlurmJobs, name: str) -> None:
     again = hook.submit(spec, name)
     assert not again.reattached and again.job_id != job.job_id
     hook.cancel(again.job_id)
+
+
+REPO = Path(__file__).resolve().parents[1]
+SLURM_STATE_DIR = Path("/var/lib/cryoem-slurm")
+
+
+def start_local_slurm(*modes: str) -> subprocess.CompletedProcess:
+    """scripts/local_slurm.sh [mode]: start (idempotently) what is not running; what an administrator runs too."""
+    return subprocess.run(["bash", str(REPO / "scripts" / "local_slurm.sh"), *modes], check=True,
+                          capture_output=True, text=True, timeout=600)
+
+
+def local_slurm_cluster(rest: bool = False) -> Iterator[dict[str, dict]]:
+    """Fixture body: start Slurm + sshd (+ slurmrestd), publish the connections as AIRFLOW_CONN_* variables,
+    yield them ({'ssh': ..., 'rest': ...}), and afterwards stop only what this run started."""
+    setup = start_local_slurm(*(["rest"] if rest else []))
+    conns = {"ssh": json.loads((SLURM_STATE_DIR / "airflow_conn.json").read_text())}
+    os.environ["AIRFLOW_CONN_CRYOEM_SLURM"] = json.dumps(conns["ssh"])
+    if rest:
+        conns["rest"] = json.loads((SLURM_STATE_DIR / "airflow_conn_rest.json").read_text())
+        os.environ["AIRFLOW_CONN_CRYOEM_SLURM_REST"] = json.dumps(conns["rest"])
+    yield conns
+    stop = "stop" if "starting slurmctld" in setup.stderr else (
+        "stop-rest" if "starting slurmrestd" in setup.stderr else None)
+    if stop:
+        subprocess.run(["bash", str(REPO / "scripts" / "local_slurm.sh"), stop], check=True, timeout=60)
+
+
+def first_event(trigger: Any, timeout_s: float = 60) -> dict:
+    """Run a trigger as the triggerer does and return its first event's payload."""
+    async def run() -> dict:
+        async for event in trigger.run():
+            return event.payload
+    return asyncio.run(asyncio.wait_for(run(), timeout=timeout_s))

@@ -11,7 +11,6 @@ import importlib
 import json
 import logging
 import os
-import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,9 +26,15 @@ from airflow_provider_cryoem.operators.slurm import SlurmCommandOperator
 from airflow_provider_cryoem.pipeline.external import SlurmJobPending, stage_executor
 from airflow_provider_cryoem.triggers.slurm_rest import SlurmRestJobTrigger, slurm_job_trigger
 
-from ._slurm_jobs import POLL_S, FakeTaskInstance, check_failing_job_is_reported_and_rerun, python_spec
+from ._slurm_jobs import (
+    POLL_S,
+    FakeTaskInstance,
+    check_failing_job_is_reported_and_rerun,
+    first_event,
+    local_slurm_cluster,
+    python_spec,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 REST_CONN_ID = "cryoem_slurm_rest"
 RUN_ID = f"{os.getpid()}-{time.time_ns()}"
 
@@ -40,19 +45,8 @@ def unique_name(stage: str) -> str:
 
 @pytest.fixture(scope="session")
 def rest_cluster():
-    setup = subprocess.run(["bash", str(REPO / "scripts" / "local_slurm.sh"), "rest"], check=True,
-                           capture_output=True, text=True, timeout=600)
-    started_here = "starting slurmctld" in setup.stderr
-    state = Path("/var/lib/cryoem-slurm")
-    conn = json.loads((state / "airflow_conn_rest.json").read_text())
-    os.environ["AIRFLOW_CONN_CRYOEM_SLURM_REST"] = json.dumps(conn)
-    os.environ["AIRFLOW_CONN_CRYOEM_SLURM"] = (state / "airflow_conn.json").read_text()
-    hook = slurm_hook(REST_CONN_ID)
-    yield SimpleNamespace(conn=conn, hook=hook)
-    # leave what someone else started running, stop our own
-    stop = "stop" if started_here else "stop-rest" if "starting slurmrestd" in setup.stderr else None
-    if stop:
-        subprocess.run(["bash", str(REPO / "scripts" / "local_slurm.sh"), stop], check=True, timeout=60)
+    for conns in local_slurm_cluster(rest=True):
+        yield SimpleNamespace(conn=conns["rest"], hook=slurm_hook(REST_CONN_ID))
 
 
 def test_rest_request_carries_the_sbatch_options_as_typed_json():
@@ -105,13 +99,6 @@ def test_retry_reattaches_to_running_job_over_rest_and_ssh_then_cancel(rest_clus
     status = rest_cluster.hook.wait(first, POLL_S, timeout_s=30)
     assert status.state == "CANCELLED"
     assert rest_cluster.hook.find_job(name) is None  # a cancelled job is not re-attached to
-
-
-def first_event(trigger) -> dict:
-    async def run() -> dict:
-        async for event in trigger.run():
-            return event.payload
-    return asyncio.run(asyncio.wait_for(run(), timeout=60))
 
 
 def test_operator_runs_a_job_through_the_rest_connection(rest_cluster):

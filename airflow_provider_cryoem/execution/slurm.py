@@ -11,6 +11,7 @@ import hashlib
 import math
 import re
 import shlex
+import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -40,6 +41,10 @@ class SlurmSettings(BaseModel):
     cpus_per_task: int | None = Field(None, ge=1, description="Default: the command's thread count.")
     memory: str | None = Field(None, pattern=r"^\d+[KMGT]?$", description="--mem, e.g. '16G'.")
     time_limit: str | None = Field(None, description="--time, e.g. '02:00:00'; default from the command.")
+    requeue: bool | None = Field(None, description="--requeue / --no-requeue: whether Slurm runs a job again (same "
+                                 "id) after its node failed or it was pre-empted; default: the cluster's JobRequeue "
+                                 "(Slurm's default 1: requeue). With false such a job ends NODE_FAIL and the "
+                                 "Airflow retry submits it again.")
     modules: list[str] = Field(default_factory=list, description="Environment modules to load.")
     setup_lines: list[str] = Field(default_factory=list, description="Shell lines run before the program.")
     remote_workdir: str = Field("cryoem-slurm-jobs", description="Where batch scripts and job logs go "
@@ -170,18 +175,26 @@ def job_options(spec: CommandSpec, settings: SlurmSettings, name: str) -> dict[s
                "cpus-per-task": str(settings.cpus_per_task or spec.threads),
                "partition": settings.partition, "account": settings.account, "qos": settings.qos,
                "gres": settings.gres, "mem": settings.memory or (f"{spec.memory_mb}M" if spec.memory_mb else None),
-               "time": time_limit(spec, settings), "gpus": str(gpus) if gpus else None}
+               "time": time_limit(spec, settings), "gpus": str(gpus) if gpus else None,
+               "requeue": None if settings.requeue is None else str(settings.requeue).lower()}
     return {key: value for key, value in options.items() if value}
 
 
 def submit_command(spec: CommandSpec, settings: SlurmSettings, name: str) -> str:
     """One shell line: create the work folder, write the script (base64, no quoting traps), sbatch it."""
     script_path, _, _ = job_paths(settings, name)
-    options = [f"--{flag}={value}" for flag, value in job_options(spec, settings, name).items()]
+    options = [_sbatch_option(flag, value) for flag, value in job_options(spec, settings, name).items()]
     encoded = base64.b64encode(render_batch_script(spec, settings).encode()).decode()
     workdir = shlex.quote(settings.remote_workdir)
     return (f"mkdir -p -- {workdir} && printf %s {encoded} | base64 -d > {shlex.quote(script_path)} && "
             f"sbatch --parsable {shlex.join(options)} {shlex.quote(script_path)}")
+
+
+def _sbatch_option(flag: str, value: str) -> str:
+    """`--flag=value`; requeue is the switch --requeue or --no-requeue."""
+    if flag == "requeue":
+        return "--requeue" if value == "true" else "--no-requeue"
+    return f"--{flag}={value}"
 
 
 def memory_mb(text: str) -> int:
@@ -214,6 +227,7 @@ _REST_PROPERTIES: dict[str, tuple[str, Any]] = {
     "cpus-per-task": ("cpus_per_task", int), "partition": ("partition", str), "account": ("account", str),
     "qos": ("qos", str), "gres": ("gres", str), "gpus": ("gpus", str),
     "mem": ("memory_per_node", memory_mb), "time": ("time_limit", minutes),
+    "requeue": ("requeue", lambda value: value == "true"),
 }
 
 
@@ -263,24 +277,69 @@ def reattachable_job(jobs: list[tuple[int, str]]) -> int | None:
 
 
 def status_command(job_id: int, jobcomp_file: str | None) -> str:
-    """scontrol while Slurm remembers the job, then sacct (if accounting is on), then the jobcomp file."""
+    """scontrol while Slurm remembers the job, then sacct (if accounting is on), then the jobcomp file.
+
+    The jobcomp file is read only when scontrol says the job id is invalid (Slurm has forgotten the job): while
+    slurmctld is unreachable it would mislead, since a job requeued after a node failure has a NODE_FAIL record
+    there yet runs again. An unreachable controller prints `unreachable|<scontrol's error>` instead.
+    """
     job = int(job_id)
-    command = (f"scontrol show job -o {job} 2>/dev/null && exit 0; "
-               f"out=$(sacct -n -X -P -j {job} -o JobID,State,ExitCode 2>/dev/null) && [ -n \"$out\" ] "
-               f"&& {{ echo \"sacct|$out\"; exit 0; }}; ")
+    command = (f"out=$(scontrol show job -o {job} 2>&1) && {{ printf '%s\\n' \"$out\"; exit 0; }}; "
+               f"acct=$(sacct -n -X -P -j {job} -o JobID,State,ExitCode 2>/dev/null) && [ -n \"$acct\" ] "
+               f"&& {{ echo \"sacct|$acct\"; exit 0; }}; "
+               f"case \"$out\" in *'Invalid job id'*) ;; "
+               f"*) echo \"unreachable|$(printf '%s' \"$out\" | head -n 1)\"; exit 0 ;; esac")
     if jobcomp_file:
-        command += f"grep -h -- '^JobId={job} ' {shlex.quote(jobcomp_file)} 2>/dev/null | tail -n 1"
+        command += f"; grep -h -- '^JobId={job} ' {shlex.quote(jobcomp_file)} 2>/dev/null | tail -n 1"
     return command + "; exit 0"
+
+
+class SlurmUnavailable(ConnectionError):
+    """Slurm cannot answer just now (slurmctld, slurmrestd or the login node's sshd is down or restarting).
+
+    The jobs keep running meanwhile, so a watcher asks again later instead of reading the silence as a
+    finished, failed or vanished job.
+    """
+
+
+# How long a watcher keeps asking through such an outage before it gives up (a restart takes seconds, a
+# login node's reboot minutes; beyond this the task fails and Airflow's retry re-attaches to the job).
+OUTAGE_TOLERANCE_S = 1800.0
+
+
+class SlurmOutage:
+    """How long Slurm has not answered a watcher (hook or trigger, either transport): polling goes on for
+    `tolerance_s`, then the last error ends the wait (the task fails, Airflow retries, the retry re-attaches)."""
+
+    def __init__(self, tolerance_s: float) -> None:
+        self.tolerance_s = tolerance_s
+        self.since: float | None = None
+
+    def note(self, error: Exception, log: Any) -> None:
+        """One unanswered poll: raise `error` once the outage has lasted longer than the tolerance."""
+        now = time.monotonic()
+        self.since = now if self.since is None else self.since
+        if now - self.since > self.tolerance_s:
+            raise error
+        log.warning("no answer from Slurm for %.0f s, asking again: %s", now - self.since, error)
+
+    def over(self, log: Any) -> None:
+        if self.since is not None:
+            log.info("Slurm answers again after %.1f s", time.monotonic() - self.since)
+            self.since = None
 
 
 _KEY_VALUE = re.compile(r"(?:^|\s)(JobId|JobState|ExitCode|Reason)=(\S*)")
 
 
 def parse_job_status(job_id: int, stdout: str) -> SlurmJobStatus | None:
-    """Read the status printed by `status_command`; None when no source knows the job."""
+    """Read the status printed by `status_command`; None when no source knows the job, SlurmUnavailable when
+    slurmctld could not be asked."""
     text = stdout.strip()
     if not text:
         return None
+    if text.startswith("unreachable|"):
+        raise SlurmUnavailable(f"Slurm job {job_id}: slurmctld did not answer ({text[len('unreachable|'):]})")
     if text.startswith("sacct|"):
         for line in text[len("sacct|"):].splitlines():
             fields = line.split("|")

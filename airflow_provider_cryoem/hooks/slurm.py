@@ -22,9 +22,12 @@ from airflow.sdk import BaseHook
 
 from airflow_provider_cryoem.execution.errors import ToolExecutionError
 from airflow_provider_cryoem.execution.slurm import (
+    OUTAGE_TOLERANCE_S,
     SlurmJob,
     SlurmJobStatus,
+    SlurmOutage,
     SlurmSettings,
+    SlurmUnavailable,
     cancel_command,
     find_jobs_command,
     job_paths,
@@ -45,6 +48,11 @@ _COMMAND_TIMEOUT_S = 60.0
 
 class SlurmConnectionError(ConnectionError):
     """The cluster's login node cannot be reached or refuses the credentials of the connection."""
+
+
+class SlurmHostUnavailable(SlurmConnectionError, SlurmUnavailable):
+    """The login node's sshd (or slurmrestd) cannot be reached or dropped the connection: unlike refused
+    credentials, this passes when the daemon is back, so a watcher keeps asking (SlurmJobs.wait)."""
 
 
 class SlurmJobError(ToolExecutionError):
@@ -121,17 +129,29 @@ class SlurmJobs(ABC):
         if not status.succeeded:
             raise SlurmJobError(program, status, self.read_tail(job.stderr_path), job.stderr_path)
 
-    def wait(self, job: SlurmJob, poll_interval_s: float | None = None,
-             timeout_s: float | None = None) -> SlurmJobStatus:
-        """Poll until the job ends (blocking; the trigger does the same without holding a worker)."""
+    def wait(self, job: SlurmJob, poll_interval_s: float | None = None, timeout_s: float | None = None,
+             outage_tolerance_s: float = OUTAGE_TOLERANCE_S) -> SlurmJobStatus:
+        """Poll until the job ends (blocking; the trigger does the same without holding a worker).
+
+        While Slurm cannot answer (SlurmUnavailable: slurmctld, sshd or slurmrestd restarting) the job is still
+        there, so polling goes on for up to `outage_tolerance_s` of continuous outage.
+        """
         interval_s = poll_interval_s or self.settings.poll_interval_s
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        outage = SlurmOutage(outage_tolerance_s)
         while True:
-            status = self.status(job.job_id)
-            if status.finished:
-                return status
+            try:
+                status = self.status(job.job_id)
+            except SlurmUnavailable as exc:
+                outage.note(exc, self.log)
+                state = "unanswered"
+            else:
+                outage.over(self.log)
+                if status.finished:
+                    return status
+                state = status.state
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"Slurm job {job.job_id} still {status.state} after {timeout_s:g} s")
+                raise TimeoutError(f"Slurm job {job.job_id} still {state} after {timeout_s:g} s")
             time.sleep(interval_s)
 
 
@@ -165,15 +185,35 @@ class SlurmHook(SlurmJobs, SSHHook):
                 f"SSH authentication as {where} failed for Airflow connection {self.ssh_conn_id!r}: "
                 f"check its login and key_file / private_key") from None
         except (paramiko.SSHException, OSError) as exc:
-            raise SlurmConnectionError(
+            raise SlurmHostUnavailable(
                 f"cannot open SSH to {where} (Airflow connection {self.ssh_conn_id!r}): "
                 f"{type(exc).__name__}: {exc}") from None
 
     def run_remote(self, command: str, timeout_s: float = _COMMAND_TIMEOUT_S) -> tuple[int, str, str]:
-        """Run one shell line on the login node: (exit status, stdout, stderr); SSHHook logs the line at INFO."""
-        status, stdout, stderr = self.exec_ssh_client_command(self._client(), command, get_pty=False,
-                                                              environment=None, timeout=timeout_s)
+        """Run one shell line on the login node: (exit status, stdout, stderr); SSHHook logs the line at INFO.
+
+        A connection that drops under the command (sshd restarted, login node rebooting) is SlurmHostUnavailable,
+        never an empty answer: paramiko reports such a command with exit status -1 and whatever output came.
+        """
+        client = self._client()
+        try:
+            status, stdout, stderr = self.exec_ssh_client_command(client, command, get_pty=False,
+                                                                  environment=None, timeout=timeout_s)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            self._drop_client()
+            raise SlurmHostUnavailable(f"SSH to {self.remote_host} (connection {self.ssh_conn_id!r}) dropped: "
+                                       f"{type(exc).__name__}: {exc}") from None
+        if status == -1:
+            self._drop_client()
+            raise SlurmHostUnavailable(f"SSH to {self.remote_host} (connection {self.ssh_conn_id!r}) closed "
+                                       f"before the command reported its exit status")
         return status, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")
+
+    def _drop_client(self) -> None:
+        """Forget a broken SSH client so the next command connects afresh."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
 
     def _run_unlogged(self, command: str, timeout_s: float = _COMMAND_TIMEOUT_S) -> tuple[int, str, str]:
         """run_remote for the submission line, which carries the whole batch script (the site's set-up lines,

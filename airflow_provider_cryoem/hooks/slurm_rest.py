@@ -29,7 +29,12 @@ from airflow_provider_cryoem.execution.slurm import (
     rest_submission,
 )
 from airflow_provider_cryoem.execution.spec import CommandSpec
-from airflow_provider_cryoem.hooks.slurm import SlurmCommandError, SlurmConnectionError, SlurmJobs
+from airflow_provider_cryoem.hooks.slurm import (
+    SlurmCommandError,
+    SlurmConnectionError,
+    SlurmHostUnavailable,
+    SlurmJobs,
+)
 
 DEFAULT_REST_CONN_ID = "cryoem_slurm_rest"
 # The Debian 12 slurmrestd (22.05) serves v0.0.36 to v0.0.38; this is the newest of them (its /openapi/v3).
@@ -151,8 +156,8 @@ class SlurmRestHook(SlurmJobs, BaseHook):
         try:
             response = httpx.request(method, f"{self.base_url}/{path}", headers=self.endpoint.headers(),
                                      json=json, timeout=_REQUEST_TIMEOUT_S)
-        except httpx.TransportError as exc:
-            raise SlurmConnectionError(f"cannot reach slurmrestd at {self.where}: {type(exc).__name__}: {exc}"
+        except httpx.TransportError as exc:  # slurmrestd down or restarting: SlurmJobs.wait asks again
+            raise SlurmHostUnavailable(f"cannot reach slurmrestd at {self.where}: {type(exc).__name__}: {exc}"
                                        ) from None
         return checked_body(response, what, self.where, missing_ok)
 

@@ -16,6 +16,9 @@ from airflow.providers.ssh.hooks.ssh import SSHHookAsync
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_cryoem.execution.slurm import (
+    OUTAGE_TOLERANCE_S,
+    SlurmOutage,
+    SlurmUnavailable,
     cancel_command,
     parse_job_status,
     status_command,
@@ -31,7 +34,7 @@ class SlurmJobTrigger(BaseTrigger):
 
     def __init__(self, ssh_conn_id: str, job_id: int, stderr_path: str, jobcomp_file: str | None = None,
                  poll_interval_s: float = 10.0, command_timeout_s: float = 30.0,
-                 max_reconnect_attempts: int = 5) -> None:
+                 max_reconnect_attempts: int = 5, outage_tolerance_s: float = OUTAGE_TOLERANCE_S) -> None:
         super().__init__()
         self.ssh_conn_id = ssh_conn_id
         self.job_id = int(job_id)
@@ -40,19 +43,25 @@ class SlurmJobTrigger(BaseTrigger):
         self.poll_interval_s = poll_interval_s
         self.command_timeout_s = command_timeout_s
         self.max_reconnect_attempts = max_reconnect_attempts
+        self.outage_tolerance_s = outage_tolerance_s
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("airflow_provider_cryoem.triggers.slurm.SlurmJobTrigger", {
             "ssh_conn_id": self.ssh_conn_id, "job_id": self.job_id, "stderr_path": self.stderr_path,
             "jobcomp_file": self.jobcomp_file, "poll_interval_s": self.poll_interval_s,
             "command_timeout_s": self.command_timeout_s, "max_reconnect_attempts": self.max_reconnect_attempts,
+            "outage_tolerance_s": self.outage_tolerance_s,
         })
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
         return await SSHHookAsync(ssh_conn_id=self.ssh_conn_id).get_conn()
 
     async def _run(self, conn: asyncssh.SSHClientConnection, command: str) -> str:
+        """The command's stdout; a connection lost under it (sshd restarted) is an error to reconnect on, never
+        an empty answer (asyncssh then returns a result without exit status)."""
         result = await conn.run(command, timeout=self.command_timeout_s, check=False)
+        if result.exit_status is None:
+            raise ConnectionResetError(f"SSH connection of {self.ssh_conn_id!r} closed before the command ended")
         stdout = result.stdout or ""
         return stdout.decode("utf-8", "replace") if isinstance(stdout, bytes) else stdout
 
@@ -63,6 +72,7 @@ class SlurmJobTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         conn: asyncssh.SSHClientConnection | None = None
         failures = 0
+        outage = SlurmOutage(self.outage_tolerance_s)
         try:
             while True:
                 try:
@@ -70,6 +80,10 @@ class SlurmJobTrigger(BaseTrigger):
                         conn = await self._connect()
                     status = parse_job_status(self.job_id,
                                               await self._run(conn, status_command(self.job_id, self.jobcomp_file)))
+                except SlurmUnavailable as exc:  # slurmctld down or restarting: the job is still there
+                    outage.note(exc, self.log)
+                    await asyncio.sleep(self.poll_interval_s)
+                    continue
                 except _CONNECTION_ERRORS as exc:
                     failures += 1
                     if failures > self.max_reconnect_attempts:
@@ -83,6 +97,7 @@ class SlurmJobTrigger(BaseTrigger):
                     await asyncio.sleep(base_s + random.uniform(0, base_s))
                     continue
                 failures = 0
+                outage.over(self.log)
                 if status is None:
                     yield self._event("error", f"Slurm job {self.job_id} is unknown to scontrol, sacct and "
                                                f"the jobcomp file")
@@ -106,3 +121,4 @@ class SlurmJobTrigger(BaseTrigger):
         async with await self._connect() as conn:
             await self._run(conn, cancel_command(self.job_id))
         self.log.info("cancelled Slurm job %s", self.job_id)
+
