@@ -23,7 +23,17 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 
 from airflow_provider_cryoem.execution import CommandSpec
-from airflow_provider_cryoem.execution.slurm import SlurmJob, find_jobs_command, job_name, parse_found_jobs
+from airflow_provider_cryoem.execution.slurm import (
+    SlurmJob,
+    SlurmSettings,
+    SlurmUnavailable,
+    find_jobs_command,
+    job_name,
+    parse_found_jobs,
+    parse_job_status,
+    rest_submission,
+    submit_command,
+)
 from airflow_provider_cryoem.hooks.slurm import SlurmHook, SlurmJobs
 from airflow_provider_cryoem.hooks.slurm_rest import SlurmRestHook
 from airflow_provider_cryoem.operators.slurm import SlurmCommandOperator
@@ -299,3 +309,17 @@ def test_slurmrestd_restarted_under_a_running_job_hook_and_trigger_read_it(conns
     print(f"\nFAULT slurmrestd restart: down {back_at - fault_at:.1f} s, read by the hook "
           f"{waited_at - back_at:.1f} s and the trigger {event_at - back_at:.1f} s after the start command; "
           f"jobs of the name: 1")
+
+
+def test_an_unreachable_controller_is_an_outage_and_requeue_is_a_site_setting():
+    """Without a cluster: what the status command prints while slurmctld is down is SlurmUnavailable (not None,
+    which means "Slurm knows no such job"), and slurm_requeue reaches sbatch and slurmrestd alike."""
+    with pytest.raises(SlurmUnavailable, match="Unable to contact slurm controller"):
+        parse_job_status(7, "unreachable|slurm_load_jobs error: Unable to contact slurm controller (connect failure)")
+    assert parse_job_status(7, "") is None
+    spec = python_spec("print(1)")
+    for requeue, flag in ((False, "--no-requeue"), (True, "--requeue")):
+        settings = SlurmSettings.from_extras({"slurm_requeue": str(requeue).lower()})
+        assert flag in submit_command(spec, settings, "cryoem-pick-1").split()
+        assert rest_submission(spec, settings, "cryoem-pick-1", {})["job"]["requeue"] is requeue
+    assert "requeue" not in submit_command(spec, SlurmSettings(), "cryoem-pick-1")  # the cluster's JobRequeue
