@@ -26,6 +26,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from airflow_provider_cryoem.config import parse_session_config
+from airflow_provider_cryoem.execution import CommandSpec, run_local
 from airflow_provider_cryoem.io import ImageFileError, read_movie, write_mrc
 from airflow_provider_cryoem.io import movie as movie_io
 from airflow_provider_cryoem.io.errors import DiskFullError
@@ -254,6 +255,18 @@ def test_denoising_into_a_full_disk_fails_naming_the_tomogram_instead_of_sigbus(
     assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
     assert child.stdout.startswith(f"{small_disk / 'tomogram.denoised.mrc'}: No space left on device"), child.stdout
     assert sorted(path.name for path in small_disk.iterdir()) == ["ballast.bin"]
+
+
+def test_a_program_whose_log_fills_the_disk_is_not_blocked_on_its_output(small_disk: Path):
+    """The reader thread copying a program's output into its log died on ENOSPC, the pipe filled and the program
+    blocked until its time limit (measured: 20 s of a 20 s limit, then a bare OSError). Now the log stops, the
+    output is still read, and the program's own result decides."""
+    _leave_free(small_disk, 16_384)
+    spec = CommandSpec(program=sys.executable, args=["-c", "for i in range(20000): print('line', i, 'x' * 60)"],
+                       log_path=str(small_disk / "run.out"), timeout_s=60)
+    result = run_local(spec)
+    assert result.duration_s < 10 and len(result.output.splitlines()) == 20000
+    assert (small_disk / "run.out").stat().st_size < 20000 * 70  # the log was cut where the disk filled
 
 
 @pytest.mark.parametrize("stage", ["motioncorr", "ctf", "pick"])

@@ -1,6 +1,7 @@
 """Run a program as a local subprocess, streaming its output into the Python log and a log file."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -85,8 +86,13 @@ def _pump(stream: IO[str], spec: CommandSpec, log_file: IO[str] | None, lines: l
     name = Path(spec.program).name
     for raw in stream:
         if log_file is not None:
-            log_file.write(raw)
-            log_file.flush()
+            try:
+                log_file.write(raw)
+                log_file.flush()
+            except OSError as exc:  # a full disk: keep draining the pipe, or the program blocks writing to it
+                log.warning("%s: the program's log cannot be written any more (%s); its output goes on in the "
+                            "task log", spec.log_path, os.strerror(exc.errno) if exc.errno else exc)
+                log_file = None
         line = raw.rstrip("\n")
         if _PROGRESS_BAR_MARK in line:
             continue
@@ -156,7 +162,8 @@ def run_local(spec: CommandSpec, log_callback: Callable[[str], None] | None = No
         reader.join()
     finally:
         if log_file is not None:
-            log_file.close()
+            with contextlib.suppress(OSError):  # a log the disk refused is cut short; _pump said so
+                log_file.close()
     duration_s = time.monotonic() - started
     if returncode != 0:
         problem = (f"killed by signal {-returncode}" if returncode < 0 else f"exited with status {returncode}")

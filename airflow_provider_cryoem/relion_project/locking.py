@@ -89,7 +89,8 @@ def relion_pipeline_lock(project_dir: Path, timeout_s: float = 120.0,
             time.sleep(0.05)
     lock_file = lock_dir / RELION_LOCK_FILE
     try:
-        lock_file.write_text(f"cryoem pid {os.getpid()} host {socket.gethostname()}\n")
+        with naming_disk_full(lock_file):
+            lock_file.write_text(f"cryoem pid {os.getpid()} host {socket.gethostname()}\n")
         yield
     finally:
         lock_file.unlink(missing_ok=True)
