@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..io._atomic import naming_disk_full
+
 LOCK_FILE = ".relion_lock_cryoem"
 RELION_LOCK_DIR = ".relion_lock"
 RELION_LOCK_FILE = "lock_default_pipeline.star"
