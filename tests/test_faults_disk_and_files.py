@@ -237,6 +237,15 @@ def test_an_external_program_failing_on_a_full_disk_fails_the_task_not_the_movie
     assert recorded == listed == {item["movie"] for item in items} and not _failures(items)
 
 
+def _error_in_a_child(setup: str, call: str, caught: str) -> str:
+    """Run `call` in a fresh Python after `setup` and return the `caught` error it printed: in a child process,
+    so a SIGBUS (what a memory map does when its file is cut or its disk full) fails the test, not the run."""
+    script = f"{setup}try:\n    {call}\nexcept {caught} as exc:\n    print(exc)\n"
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
+    return child.stdout
+
+
 def test_denoising_into_a_full_disk_fails_naming_the_tomogram_instead_of_sigbus(small_disk: Path, tmp_path: Path):
     """The 3D denoiser writes its tomogram through a memory map of a sparse file: on a full disk the first store
     into a page with no block was SIGBUS (measured: exit 135 after 2 of 8 cubes, a 1 MB `.partial` left behind).
@@ -245,15 +254,10 @@ def test_denoising_into_a_full_disk_fails_naming_the_tomogram_instead_of_sigbus(
     source = tmp_path / "tomogram.mrc"
     write_mrc(source, np.random.default_rng(0).random((64, 64, 64), dtype=np.float32), 10.0)
     _leave_free(small_disk, 300_000)
-    script = ("import torch\n"
-              "from airflow_provider_cryoem.tools.topaz_denoise3d import denoise_file\n"
-              "try:\n"
-              f"    denoise_file({str(source)!r}, {str(small_disk)!r}, '.denoised', torch.nn.Identity(), 32, 8)\n"
-              "except OSError as exc:\n"
-              "    print(exc)\n")
-    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
-    assert child.stdout.startswith(f"{small_disk / 'tomogram.denoised.mrc'}: No space left on device"), child.stdout
+    printed = _error_in_a_child("import torch\nfrom airflow_provider_cryoem.tools.topaz_denoise3d import denoise_file\n",
+                                f"denoise_file({str(source)!r}, {str(small_disk)!r}, '.denoised', "
+                                "torch.nn.Identity(), 32, 8)", "OSError")
+    assert printed.startswith(f"{small_disk / 'tomogram.denoised.mrc'}: No space left on device"), printed
     assert sorted(path.name for path in small_disk.iterdir()) == ["ballast.bin"]
 
 
@@ -368,21 +372,14 @@ def test_a_truncated_mrc_movie_is_a_read_error_not_sigbus(tmp_path: Path):
     Reading through a handle, the same cut is a short read and an error naming the file."""
     path = tmp_path / "movie.mrc"
     write_mrc(path, np.arange(8 * 64 * 64, dtype=np.float32).reshape(8, 64, 64), 1.0)
-    script = (
-        "import os, sys\n"
-        "from airflow_provider_cryoem.io import movie, ImageFileError\n"
-        "real = movie.read_mrc_frames\n"
-        "def cut(path, handle, frame_range=None):\n"
-        "    os.truncate(path, 4096)\n"
-        "    return real(path, handle, frame_range)\n"
-        "movie.read_mrc_frames = cut\n"
-        "try:\n"
-        f"    movie.read_movie({str(path)!r})\n"
-        "except ImageFileError as exc:\n"
-        "    print(exc)\n")
-    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
-    assert child.stdout.startswith(f"{path}: ") and "truncated" in child.stdout, child.stdout
+    printed = _error_in_a_child("import os\n"
+                                "from airflow_provider_cryoem.io import movie, ImageFileError\n"
+                                "real = movie.read_mrc_frames\n"
+                                "def cut(path, handle, frame_range=None):\n"
+                                "    os.truncate(path, 4096)\n"
+                                "    return real(path, handle, frame_range)\n"
+                                "movie.read_mrc_frames = cut\n", f"movie.read_movie({str(path)!r})", "ImageFileError")
+    assert printed.startswith(f"{path}: ") and "truncated" in printed, printed
 
 
 def test_a_movie_replaced_while_it_is_read_is_processed_once_from_its_new_content(
