@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test system-deps clean
+.PHONY: demo test soak system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: $(STAMP) $(if $(TOMO_DEMO),,system-deps)
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -ra -q
+
+# `make soak`: three live sessions and a reprocessing run on Celery with faults at random times, then the books
+# checked (benchmarks/soak_live.py; about 15 minutes on 2 cores; SOAK_ARGS="--help" lists its settings)
+soak: $(STAMP) system-deps
+	$(BIN)/python benchmarks/soak_live.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_output .airflow_demo

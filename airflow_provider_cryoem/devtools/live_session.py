@@ -74,15 +74,24 @@ def live_stack(root: Path, admin_url: str, dag_id: str | tuple[str, ...], recipe
             results.dispose()
 
 
-def recipes_on_queues(folder: Path, session_queue: str, stage_queue: str, recipe: str = "spa_live") -> Path:
-    """A recipes folder holding the shipped `recipe` with its session's own tasks on `session_queue` and every
-    processing stage on `stage_queue`, as a facility splits bookkeeping from compute workers."""
-    content = yaml.safe_load((REPO / "recipes" / f"{recipe}.yaml").read_text())
-    content["session_queue"] = session_queue
-    for stage in content["stages"].values():
-        stage["queue"] = stage_queue
+def copy_recipes(folder: Path, names: tuple[str, ...] = ("spa_live",), session_queue: str | None = None,
+                 stage_queue: str | None = None) -> Path:
+    """A recipes folder holding the shipped recipes `names`, optionally with the session's own tasks on
+    `session_queue` and every processing stage on `stage_queue` (as a facility splits bookkeeping from compute
+    workers). A reprocess recipe's dated sessions are looked for in an empty folder beside them, so that
+    unpausing its DAG (which starts the latest scheduled run) takes no session: runs are started by hand."""
     folder.mkdir(parents=True)
-    (folder / f"{recipe}.yaml").write_text(yaml.safe_dump(content, sort_keys=False))
+    for name in names:
+        content = yaml.safe_load((REPO / "recipes" / f"{name}.yaml").read_text())
+        if session_queue:
+            content["session_queue"] = session_queue
+        for stage in content["stages"].values():
+            if stage_queue:
+                stage["queue"] = stage_queue
+        if content["mode"] == "reprocess":
+            content["sessions_root"] = str(folder / "no_dated_sessions")
+            (folder / "no_dated_sessions").mkdir(exist_ok=True)
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(content, sort_keys=False))
     return folder
 
 
