@@ -101,6 +101,8 @@ SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
 NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${mem_mb} State=UNKNOWN
 PartitionName=${PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+# Kept DOWN: benchmarks/bench_slurm_slots.py queues its jobs here, so they stay PENDING without holding up others.
+PartitionName=cryoem_bench Nodes=ALL MaxTime=INFINITE State=DOWN
 CONF
 )"
     mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
