@@ -58,15 +58,15 @@ WORKERS = {"session_worker": CeleryWorker(("session",), concurrency=2),
 
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--movies-per-session", type=int, default=100)
-    parser.add_argument("--reprocess-movies", type=int, default=40)
-    parser.add_argument("--interval-s", type=float, default=3.0, help="between movies of one microscope")
+    parser.add_argument("--movies-per-session", type=int, default=150)
+    parser.add_argument("--reprocess-movies", type=int, default=100)
+    parser.add_argument("--interval-s", type=float, default=2.4, help="between movies of one microscope")
     parser.add_argument("--size-px", type=int, default=256)
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--fault-every-s", type=float, default=60.0)
     parser.add_argument("--parallelism", type=int, default=12, help="executor slots")
     parser.add_argument("--seed", type=int, default=1, help="of the fault schedule and the simulated movies")
-    parser.add_argument("--deadline-s", type=float, default=1800.0, help="give up (and report) after this long")
+    parser.add_argument("--deadline-s", type=float, default=2400.0, help="give up (and report) after this long")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here too")
     return parser.parse_args()
 
