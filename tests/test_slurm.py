@@ -10,6 +10,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -317,6 +318,8 @@ def test_a_tilt_series_is_denoised_and_segmented_as_slurm_jobs(cluster, tmp_path
         Path(row["file_path"]).is_file() for row in processed.values())
     log = run.stdout + run.stderr
     assert "as Slurm job" in log
+    for stage in ("denoise", "segment"):  # batch stages wait for their jobs in the triggerer, not in the worker
+        assert re.search(rf"{stage}: Slurm job cryoem-{stage}-\w+ has not ended yet; deferring on job \d+", log), stage
     jobs = cluster.hook.run_remote("squeue -h -t all -o '%j %T'")[1].splitlines()
     for stage in ("denoise", "segment"):
         assert any(line.startswith(f"cryoem-{stage}-") and line.endswith("COMPLETED") for line in jobs), stage
