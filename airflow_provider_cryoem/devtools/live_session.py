@@ -75,14 +75,17 @@ def live_stack(root: Path, admin_url: str, dag_id: str | tuple[str, ...], recipe
 
 
 def copy_recipes(folder: Path, names: tuple[str, ...] = ("spa_live",), session_queue: str | None = None,
-                 stage_queue: str | None = None) -> Path:
+                 stage_queue: str | None = None, only_stages: tuple[str, ...] | None = None) -> Path:
     """A recipes folder holding the shipped recipes `names`, optionally with the session's own tasks on
     `session_queue` and every processing stage on `stage_queue` (as a facility splits bookkeeping from compute
-    workers). A reprocess recipe's dated sessions are looked for in an empty folder beside them, so that
-    unpausing its DAG (which starts the latest scheduled run) takes no session: runs are started by hand."""
+    workers), and only the stages `only_stages` (which must not depend on the others). A reprocess recipe's
+    dated sessions are looked for in an empty folder beside them, so that unpausing its DAG (which starts the
+    latest scheduled run) takes no session: runs are started by hand."""
     folder.mkdir(parents=True)
     for name in names:
         content = yaml.safe_load((REPO / "recipes" / f"{name}.yaml").read_text())
+        if only_stages is not None:
+            content["stages"] = {stage: spec for stage, spec in content["stages"].items() if stage in only_stages}
         if session_queue:
             content["session_queue"] = session_queue
         for stage in content["stages"].values():
