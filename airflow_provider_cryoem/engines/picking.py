@@ -8,7 +8,10 @@ isotropic blob of their length barely covers, and rods lying side by side merge 
 micrograph is picked with is decided by the F1 that the adaptive threshold (below) estimates for each, both
 against the larger of their particle counts: the rods win on elongated particles in the realistic
 simulator, the isotropic LoG on fei-extended's and EMPIAR-10028's compact particles, where extra
-orientations only find more ice texture. Peaks are kept greedily from the strongest down with a minimum
+orientations only find more ice texture. Where the isotropic bank is kept, a third score is tried: the
+normalised cross-correlation with a reference averaged from that bank's own picks (picking_template.py); it
+is kept where its estimated F1 is higher and it finds at least 1.5 × the particles (particles packed edge to
+edge, EMPIAR-10059, whose bright gaps the LoG's null counts as noise). Peaks are kept greedily from the strongest down with a minimum
 distance, away from the edges. The threshold adapts to the micrograph: blobs of the opposite contrast
 (bright where particles are dark) come from noise and ice texture alone, so their count above a threshold
 estimates the false picks among the particle-contrast blobs, and the threshold with the best estimated F1 is

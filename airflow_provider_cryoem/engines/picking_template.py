@@ -5,7 +5,9 @@ edge to edge or barely darker than the ice are not discs, and the LoG finds as m
 contrast there. The particles themselves share one projection profile: the average of the candidates the blob
 filters are surest of, centred by cross-correlation and rotationally averaged (orientation-free), is a
 reference for all of them, and its normalised cross-correlation (NCC) with every location scores the
-micrograph by that profile rather than by a disc. Pure numpy / scipy, one FFT per map.
+micrograph by that profile rather than by a disc. It helps where the blob picks are mostly right but the
+threshold is not (packed particles, EMPIAR-10059); where they are at chance (apoferritin, EMPIAR-10947 in
+BENCHMARKS.md) the average is of noise. Pure numpy / scipy: the NCC is four FFTs of the padded image.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ def rotational_average(image: np.ndarray) -> np.ndarray:
     bins = lower.max() + 2
     sums = (np.bincount(lower.ravel(), (1 - weight).ravel() * image.ravel(), bins)
             + np.bincount(lower.ravel() + 1, weight.ravel() * image.ravel(), bins))
-    counts = np.bincount(lower.ravel(), (1 - weight).ravel(), bins) + np.bincount(lower.ravel() + 1, weight.ravel(), bins)
+    counts = (np.bincount(lower.ravel(), (1 - weight).ravel(), bins)
+              + np.bincount(lower.ravel() + 1, weight.ravel(), bins))
     profile = sums / np.maximum(counts, 1e-12)
     return (profile[lower] * (1 - weight) + profile[lower + 1] * weight).astype(np.float32)
 
