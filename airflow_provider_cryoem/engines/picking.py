@@ -11,8 +11,8 @@ simulator, the isotropic LoG on fei-extended's and EMPIAR-10028's compact partic
 orientations only find more ice texture. Where the isotropic bank is kept, a third score is tried: the
 normalised cross-correlation with a reference averaged from that bank's own picks (picking_template.py); it
 is kept where its estimated F1 is higher and it finds at least 1.5 × the particles (particles packed edge to
-edge, EMPIAR-10059, whose bright gaps the LoG's null counts as noise). Peaks are kept greedily from the strongest down with a minimum
-distance, away from the edges. The threshold adapts to the micrograph: blobs of the opposite contrast
+edge, EMPIAR-10059, whose bright gaps the LoG's null counts as noise). Peaks are kept greedily from the
+strongest down with a minimum distance, away from the edges. The threshold adapts to the micrograph: blobs of the opposite contrast
 (bright where particles are dark) come from noise and ice texture alone, so their count above a threshold
 estimates the false picks among the particle-contrast blobs, and the threshold with the best estimated F1 is
 taken (never below `threshold`). A fixed z cut-off assumes the simulator's white noise; on real micrographs it
