@@ -158,15 +158,20 @@ def build_dag(recipe: Recipe) -> DAG:
             if not spec.after:
                 batches >> stage_tasks[name]
 
+        # The session and what was found are pulled inside, not passed as arguments: when opening failed (a bad
+        # conf) they do not exist, and an argument that cannot be resolved would fail close_batch before it runs,
+        # through all its retries, instead of closing nothing.
         @task(task_id="close_batch", trigger_rule=TriggerRule.ALL_DONE, **_SESSION_RETRIES,
               **_queue(recipe.session_queue))
-        def close_batch_task(opened: dict[str, Any], found_movies: dict[str, Any], **context: Any) -> dict[str, Any]:
+        def close_batch_task(**context: Any) -> dict[str, Any]:
             from ..pipeline.session import close_batch
 
+            ti = context["ti"]
+            opened, found_movies = (ti.xcom_pull(task_ids=arg.operator.task_id, key=arg.key) for arg in (session, found))
             return close_batch(context["params"], opened, found_movies)
 
-        closing = close_batch_task(session, found)
-        list(stage_tasks.values()) >> closing
+        closing = close_batch_task()
+        [session.operator, found.operator, *stage_tasks.values()] >> closing
         # close_batch runs whatever happened; this leaf makes a failed stage fail the DAG run too.
         list(stage_tasks.values()) >> EmptyOperator(task_id="all_stages_succeeded")
 

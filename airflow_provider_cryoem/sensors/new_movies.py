@@ -39,6 +39,7 @@ class NewMoviesSensor(BaseSensorOperator):
         # Imported when the sensor runs, not when the DAG file is parsed: every task process parses it.
         from ..config import ConfigError
         from ..pipeline.session import open_session
+        from ..results import ResultsNotFoundError
 
         ti = context["ti"]
         opened = ti.xcom_pull(task_ids=self.task_id, key="opened")
@@ -49,6 +50,10 @@ class NewMoviesSensor(BaseSensorOperator):
                                       relion_dialect=self.relion_dialect, experiment=self.experiment)
             except ConfigError as exc:
                 raise AirflowFailException(str(exc)) from None  # no retry can fix a bad conf
+            except ResultsNotFoundError as exc:
+                # nor a session the results database does not know (ISPyB without the folder's data collection);
+                # the sensor's retries with backoff are for outages
+                raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
             ti.xcom_push(key="opened", value=opened)
         return opened
 
