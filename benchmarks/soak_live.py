@@ -35,7 +35,12 @@ from typing import Any
 import starfile
 from sqlalchemy import text
 
-from airflow_provider_cryoem.devtools.faults import Fault, FaultyDeployment, faulty_celery_deployment
+from airflow_provider_cryoem.devtools.faults import (
+    Fault,
+    FaultyDeployment,
+    faulty_celery_deployment,
+    recovery_s,
+)
 from airflow_provider_cryoem.devtools.live_session import (
     Microscope,
     copy_recipes,
@@ -135,7 +140,8 @@ def main() -> int:
                 faulty_celery_deployment(root, admin_url, (LIVE, REPROCESS), recipes, WORKERS,
                                          args.parallelism) as deployment:
             stack, results = deployment.stack, deployment.results
-            folders = {name: (root / name / "raw", root / name / "processing") for name in (*LIVE_SESSIONS, REPROCESSED)}
+            folders = {name: (root / name / "raw", root / name / "processing")
+                       for name in (*LIVE_SESSIONS, REPROCESSED)}
             settings = {name: base.model_copy(update={"seed": args.seed * 100 + i})
                         for i, name in enumerate(LIVE_SESSIONS)}
             done = base.model_copy(update={"seed": args.seed * 100 + 99, "n_movies": args.reprocess_movies})
@@ -193,7 +199,8 @@ def _figures(deployment: FaultyDeployment, folders: dict[str, tuple[Path, Path]]
     for name, truth in truths.items():
         expected = [m.movie_name for m in truth.movies]
         mine = books.get(name, {})
-        project = next(folders[name][1].glob("reprocess_*"), None) if name == REPROCESSED else folders[name][1] / "relion"
+        processing = folders[name][1]
+        project = next(processing.glob("reprocess_*"), None) if name == REPROCESSED else processing / "relion"
         checks = [_check(expected, mine.get("motion", [])), _check(expected, mine.get("ctf", [])),
                   _check([Path(m).stem for m in expected], _star_movies(project) if project else [])]
         if name != REPROCESSED:
@@ -209,9 +216,9 @@ def _figures(deployment: FaultyDeployment, folders: dict[str, tuple[Path, Path]]
     ok = sorted((r.start_s, r.end_s) for r in runs if r.status == "ok")
     faults = []
     for fault in injected:
-        after = [end for start, end in ok if start > fault.back_s]
+        recovered_s = recovery_s(fault, ok)
         faults.append({"fault": fault.name, "out_s": round(fault.back_s - fault.start_s, 1),
-                       "recovered_s": round(min(after) - fault.start_s, 1) if after else None})
+                       "recovered_s": None if recovered_s is None else round(recovered_s, 1)})
     states = stack.query("SELECT dag_id, state, count(*) AS n FROM dag_run GROUP BY dag_id, state")
     retried = stack.query("SELECT count(*) AS n FROM task_instance WHERE try_number > 1")[0]["n"]
     return {"sessions": sessions, "faults": faults, "dag_runs": states, "task_instances_retried": retried,

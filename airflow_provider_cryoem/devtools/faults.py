@@ -35,6 +35,13 @@ class Fault:
     back_s: float
 
 
+def recovery_s(fault: Fault, runs: list[tuple[float, float]]) -> float | None:
+    """From the fault to the end of the first task started once the service was back (`runs`: the (start, end)
+    times of a stage's successful task instances); None when no task started after it."""
+    after = [end_s for start_s, end_s in runs if start_s > fault.back_s]
+    return min(after) - fault.start_s if after else None
+
+
 @dataclass
 class FaultyDeployment:
     """The running stack, its results database, and the services the faults act on."""

@@ -88,8 +88,8 @@ def copy_recipes(folder: Path, names: tuple[str, ...] = ("spa_live",), session_q
             content["stages"] = {stage: spec for stage, spec in content["stages"].items() if stage in only_stages}
         if session_queue:
             content["session_queue"] = session_queue
-        for stage in content["stages"].values():
-            if stage_queue:
+        if stage_queue:
+            for stage in content["stages"].values():
                 stage["queue"] = stage_queue
         if content["mode"] == "reprocess":
             content["sessions_root"] = str(folder / "no_dated_sessions")

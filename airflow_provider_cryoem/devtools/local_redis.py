@@ -1,12 +1,11 @@
-"""The Celery broker of the CeleryExecutor tests: the machine's Redis, or a private one when none answers.
+"""The Celery broker of the CeleryExecutor tests and the soak: a private Redis of their own.
 
-Like devtools/local_postgres.py for PostgreSQL: a fresh machine (a CI runner) may have no Redis running, so
-the test set-up starts Debian's `redis-server` (installed when missing, as root) on a free 127.0.0.1 port,
-without persistence, and stops it at the end.
+Private, not the machine's Redis, because the fault tests restart the broker; and a fresh machine (a CI runner)
+may have no Redis at all. The set-up starts Debian's `redis-server` (installed when missing, as root) on a free
+127.0.0.1 port and stops it at the end.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -19,8 +18,6 @@ from urllib.parse import urlsplit
 
 from .local_airflow import free_port, stop_process, wait_until
 from .local_postgres import apt_install
-
-REDIS_URL = os.environ.get("CRYOEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 class LocalRedisError(RuntimeError):
@@ -50,8 +47,8 @@ class PrivateRedis:
         if binary is None and apt_install("redis-server"):
             binary = shutil.which("redis-server")
         if binary is None:
-            raise LocalRedisError("no Redis answers and redis-server is not installed: run the tests as root once "
-                                  "(apt-get install redis-server) or set CRYOEM_TEST_REDIS_URL")
+            raise LocalRedisError("redis-server is not installed: run the tests as root once "
+                                  "(apt-get install redis-server)")
         self.binary, self.append_only = binary, append_only
         self.root = Path(tempfile.mkdtemp(prefix="cryoem-redis-"))
         self.port = free_port()
@@ -97,13 +94,3 @@ def private_redis_server(append_only: bool = False) -> Iterator[PrivateRedis]:
     finally:
         server.stop()
         shutil.rmtree(server.root, ignore_errors=True)
-
-
-@contextmanager
-def redis_server(url: str = REDIS_URL) -> Iterator[str]:
-    """`url` when a Redis answers there, else a private server's URL for the duration."""
-    if redis_answers(url):
-        yield url
-        return
-    with private_redis_server() as server:
-        yield server.url

@@ -167,7 +167,8 @@ def build_dag(recipe: Recipe) -> DAG:
             from ..pipeline.session import close_batch
 
             ti = context["ti"]
-            opened, found_movies = (ti.xcom_pull(task_ids=arg.operator.task_id, key=arg.key) for arg in (session, found))
+            opened, found_movies = (ti.xcom_pull(task_ids=arg.operator.task_id, key=arg.key)
+                                    for arg in (session, found))
             return close_batch(context["params"], opened, found_movies)
 
         closing = close_batch_task()
