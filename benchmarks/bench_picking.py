@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from airflow_provider_cryoem.engines.extract import read_coordinates
+from airflow_provider_cryoem.engines.pick_scoring import matched_picks, precision_recall_f1
 from airflow_provider_cryoem.engines.picking import PickingInputs, run_picking
 from airflow_provider_cryoem.io import write_mrc
 from airflow_provider_cryoem.simulate import SpaSimulationSettings, simulate_movie
@@ -52,17 +52,11 @@ REALISTIC_CONDITIONS: list[tuple[str, dict]] = [
 
 def score(picks: np.ndarray, truth: np.ndarray, tolerance_px: float) -> tuple[int, int, int]:
     """(matched, picks, truth) with one-to-one matching within `tolerance_px`."""
-    if len(picks) == 0 or len(truth) == 0:
-        return 0, len(picks), len(truth)
-    distance = np.hypot(picks[:, None, 0] - truth[None, :, 0], picks[:, None, 1] - truth[None, :, 1])
-    rows, cols = linear_sum_assignment(distance)
-    return int(np.sum(distance[rows, cols] <= tolerance_px)), len(picks), len(truth)
+    return matched_picks(picks, truth, tolerance_px), len(picks), len(truth)
 
 
 def prf(counts: list[tuple[int, int, int]]) -> tuple[float, float, float]:
-    matched, picked, planted = (sum(c[i] for c in counts) for i in range(3))
-    precision, recall = matched / max(picked, 1), matched / max(planted, 1)
-    return precision, recall, 2 * precision * recall / max(precision + recall, 1e-9)
+    return precision_recall_f1(*(sum(c[i] for c in counts) for i in range(3)))
 
 
 def simulate_micrographs(folder: Path, overrides: dict, count: int, size_px: int,

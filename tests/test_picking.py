@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 from scipy import ndimage
-from scipy.optimize import linear_sum_assignment
 
 from airflow_provider_cryoem.cli import main
+from airflow_provider_cryoem.engines.pick_scoring import matched_picks, precision_recall_f1
 from airflow_provider_cryoem.engines.picking import PickingInputs, pick_particles, run_picking
 from airflow_provider_cryoem.io import ImageFileError, read_star, write_mrc
 from airflow_provider_cryoem.simulate import (
@@ -36,12 +36,7 @@ def simulate(tmp_path: Path, name: str, **overrides: object) -> tuple[Path, Simu
 def f1_score(picks_px: list[list[float]], truth_px: list[list[float]],
              tolerance_px: float) -> tuple[float, float, float]:
     """Precision, recall, F1 with one-to-one matching within `tolerance_px`."""
-    picks, truth = np.asarray(picks_px).reshape(-1, 2), np.asarray(truth_px).reshape(-1, 2)
-    distance = np.hypot(*(picks[:, None, :] - truth[None, :, :]).transpose(2, 0, 1))
-    rows, cols = linear_sum_assignment(distance)
-    matched = int(np.sum(distance[rows, cols] <= tolerance_px))
-    precision, recall = matched / max(len(picks), 1), matched / max(len(truth), 1)
-    return precision, recall, 2 * precision * recall / max(precision + recall, 1e-9)
+    return precision_recall_f1(matched_picks(picks_px, truth_px, tolerance_px), len(picks_px), len(truth_px))
 
 
 def pick(path: Path, **options: object) -> dict:
