@@ -349,6 +349,32 @@ def overlay_picture(dataset: Dataset, picks: np.ndarray, path: Path, binning: in
     return path
 
 
+def reference_average(dataset: Dataset) -> np.ndarray:
+    """The mean of boxes 1.5 diameters wide centred on the reference particles, each micrograph's slow
+    variation removed and its std scaled to 1: what the particles have in common at their given size."""
+    box = int(1.5 * dataset.diameter_a / dataset.pixel_size_a) // 2 * 2
+    half, total, count = box // 2, np.zeros((box, box)), 0
+    for micrograph in dataset.micrographs:
+        image = micrograph.image - ndimage.gaussian_filter(micrograph.image, box / 2)
+        image = image / image.std()
+        for x, y in np.round(micrograph.particles).astype(int):
+            if half <= x < image.shape[1] - half and half <= y < image.shape[0] - half:
+                total += image[y - half:y + half, x - half:x + half]
+                count += 1
+    return total / max(count, 1)
+
+
+def reference_averages_picture(datasets: list[Dataset], path: Path, size_px: int = 160) -> Path:
+    """The reference averages side by side, each stretched to its own range (dark = protein)."""
+    tiles = []
+    for dataset in datasets:
+        average = reference_average(dataset)
+        tile = Image.fromarray((255 * (average - average.min()) / np.ptp(average)).astype(np.uint8))
+        tiles.append(np.asarray(tile.resize((size_px, size_px), Image.Resampling.BICUBIC)))
+    Image.fromarray(np.hstack(tiles)).save(path, optimize=True)
+    return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("/tmp/cryoem-real-picking"))
@@ -365,11 +391,21 @@ def main() -> int:
                                                        "(e.g. 10028,fei); default all.")
     parser.add_argument("--picture", type=Path, default=None,
                         help="Write the fei-extended picks over the reference to this PNG and stop.")
+    parser.add_argument("--averages", type=Path, default=None,
+                        help="Write the averages of the reference particles of the PNG sets to this PNG and stop.")
     args = parser.parse_args()
     if args.download:
         download(args.data)
     if args.write_fixture:
         print(write_fixture(args.data))
+        return 0
+    if args.averages:
+        sets = [autocryopicker_dataset(args.data), *(cryoppp_dataset(args.data, e) for e in ("10028", "10059", "10947"))]
+        for dataset in sets:
+            average = reference_average(dataset)
+            print(f"{dataset.label}: centre {average[len(average) // 2, len(average) // 2]:+.2f}, "
+                  f"range {average.min():+.2f} .. {average.max():+.2f} std of one micrograph")
+        print(reference_averages_picture(sets, args.averages))
         return 0
     if args.picture:
         fei = fei_dataset(args.data)
