@@ -355,6 +355,25 @@ def test_a_movie_deleted_before_or_while_it_is_read_fails_by_name_and_the_batch_
     assert all("disappeared" in reason for reason in reasons.values())
 
 
+def test_a_movie_that_fails_and_then_succeeds_on_a_retry_is_no_longer_reported_failed(
+        data_root: Path, results_in_postgres: str):
+    items, config = _open_batch(data_root)
+    movie = Path(items[0]["watch_dir"]) / items[0]["movie"]
+    aside = movie.rename(movie.with_name("aside.tmp"))
+    assert _motion(items, config)[items[0]["movie"]]["status"] == "failed"
+    assert [path for path, _ in _failures(items)] == [items[0]["movie"]]
+    aside.rename(movie)  # copied again, then the batch retried
+    assert {outcome["status"] for outcome in _motion(items, config).values()} == {"ok"}
+    assert _failures(items) == []
+    recorded, listed = _done_movies(items, "motioncorr")
+    assert recorded == listed == {item["movie"] for item in items}
+    store = results_store(items[0]["results_conn_id"], items[0]["processing_path"])
+    with store.engine.connect() as connection:
+        statuses = connection.execute(select(schema.movie.c.status).where(
+            schema.movie.c.session_id == items[0]["session_id"])).scalars().all()
+    assert statuses == ["registered"] * len(items)
+
+
 def test_a_movie_truncated_while_it_is_read_fails_by_name_without_crashing_the_worker(
         data_root: Path, results_in_postgres: str, monkeypatch: pytest.MonkeyPatch):
     items, config = _open_batch(data_root)

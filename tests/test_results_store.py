@@ -258,6 +258,21 @@ def test_session_summary_counts_stages_lists_failures_and_takes_medians(store: R
     assert row(store, schema.movie, broken).status == "failed"
 
 
+def test_a_later_success_clears_that_stages_failure_but_not_another_ones(store: ResultsStore, session_id: int):
+    job = store.start_processing_job(session_id, "spa_live", "motion_correction", False, run_id="r")
+    movie_id = store.register_movie(session_id, "/data/flaky.tif")
+    store.record_failure(job, movie_id, "motion_correction", "file disappeared")
+    store.record_failure(job, movie_id, "ctf", "no Thon rings")
+    store.clear_failure(job, movie_id, "motion_correction")
+    assert (row(store, schema.movie, movie_id).status, row(store, schema.movie, movie_id).failure_reason) == (
+        "failed", "ctf: no Thon rings")
+    store.clear_failure(job, movie_id, "ctf")
+    store.clear_failure(job, movie_id, "ctf")  # nothing left to clear: no change
+    assert (row(store, schema.movie, movie_id).status, row(store, schema.movie, movie_id).failure_reason) == (
+        "registered", None)
+    assert store.session_summary(_name(store, session_id)).failures == []
+
+
 def test_session_summary_of_an_unknown_session_is_a_clear_error(store: ResultsStore):
     with pytest.raises(ResultsNotFoundError, match="no-such-session"):
         store.session_summary("no-such-session")

@@ -88,6 +88,7 @@ def process_batch(stage: str, tool: str, runs_on: str | dict[str, Any], movies: 
         try:
             result = _run_step(stage, tool, runs_on, context)
             recorder(context, result, store, item["processing_job_id"], movie_id)
+            store.clear_failure(item["processing_job_id"], movie_id, RESULT_STAGE_NAMES[stage])
         except SlurmJobPending as waiting:
             pending.append(waiting)
             continue

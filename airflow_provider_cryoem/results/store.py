@@ -282,6 +282,22 @@ class ResultsStore:
                 status="failed", failure_reason=f"{stage}: {reason}"))
             return failure_id
 
+    def clear_failure(self, job_id: int, movie_id: int, stage: str) -> None:
+        """A later try of `stage` on this movie in this job succeeded (a retried batch, a movie copied again):
+        its failure row goes, and the movie stays marked failed only by a failure of another stage or job."""
+        failure, movie = schema.processing_failure, schema.movie
+        with self._writing(f"success after a failure of processing job {job_id}, movie {movie_id}") as connection:
+            deleted = connection.execute(failure.delete().where(
+                (failure.c.processing_job_id == job_id) & (failure.c.movie_id == movie_id)
+                & (failure.c.stage == stage))).rowcount
+            if not deleted:
+                return
+            latest = connection.execute(select(failure.c.stage, failure.c.reason).where(failure.c.movie_id == movie_id)
+                                        .order_by(failure.c.processing_failure_id.desc()).limit(1)).first()
+            connection.execute(movie.update().where(movie.c.movie_id == movie_id).values(
+                status="failed" if latest else "registered",
+                failure_reason=f"{latest.stage}: {latest.reason}" if latest else None))
+
     # -- batch results --------------------------------------------------------------------------------
     def record_classification_group(self, job_id: int, group: ResultLike, classes: Iterable[ResultLike]) -> int:
         """A 2D/3D classification batch and all its classes, replacing whatever an earlier try wrote."""
