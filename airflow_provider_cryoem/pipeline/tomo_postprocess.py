@@ -171,8 +171,8 @@ def denoise_series(config: SessionConfig, params: DenoiseParams, tool: str, runs
         denoised = topaz.parse_denoised(inputs)
         image = denoising_comparison(read_mrc(tomogram), read_mrc(denoised["denoised_path"]),
                                      Path(inputs.out_dir) / "images" / f"{series}_raw_vs_denoised.jpg")
+        project.add_denoised_tomogram(series, denoised["denoised_path"])  # files first, then the results row
         _record(item, "Denoised", {"path": denoised["denoised_path"], "central_slice": str(image)})
-        project.add_denoised_tomogram(series, denoised["denoised_path"])
         return item | {"denoised": {"path": denoised["denoised_path"], "model": denoised["model"],
                                     "noise2noise": halves is not None,
                                     "patch_size_px": patch, "padding_px": params.padding_px,
@@ -242,10 +242,9 @@ def segment_series(config: SessionConfig, params: SegmentationParams, tool: str,
         images = out_dir / "images"
         overlay = segmentation_overlay(read_mrc(source), labels, images / f"{series}_membranes.jpg")
         projection = mask_projection(labels, images / f"{series}_membranes_xy.png")
+        project.job("segment").add_output(result["segmentation_path"], NodeType.MASK)
         _record(item, "Segmented", {"path": result["segmentation_path"], "central_slice": str(overlay),
                                     "projection_xy": str(projection)})
-        job = project.job("segment")
-        job.add_output(result["segmentation_path"], NodeType.MASK)
         keys = ("segmentation_path", "membrane_fraction", "label_count", "membrane_volume_nm3")
         return item | {"segmentation": {**{key: result[key] for key in keys}, "source": str(source),
                                         "overlay_image": str(overlay), "projection_image": str(projection)}}

@@ -61,9 +61,10 @@ def make_tomogram(config: SessionConfig, params: TomogramParams, tool: str, runs
                 log.warning("%s: half tomograms are reconstructed on the built-in path only, not with %s",
                             series["name"], tool)
         images = _images(alignment, tomogram, Path(tomogram.tomogram_path).parent / "images" / series["name"])
-        _record(item, series, alignment, tomogram, images)
+        # the Relion files first: a results row stands for a series whose files are all written
         _write_relion_files(project, item, series, alignment, tomogram, config.motion_corrected_pixel_size_a,
                             aligner, halves)
+        _record(item, series, alignment, tomogram, images)
         return item | {"tomogram": {"path": tomogram.tomogram_path, "shape": list(tomogram.shape),
                                     "tilt_axis_deg": alignment.tilt_axis_deg,
                                     "mean_residual_px": alignment.mean_residual_px,
