@@ -364,11 +364,10 @@ def reference_average(dataset: Dataset) -> np.ndarray:
     return total / max(count, 1)
 
 
-def reference_averages_picture(datasets: list[Dataset], path: Path, size_px: int = 160) -> Path:
-    """The reference averages side by side, each stretched to its own range (dark = protein)."""
+def reference_averages_picture(averages: list[np.ndarray], path: Path, size_px: int = 160) -> Path:
+    """Reference averages side by side, each stretched to its own range (dark = protein)."""
     tiles = []
-    for dataset in datasets:
-        average = reference_average(dataset)
+    for average in averages:
         tile = Image.fromarray((255 * (average - average.min()) / np.ptp(average)).astype(np.uint8))
         tiles.append(np.asarray(tile.resize((size_px, size_px), Image.Resampling.BICUBIC)))
     Image.fromarray(np.hstack(tiles)).save(path, optimize=True)
@@ -400,12 +399,13 @@ def main() -> int:
         print(write_fixture(args.data))
         return 0
     if args.averages:
-        sets = [autocryopicker_dataset(args.data), *(cryoppp_dataset(args.data, e) for e in ("10028", "10059", "10947"))]
-        for dataset in sets:
-            average = reference_average(dataset)
+        sets = [autocryopicker_dataset(args.data),
+                *(cryoppp_dataset(args.data, entry) for entry in ("10028", "10059", "10947"))]
+        averages = [reference_average(dataset) for dataset in sets]
+        for dataset, average in zip(sets, averages):
             print(f"{dataset.label}: centre {average[len(average) // 2, len(average) // 2]:+.2f}, "
                   f"range {average.min():+.2f} .. {average.max():+.2f} std of one micrograph")
-        print(reference_averages_picture(sets, args.averages))
+        print(reference_averages_picture(averages, args.averages))
         return 0
     if args.picture:
         fei = fei_dataset(args.data)
